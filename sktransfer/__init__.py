@@ -1,0 +1,39 @@
+"""sktransfer: transfer learning from pretrained image models, the sklearn way."""
+
+from sktransfer._backbones import model_names as _model_names
+from sktransfer._extractor import PretrainedFeatureExtractor
+from sktransfer._layers import list_layers
+from sktransfer._preprocess import Preprocessing
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Preprocessing",
+    "PretrainedFeatureExtractor",
+    "list_layers",
+    "list_models",
+]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the torchvision classification models, sorted.
+
+    Parameters
+    ----------
+    pattern : str, default="*"
+        A glob filtering the names, e.g. ``"resnet*"``.
+
+    Returns
+    -------
+    names : list of str
+        Values accepted by the ``model`` parameter.
+
+    Examples
+    --------
+    >>> from sktransfer import list_models
+    >>> list_models("resnet*")[:3]
+    ['resnet101', 'resnet152', 'resnet18']
+    """
+    import fnmatch
+
+    return [n for n in _model_names() if fnmatch.fnmatchcase(n, pattern)]

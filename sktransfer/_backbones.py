@@ -1,0 +1,248 @@
+"""From a ``model`` and ``weights`` specification to a backbone.
+
+A backbone is an eval-mode CPU module whose classification head (its final
+``nn.Linear``) has been replaced by ``nn.Identity``, so that its output is the
+model's standard embedding, plus the preprocessing its weights expect and a
+human-readable description of those weights. Published weights go through
+torchvision's weights API and the torch hub cache; local checkpoints are read
+with ``torch.load(..., weights_only=True)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from sktransfer import _preprocess
+from sktransfer._families import Family, family_of
+from sktransfer.exceptions import WeightsUnavailableError
+
+__all__ = ["Backbone", "load_backbone", "model_names", "resolve_weights"]
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone and what travels with it."""
+
+    module: nn.Module
+    preprocessing: _preprocess.Preprocessing
+    weights: str | None  # "ResNet50_Weights.IMAGENET1K_V2", a path, or None
+    family: Family
+    head: str | None  # qualified name of the removed head, if any
+
+
+def model_names() -> list[str]:
+    """Names of the classification models torchvision registers, sorted."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_model_name(name: str) -> None:
+    names = model_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"The 'model' parameter must be a torchvision classification model "
+            f"name or a torch.nn.Module. Got {name!r}.{hint} See "
+            "sktransfer.list_models() for the names."
+        )
+
+
+def resolve_weights(model_name: str, weights) -> WeightsEnum | Path | None:
+    """Turn the ``weights`` parameter into a weights enum member or a path."""
+    if weights is None:
+        return None
+    enum_cls = torchvision.models.get_model_weights(model_name)
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, enum_cls):
+            raise ValueError(
+                f"The 'weights' parameter {weights} belongs to another model; "
+                f"{model_name!r} takes {enum_cls.__name__} members."
+            )
+        return weights
+    if isinstance(weights, os.PathLike):
+        return Path(weights)
+    if not isinstance(weights, str):
+        raise TypeError(
+            "The 'weights' parameter must be 'DEFAULT', a weights name, a path to "
+            f"a checkpoint or None. Got {weights!r} of type "
+            f"{type(weights).__name__}."
+        )
+    members = [m for m in enum_cls.__members__ if m != "DEFAULT"]
+    name = weights
+    if "." in name and name.split(".", 1)[0] == enum_cls.__name__:
+        name = name.split(".", 1)[1]
+    if name == "DEFAULT":
+        return enum_cls.DEFAULT
+    if name in enum_cls.__members__:
+        return enum_cls[name]
+    if os.sep in weights or weights.endswith(_CHECKPOINT_SUFFIXES):
+        return Path(weights)
+    valid = ["DEFAULT", *members]
+    close = difflib.get_close_matches(name, valid, n=2)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"The 'weights' parameter for model {model_name!r} must be one of "
+        f"{valid} (optionally prefixed with '{enum_cls.__name__}.'), a path to "
+        f"a checkpoint file, or None. Got {weights!r}.{hint}"
+    )
+
+
+def _last_linear(module: nn.Module) -> str | None:
+    name = None
+    for qualname, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            name = qualname
+    return name
+
+
+def _replace_head(module: nn.Module, head: str) -> None:
+    parent, _, leaf = head.rpartition(".")
+    owner = module.get_submodule(parent) if parent else module
+    setattr(owner, leaf, nn.Identity())
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The 'weights' parameter names the checkpoint {str(path)!r}, which "
+            "does not exist or is not a file."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(
+            f"The checkpoint {str(path)!r} is not a state_dict (a mapping of "
+            "parameter names to tensors). Save one with "
+            "torch.save(model.state_dict(), path)."
+        )
+    return dict(state)
+
+
+def _load_state(module: nn.Module, state: Mapping, source: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        k for k in set(own) & set(state) if own[k].shape != state[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("keys with another shape", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        raise ValueError(
+            f"The checkpoint {source} does not match the architecture: "
+            + "; ".join(parts)
+            + ". Check that 'model' names the architecture the checkpoint was "
+            "saved from."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _hub_path(weights: WeightsEnum) -> Path:
+    filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _load_published(model_name: str, weights: WeightsEnum) -> nn.Module:
+    cached = _hub_path(weights)
+    try:
+        return torchvision.models.get_model(model_name, weights=weights)
+    except OSError as exc:  # URLError, timeouts, refused connections
+        if cached.exists():
+            raise
+        raise WeightsUnavailableError(
+            f"Could not download the weights {weights} for {model_name!r} "
+            f"({type(exc).__name__}: {exc}). torch looks for them at "
+            f"{str(cached)!r} (set TORCH_HOME to move the cache). Either copy "
+            f"the file from {weights.url} there, or pass a local state_dict "
+            "checkpoint as weights='/path/to/checkpoint.pth'."
+        ) from exc
+
+
+def load_backbone(model, weights) -> Backbone:
+    """Load ``model`` with ``weights`` as an eval-mode CPU backbone."""
+    if isinstance(model, nn.Module):
+        return _load_custom(model, weights)
+    if not isinstance(model, str):
+        raise TypeError(
+            "The 'model' parameter must be a torchvision model name such as "
+            f"'resnet50' or a torch.nn.Module. Got {type(model).__name__}."
+        )
+    _check_model_name(model)
+    resolved = resolve_weights(model, weights)
+    enum_cls = torchvision.models.get_model_weights(model)
+    if isinstance(resolved, WeightsEnum):
+        module = _load_published(model, resolved)
+        prep = _preprocess.from_weights(resolved)
+        description = f"{type(resolved).__name__}.{resolved.name}"
+    else:
+        kwargs = {}
+        state = None
+        if isinstance(resolved, Path):
+            state = _read_checkpoint(resolved)
+            head = _last_linear(torchvision.models.get_model(model, weights=None))
+            if head is not None and f"{head}.weight" in state:
+                kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
+        module = torchvision.models.get_model(model, weights=None, **kwargs)
+        if state is not None:
+            _load_state(module, state, repr(str(resolved)))
+        prep = _preprocess.from_weights(enum_cls.DEFAULT)
+        description = None if resolved is None else str(resolved)
+    head = _last_linear(module)
+    if head is not None:
+        _replace_head(module, head)
+    return Backbone(module.eval(), prep, description, family_of(model), head)
+
+
+def _load_custom(model: nn.Module, weights) -> Backbone:
+    """A user's module: its own weights, a checkpoint, or re-initialised."""
+    module = copy.deepcopy(model).cpu()
+    if isinstance(weights, str) and weights == "DEFAULT":
+        description = "the module's own weights"
+    elif weights is None:
+        for sub in module.modules():
+            if callable(getattr(sub, "reset_parameters", None)):
+                sub.reset_parameters()
+        description = None
+    elif isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        _load_state(module, _read_checkpoint(path), repr(str(path)))
+        description = str(path)
+    else:
+        raise TypeError(
+            "For a torch.nn.Module 'model', the 'weights' parameter must be "
+            "'DEFAULT' (the module's own weights), None (re-initialised), or a "
+            f"path to a checkpoint. Got {weights!r}."
+        )
+    return Backbone(
+        module.eval(),
+        _preprocess.default_preprocessing(),
+        description,
+        family_of(None),
+        None,
+    )

@@ -1,0 +1,338 @@
+"""PretrainedFeatureExtractor: a frozen pretrained backbone as a transformer."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from sktransfer import _engine, _layers, _preprocess
+from sktransfer._backbones import load_backbone, resolve_weights
+from sktransfer._inputs import as_images
+
+
+class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Embed images with a frozen pretrained network, cut at any layer.
+
+    Images go through the backbone's own preprocessing (resize, centre crop,
+    normalisation, applied to whole batches on the device), then through the
+    network up to ``layer``, whose output is pooled to one vector per image.
+    ``fit`` learns nothing: it loads the network and checks the parameters, so
+    the extractor can sit first in a :class:`~sklearn.pipeline.Pipeline`.
+
+    Read more in the :ref:`User Guide <feature-extraction>`
+    (``docs/transfer_learning.md``).
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="resnet50"
+        A torchvision classification model name (see
+        :func:`sktransfer.list_models`) or a module of your own, which is
+        copied, never modified.
+
+    weights : str, path-like, WeightsEnum or None, default="DEFAULT"
+        ``"DEFAULT"``: the best published weights of the model (downloaded to
+        the torch hub cache on first use); a weights name such as
+        ``"IMAGENET1K_V1"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``; a path to
+        a local ``state_dict`` checkpoint (loaded with ``weights_only=True``);
+        or ``None`` for random initialisation. For a module of your own,
+        ``"DEFAULT"`` keeps its weights. Never silently replaced: if weights
+        cannot be had, ``fit`` raises
+        :class:`~sktransfer.exceptions.WeightsUnavailableError`.
+
+    layer : str, list of str or None, default=None
+        Where to cut the network. ``None`` is the model's standard embedding:
+        for a torchvision model, the pooled features its classification head
+        (the final ``nn.Linear``) reads; for a module of your own, its output
+        (it is never altered). A string names a
+        node of the traced graph or a module (``"layer3"``, ``"features.6"``,
+        ``"encoder.layers.encoder_layer_6"``); see
+        :func:`sktransfer.list_layers`. A list concatenates the pooled outputs
+        of several layers (``None`` may be one of them).
+
+    pooling : {"avg", "max", "avgmax", "cls", "flatten"} or None, default="avg"
+        How a layer's output becomes a vector: average or maximum over the
+        spatial positions of a feature map (or over the tokens of a
+        transformer block), both concatenated (``"avgmax"``), the class token
+        of a transformer block (``"cls"``), or no pooling (``"flatten"`` or
+        ``None``). Outputs that are already vectors are used as they are.
+
+    preprocessing : "auto", str, dict or Preprocessing, default="auto"
+        ``"auto"``: the preprocessing published with the weights (for
+        ``weights=None`` or a checkpoint, that of the model's default
+        weights; for a module of your own, torchvision's ImageNet defaults).
+        A weights name (``"IMAGENET1K_V1"``) takes that entry's preprocessing.
+        A dict overrides some fields of the automatic choice, e.g.
+        ``{"resize_size": 128, "crop_size": 112}``; keys are those of
+        :class:`sktransfer.Preprocessing`.
+
+    batch_size : int, default=64
+        Number of images per forward pass.
+
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, then MPS, else the CPU.
+
+    verbose : bool, default=True
+        Show a progress bar during ``transform``.
+
+    Attributes
+    ----------
+    weights_ : str or None
+        The weights actually loaded, e.g. ``"ResNet50_Weights.IMAGENET1K_V2"``,
+        a checkpoint path, or ``None`` (random).
+
+    layers_ : list of str or None
+        The cut points, in output order.
+
+    preprocessing_ : Preprocessing
+        The preprocessing applied to every batch.
+
+    device_ : torch.device
+        The device the network runs on.
+
+    network_ : torch.nn.Module
+        The truncated network, in eval mode. Not pickled: rebuilt on first use
+        after unpickling.
+
+    n_features_per_layer_ : list of int
+        Output width of each layer in ``layers_``.
+
+    n_features_out_ : int
+        Number of output features (their sum).
+
+    See Also
+    --------
+    sktransfer.list_layers : The cut points of a model.
+    sktransfer.list_models : The model names accepted by ``model``.
+
+    Notes
+    -----
+    Input: numpy arrays ``(n, H, W, 3)`` (channels last) or ``(n, H, W)``
+    (grayscale), torch tensors ``(n, 3, H, W)`` (channels first) or
+    ``(n, H, W)``; uint8 (0..255), uint16 (0..65535) or float in [0, 1].
+    Output: a float32 array ``(n, n_features_out_)``, one row per image, in
+    input order. Inference always runs in eval mode under
+    ``torch.inference_mode``, so an image's row does not depend on the batch
+    it arrives in.
+
+    Pickles of an extractor that uses published weights store their name, not
+    the tensors; other weights (random, checkpoint, own module) are stored as
+    CPU tensors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> X = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), np.uint8)
+    >>> extractor = PretrainedFeatureExtractor(
+    ...     model="resnet18", weights=None, layer="layer3", verbose=False,
+    ...     preprocessing={"resize_size": 64, "crop_size": 64})
+    >>> extractor.fit_transform(X).shape
+    (4, 256)
+    >>> extractor.get_feature_names_out()[:2]
+    array(['layer3_0', 'layer3_1'], dtype=object)
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, nn.Module],
+        "weights": [str, os.PathLike, WeightsEnum, None],
+        "layer": [str, list, tuple, None],
+        "pooling": [StrOptions(set(_layers.POOLINGS)), None],
+        "preprocessing": [str, dict, _preprocess.Preprocessing],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        model="resnet50",
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        preprocessing="auto",
+        batch_size=64,
+        device="auto",
+        verbose=True,
+    ):
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    def _model_label(self) -> str:
+        return repr(self.model) if isinstance(self.model, str) else "model"
+
+    def _named_preprocessing(self, name: str) -> _preprocess.Preprocessing:
+        if not isinstance(self.model, str):
+            raise ValueError(
+                "A weights name as 'preprocessing' needs a torchvision model name "
+                f"as 'model'. Got preprocessing={name!r}; pass a dict instead."
+            )
+        resolved = resolve_weights(self.model, name)
+        if not isinstance(resolved, WeightsEnum):
+            raise ValueError(
+                "The 'preprocessing' parameter must be 'auto', a weights name, a "
+                f"dict or a Preprocessing. Got {name!r}."
+            )
+        return _preprocess.from_weights(resolved)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the network and check the parameters and the images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels])
+            Images (see Notes of the class). Only checked: nothing is learned.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PretrainedFeatureExtractor
+            The fitted extractor.
+        """
+        images = as_images(X)
+        self.__dict__.pop("_backbone_state", None)  # from an earlier unpickling
+        device = _engine.resolve_device(self.device)
+        backbone = load_backbone(self.model, self.weights)
+        names = _layers.node_names(backbone.module, backbone.head)
+        layers = _layers.resolve_layers(self.layer, names, self._model_label())
+        prep = _preprocess.resolve(
+            self.preprocessing, backbone.preprocessing, self._named_preprocessing
+        )
+        net = _layers.FeatureNet(
+            backbone.module, layers, self.pooling, backbone.family.nhwc, names
+        ).to(device)
+        _, probe = next(images.batches(1))
+        with torch.inference_mode():
+            widths = [
+                f.shape[1] for f in net(prep(probe.to(device)))
+            ]
+        self.weights_ = backbone.weights
+        self.layers_ = layers
+        self.preprocessing_ = prep
+        self.device_ = device
+        self.network_ = net
+        self.n_features_per_layer_ = widths
+        self.n_features_out_ = int(sum(widths))
+        return self
+
+    def transform(self, X):
+        """Embed each image as one row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels])
+            Images (see Notes of the class).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_images, n_features_out_), dtype float32
+            One row per image, in input order.
+        """
+        check_is_fitted(self)
+        images = as_images(X)
+        return _engine.extract(
+            self._network(),
+            self.preprocessing_,
+            images,
+            n_features=self.n_features_out_,
+            batch_size=self.batch_size,
+            device=self.device_,
+            verbose=self.verbose,
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output features: ``<layer>_<index>``.
+
+        ``<layer>`` is the layer name, or ``embedding`` for ``layer=None``.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored; images have no input feature names.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            The output feature names.
+        """
+        check_is_fitted(self)
+        names = []
+        for layer, width in zip(self.layers_, self.n_features_per_layer_):
+            label = "embedding" if layer is None else layer
+            names.extend(f"{label}_{i}" for i in range(width))
+        return np.asarray(names, dtype=object)
+
+    # -- persistence --------------------------------------------------------
+    def _uses_published_weights(self) -> bool:
+        return isinstance(self.model, str) and isinstance(self.weights_, str) and (
+            "_Weights." in self.weights_
+        )
+
+    def _network(self) -> nn.Module:
+        """The truncated network, rebuilt from the fitted state if needed."""
+        net = self.__dict__.get("network_")
+        if net is None:
+            state = self.__dict__.get("_backbone_state")
+            backbone = load_backbone(self.model, None if state else self.weights_)
+            if state is not None:
+                backbone.module.load_state_dict(state)
+            net = _layers.FeatureNet(
+                backbone.module, self.layers_, self.pooling, backbone.family.nhwc
+            ).to(self.device_)
+            self.network_ = net
+            self.__dict__.pop("_backbone_state", None)
+        return net
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        net = state.pop("network_", None)
+        if net is not None and not self._uses_published_weights():
+            state["_backbone_state"] = {
+                k: v.detach().cpu() for k, v in net.backbone.state_dict().items()
+            }
+        if isinstance(state.get("model"), nn.Module):
+            state["model"] = copy.deepcopy(state["model"]).cpu()
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        device = state.get("device_")
+        if device is not None:
+            device = torch.device(device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                warnings.warn(
+                    "This extractor was fitted on CUDA, which is not available "
+                    "here; it will run on the CPU.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                device = torch.device("cpu")
+            state["device_"] = device
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+

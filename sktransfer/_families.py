@@ -1,0 +1,124 @@
+"""What sktransfer knows about each architecture family, in one place.
+
+A family maps a glob of torchvision model names to the names of its *stages*:
+the coarse blocks, in execution order, at whose boundaries a network is
+usually cut (``layer1`` .. ``layer4`` of a ResNet, the encoder blocks of a
+ViT). The registry is a dict filled by the :func:`register_family` decorator;
+models that match no family (including users' own modules) fall back to their
+top-level children.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["Family", "family_of", "register_family"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """An architecture family.
+
+    Parameters
+    ----------
+    name : str
+        Short name of the family.
+    patterns : tuple of str
+        Globs matched against torchvision model names.
+    stages : callable
+        ``stages(module) -> list[str]``: qualified names of the stage modules,
+        in execution order.
+    nhwc : bool
+        Whether intermediate feature maps are laid out ``(n, H, W, C)``
+        (Swin) rather than ``(n, C, H, W)``.
+    """
+
+    name: str
+    patterns: tuple[str, ...]
+    stages: Callable[[nn.Module], list[str]]
+    nhwc: bool = False
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, *patterns: str, nhwc: bool = False):
+    """Register the decorated ``stages(module)`` function as a family."""
+
+    def decorator(stages: Callable[[nn.Module], list[str]]):
+        _FAMILIES[name] = Family(name, patterns, stages, nhwc)
+        return stages
+
+    return decorator
+
+
+def _children(module: nn.Module, prefix: str) -> list[str]:
+    sub = module.get_submodule(prefix) if prefix else module
+    dot = f"{prefix}." if prefix else ""
+    return [f"{dot}{name}" for name, _ in sub.named_children()]
+
+
+@register_family("resnet", "resnet*", "resnext*", "wide_resnet*")
+def _resnet_stages(module: nn.Module) -> list[str]:
+    return ["layer1", "layer2", "layer3", "layer4"]
+
+
+@register_family(
+    "features",
+    "efficientnet*",
+    "mobilenet*",
+    "convnext*",
+    "mnasnet*",
+    "vgg*",
+    "alexnet",
+    "squeezenet*",
+    "densenet*",
+    "shufflenet*",
+)
+def _features_stages(module: nn.Module) -> list[str]:
+    if hasattr(module, "features"):
+        return _children(module, "features")
+    if hasattr(module, "layers"):  # mnasnet
+        return _children(module, "layers")
+    # shufflenet: conv1, maxpool, stage2..4, conv5
+    return [n for n in ("stage2", "stage3", "stage4", "conv5") if hasattr(module, n)]
+
+
+@register_family("swin", "swin*", nhwc=True)
+def _swin_stages(module: nn.Module) -> list[str]:
+    return _children(module, "features")
+
+
+@register_family("vit", "vit_*")
+def _vit_stages(module: nn.Module) -> list[str]:
+    return _children(module, "encoder.layers") + ["encoder.ln"]
+
+
+@register_family("regnet", "regnet_*")
+def _regnet_stages(module: nn.Module) -> list[str]:
+    return _children(module, "trunk_output")
+
+
+@register_family("maxvit", "maxvit*")
+def _maxvit_stages(module: nn.Module) -> list[str]:
+    return _children(module, "blocks")
+
+
+def _generic_stages(module: nn.Module) -> list[str]:
+    return _children(module, "")
+
+
+GENERIC = Family("generic", (), _generic_stages)
+
+
+def family_of(model_name: str | None) -> Family:
+    """Return the family of a torchvision model name (generic if unknown)."""
+    if model_name is not None:
+        for family in _FAMILIES.values():
+            if any(fnmatch.fnmatchcase(model_name, p) for p in family.patterns):
+                return family
+    return GENERIC

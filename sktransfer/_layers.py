@@ -1,0 +1,192 @@
+"""Cut points, truncation and pooling.
+
+A cut point is a node name of the backbone's traced graph (torchvision's
+``get_graph_node_names``), or the name of a module, which stands for the last
+node inside it (``"layer3"``). ``None`` is the backbone's output: the model's
+standard embedding, since the classification head has been removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import (
+    create_feature_extractor,
+    get_graph_node_names,
+)
+
+__all__ = ["POOLINGS", "FeatureNet", "list_layers", "node_names", "resolve_layers"]
+
+POOLINGS = ("avg", "max", "avgmax", "cls", "flatten")
+
+
+def node_names(module: nn.Module, head: str | None = None) -> list[str]:
+    """Node names of the eval-mode graph, without the input and the head."""
+    names = get_graph_node_names(module)[1][1:]  # [0] is the input placeholder
+    if head is not None:
+        names = [n for n in names if n != head and not n.startswith(head + ".")]
+    return names
+
+
+def _is_valid(name: str, names: list[str]) -> bool:
+    prefix = name + "."
+    return name in names or any(n.startswith(prefix) for n in names)
+
+
+def resolve_layers(layer, names: list[str], model_label: str) -> list[str | None]:
+    """Check the ``layer`` parameter and return it as a list."""
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not layers:
+        raise ValueError(
+            "The 'layer' parameter must not be an empty list. Use None for the "
+            "model's standard embedding."
+        )
+    seen = set()
+    for name in layers:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(
+                "The 'layer' parameter must be None, a layer name or a list of "
+                f"them. Got {name!r} of type {type(name).__name__}."
+            )
+        if name in seen:
+            raise ValueError(f"The 'layer' parameter names {name!r} twice.")
+        seen.add(name)
+        if name is not None and not _is_valid(name, names):
+            modules = sorted({n.split(".")[0] for n in names})
+            close = difflib.get_close_matches(name, names + modules, n=3)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"The 'layer' parameter must name a node of the model's graph. Got "
+                f"{name!r}.{hint} See sktransfer.list_layers({model_label}) for the "
+                f"cut points ({len(names)} nodes in all with which='all')."
+            )
+    return layers
+
+
+def pool(t: torch.Tensor, how: str | None, nhwc: bool = False) -> torch.Tensor:
+    """Reduce one layer's output to a ``(n, d)`` matrix."""
+    if t.ndim == 2:
+        return t
+    if how == "cls":
+        if t.ndim != 3:
+            raise ValueError(
+                "pooling='cls' takes the class token of a token sequence "
+                f"(n, tokens, dim); this layer gives shape {tuple(t.shape)}. Use "
+                "'avg', 'max', 'avgmax' or 'flatten'."
+            )
+        return t[:, 0]
+    if how in (None, "flatten"):
+        if nhwc and t.ndim == 4:
+            t = t.permute(0, 3, 1, 2)
+        return t.flatten(1)
+    if t.ndim == 4:
+        if nhwc:
+            t = t.permute(0, 3, 1, 2)
+        dims = (2, 3)
+    elif t.ndim == 3:  # tokens: (n, tokens, dim)
+        dims = (1,)
+    else:
+        return t.flatten(1)
+    if how == "avg":
+        return t.mean(dims)
+    if how == "max":
+        return t.amax(dims)
+    return torch.cat([t.mean(dims), t.amax(dims)], dim=1)  # avgmax
+
+
+class FeatureNet(nn.Module):
+    """A backbone cut at ``layers``, returning each layer's pooled output."""
+
+    def __init__(self, backbone, layers, pooling, nhwc=False, names=None):
+        super().__init__()
+        self.backbone = backbone  # the whole (head-less) backbone, shared weights
+        self.layers = list(layers)
+        self.pooling = pooling
+        self.nhwc = nhwc
+        if self.layers == [None]:  # the plain embedding: no tracing needed
+            self.body = None
+            self.keys = [None]
+        else:
+            output = (names or node_names(backbone))[-1]
+            self.keys = [output if name is None else name for name in self.layers]
+            self.body = create_feature_extractor(
+                backbone, return_nodes={k: k for k in dict.fromkeys(self.keys)}
+            )
+        self.eval()  # inference only: dropout off, batch-norm statistics frozen
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = {None: self.backbone(x)} if self.body is None else self.body(x)
+        feats = []
+        for key, name in zip(self.keys, self.layers):
+            value = out[key]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"The layer {name!r} outputs a {type(value).__name__}, not a "
+                    "tensor; choose another cut point."
+                )
+            feats.append(pool(value, self.pooling, self.nhwc))
+        return feats
+
+
+def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
+    """List the cut points of a model, with their output shapes.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module
+        A torchvision model name (``"resnet50"``) or a module.
+    which : {"stages", "all"}, default="stages"
+        ``"stages"``: the coarse blocks at whose boundaries networks are
+        usually cut (``layer1`` .. ``layer4`` of a ResNet, the encoder blocks
+        of a ViT). ``"all"``: every node of the traced graph.
+    input_size : int, default=None
+        Side of the square input used to compute the shapes; ``None`` takes
+        the crop size of the model's default weights (224 for most models).
+
+    Returns
+    -------
+    layers : dict of str to tuple
+        Layer names, in execution order, mapped to the shape of their output
+        for one image (``(C, H, W)`` for feature maps, ``(tokens, dim)`` for
+        transformer blocks). Any of the names is a valid ``layer`` of
+        :class:`~sktransfer.PretrainedFeatureExtractor`; ``layer=None`` is the
+        model's standard embedding.
+
+    Examples
+    --------
+    >>> from sktransfer import list_layers
+    >>> list_layers("resnet18")
+    {'layer1': (64, 56, 56), 'layer2': (128, 28, 28), 'layer3': (256, 14, 14), 'layer4': (512, 7, 7)}
+    """  # noqa: E501
+    from sktransfer._backbones import _check_model_name, load_backbone
+
+    if which not in ("stages", "all"):
+        raise ValueError(f"'which' must be 'stages' or 'all'. Got {which!r}.")
+    if isinstance(model, str):
+        _check_model_name(model)
+        backbone = load_backbone(model, None)
+    else:
+        backbone = load_backbone(model, "DEFAULT")
+    module, head = backbone.module, backbone.head
+    names = node_names(module, head)
+    if which == "stages":
+        wanted = [
+            n for n in backbone.family.stages(module)
+            if _is_valid(n, names) and n != head
+        ]
+    else:
+        wanted = names
+    size = input_size or backbone.preprocessing.crop_size or 224
+    extractor = create_feature_extractor(
+        copy.deepcopy(module), return_nodes={n: n for n in wanted}
+    ).eval()
+    with torch.inference_mode():
+        out = extractor(torch.zeros(1, 3, size, size))
+    return {
+        name: tuple(out[name].shape[1:])
+        for name in wanted
+        if isinstance(out[name], torch.Tensor)
+    }

@@ -1,0 +1,184 @@
+"""Batched image preprocessing: resize, centre crop, scale, normalise.
+
+The numbers come from the weights (``weights.transforms()``), never from
+constants of ours; the operations run on whole ``(n, C, H, W)`` batches on the
+model's device, in the order torchvision's ``ImageClassification`` preset uses,
+so that a batch preprocessed here equals one preprocessed by torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["Preprocessing", "default_preprocessing", "from_weights", "resolve"]
+
+_INTERPOLATIONS = {"nearest", "bilinear", "bicubic"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a batch of images becomes the network's input.
+
+    Parameters
+    ----------
+    resize_size : int or None
+        Length the shorter image side is resized to (aspect ratio kept);
+        ``None`` keeps the size.
+    crop_size : int or None
+        Side of the square centre crop taken after resizing; ``None`` keeps
+        the whole image.
+    mean, std : tuple of float or None
+        Per-channel normalisation of images scaled to [0, 1]; ``None`` skips
+        normalisation.
+    interpolation : {"bilinear", "bicubic", "nearest"}
+        Resampling filter of the resize.
+    antialias : bool
+        Whether downsizing is antialiased (as PIL does).
+    """
+
+    resize_size: int | None
+    crop_size: int | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+    def __post_init__(self):
+        for name in ("resize_size", "crop_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"The preprocessing '{name}' must be a positive int or None. "
+                    f"Got {value!r}."
+                )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                "The preprocessing 'interpolation' must be one of "
+                f"{sorted(_INTERPOLATIONS)}. Got {self.interpolation!r}."
+            )
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(
+                "The preprocessing 'mean' and 'std' must both be given or both be "
+                f"None. Got mean={self.mean!r}, std={self.std!r}."
+            )
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(
+                f"The preprocessing 'std' must be positive. Got {self.std!r}."
+            )
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the network input for an image of this size."""
+        if self.resize_size is not None:
+            short, long = sorted((height, width))
+            new_long = int(self.resize_size * long / short)
+            if height <= width:
+                height, width = self.resize_size, new_long
+            else:
+                height, width = new_long, self.resize_size
+        if self.crop_size is not None:
+            height = width = self.crop_size
+        return height, width
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Turn a ``(n, C, H, W)`` uint8/uint16/float batch into float32 input.
+
+        uint8 is scaled from 0..255, uint16 from 0..65535, floats are taken to
+        be in [0, 1] already. One channel is repeated to three. The result
+        never shares memory with ``batch``, which may be the caller's data.
+        """
+        source = batch
+        if batch.dtype == torch.uint16:  # few kernels support uint16
+            batch = batch.to(torch.float32).div_(65535.0)
+        if self.resize_size is not None:
+            batch = TF.resize(
+                batch,
+                [self.resize_size],
+                interpolation=InterpolationMode(self.interpolation),
+                antialias=self.antialias,
+            )
+        if self.crop_size is not None:
+            batch = TF.center_crop(batch, [self.crop_size])
+        batch = TF.to_dtype(batch, torch.float32, scale=True)
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        if self.mean is not None:
+            batch = TF.normalize(batch, list(self.mean), list(self.std))
+        if batch.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+            batch = batch.clone()
+        return batch
+
+
+def from_weights(weights) -> Preprocessing:
+    """Read the preprocessing of a torchvision weights enum member."""
+    preset = weights.transforms()
+    try:
+        return _from_preset(preset)
+    except AttributeError:
+        raise ValueError(
+            f"The weights {weights} come with preprocessing of type "
+            f"{type(preset).__name__}, not image classification. sktransfer uses "
+            "image classification weights; pass preprocessing=dict(...) to set "
+            "the resize, crop and normalisation yourself."
+        ) from None
+
+
+def _from_preset(preset) -> Preprocessing:
+    return Preprocessing(
+        resize_size=int(preset.resize_size[0]),
+        crop_size=int(preset.crop_size[0]),
+        mean=tuple(float(m) for m in preset.mean),
+        std=tuple(float(s) for s in preset.std),
+        interpolation=InterpolationMode(preset.interpolation).value,
+        antialias=bool(preset.antialias),
+    )
+
+
+def default_preprocessing() -> Preprocessing:
+    """Preprocessing for models that carry no weights metadata.
+
+    These are torchvision's own defaults for ImageNet classification presets
+    (read from ``ImageClassification``, not restated here).
+    """
+    from torchvision.transforms._presets import ImageClassification
+
+    return _from_preset(ImageClassification(crop_size=224))
+
+
+def resolve(spec, auto: Preprocessing, named) -> Preprocessing:
+    """Resolve the ``preprocessing`` parameter against the automatic choice.
+
+    ``spec`` is ``"auto"``, a weights name (``named(spec)`` returns that
+    weights' preprocessing), a :class:`Preprocessing`, or a mapping of fields
+    that override ``auto`` (e.g. ``{"resize_size": 128, "crop_size": 112}``).
+    """
+    if isinstance(spec, str):
+        return auto if spec == "auto" else named(spec)
+    if isinstance(spec, Preprocessing):
+        return spec
+    if isinstance(spec, Mapping):
+        known = {f.name for f in fields(Preprocessing)}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ValueError(
+                f"The 'preprocessing' parameter has unknown keys {unknown}. "
+                f"Accepted keys: {sorted(known)}."
+            )
+        values = dict(spec)
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                values[key] = tuple(float(v) for v in values[key])
+        return replace(auto, **values)
+    raise TypeError(
+        "The 'preprocessing' parameter must be 'auto', a weights name such as "
+        "'IMAGENET1K_V1', a dict of overrides such as "
+        "{'resize_size': 128, 'crop_size': 112}, or a "
+        f"sktransfer.Preprocessing. Got {spec!r}."
+    )
+

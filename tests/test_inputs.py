@@ -1,0 +1,155 @@
+"""Input validation and the array/tensor adapters."""
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+
+from sktransfer import PretrainedFeatureExtractor
+from sktransfer._inputs import as_images
+
+from .conftest import SMALL
+
+
+@pytest.fixture
+def extractor(tiny_cnn, images):
+    return PretrainedFeatureExtractor(
+        model=tiny_cnn, preprocessing=SMALL, verbose=False
+    ).fit(images)
+
+
+def test_tabular_input_raises(extractor):
+    """1-D and 2-D data are refused before reaching the network."""
+    for X in (np.zeros((5, 3)), np.zeros(5), [[1.0, 2.0]]):
+        with pytest.raises(ValueError, match="tabular data"):
+            extractor.transform(X)
+
+
+def test_empty_input_raises(extractor):
+    """Zero images or zero-sized images are errors."""
+    with pytest.raises(ValueError, match="0 images"):
+        extractor.transform(np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="must not be empty"):
+        extractor.transform(np.zeros((2, 0, 8, 3), np.uint8))
+
+
+def test_bad_dtypes_raise_type_error(extractor):
+    """Complex, object, bool and wide integer arrays get a TypeError."""
+    for dtype in (np.complex128, object, bool, np.int64, np.int32):
+        with pytest.raises(TypeError, match="uint8"):
+            extractor.transform(np.zeros((2, 8, 8, 3), dtype=dtype))
+
+
+def test_not_images_raise_type_error(extractor):
+    """Strings, None, sparse matrices and DataFrames are refused."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    for X in ("image.jpg", None, 3):
+        with pytest.raises(TypeError, match="batch of images"):
+            extractor.transform(X)
+    with pytest.raises(TypeError, match="Sparse"):
+        extractor.transform(sp.csr_matrix(np.eye(3)))
+    with pytest.raises(TypeError, match="DataFrame"):
+        extractor.transform(pd.DataFrame(np.eye(3)))
+
+
+def test_wrong_channel_counts_raise(extractor):
+    """Two, four or many channels are errors with a layout hint."""
+    with pytest.raises(ValueError, match="channels-first"):
+        extractor.transform(np.zeros((2, 3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="alpha"):
+        extractor.transform(np.zeros((2, 8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match="2 channels"):
+        extractor.transform(np.zeros((2, 8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match="channels-last"):
+        extractor.transform(torch.zeros(2, 8, 8, 3))
+    with pytest.raises(ValueError, match="5 dimensions"):
+        extractor.transform(np.zeros((1, 2, 8, 8, 3), np.uint8))
+
+
+def test_nan_or_inf_raise_naming_the_row(extractor):
+    """A NaN or infinite pixel fails with the index of its image."""
+    X = np.full((300, 8, 8, 3), 0.5, np.float32)
+    X[270, 3, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="Image 270 contains NaN"):
+        extractor.transform(X)
+    X[270, 3, 3, 1] = np.inf
+    with pytest.raises(ValueError, match="Image 270 contains NaN or infinity"):
+        extractor.transform(torch.from_numpy(X).permute(0, 3, 1, 2))
+
+
+def test_float_images_outside_unit_range_raise(extractor):
+    """Floats must be in [0, 1]; 0..255 floats and negatives get an error."""
+    X = np.full((3, 8, 8, 3), 0.5)
+    X[1] = 200.0
+    with pytest.raises(ValueError, match=r"image 1 has values in \[200, 200\]. It looks like 0..255"):
+        extractor.transform(X)
+    X[1] = -0.5
+    with pytest.raises(ValueError, match="image 1"):
+        extractor.transform(X)
+    X[1] = 1.005  # resampling overshoot is tolerated
+    assert extractor.transform(X).shape == (3, extractor.n_features_out_)
+
+
+def test_supported_dtypes_scale_alike(extractor):
+    """uint8, uint16 and float images of the same picture embed alike."""
+    rng = np.random.default_rng(1)
+    X8 = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # no resize
+    expected = extractor.transform(X8.astype(np.float64) / 255)
+    assert_allclose(extractor.transform(X8), expected, rtol=1e-4, atol=1e-5)
+    assert_allclose(
+        extractor.transform(X8.astype(np.uint16) * 257), expected, rtol=1e-4, atol=1e-5
+    )
+    assert_allclose(
+        extractor.transform((X8 / 255).astype(np.float16)), expected, atol=2e-2
+    )
+
+
+def test_grayscale_equals_repeated_rgb(extractor):
+    """(n, H, W) and (n, H, W, 1) images equal their 3-channel repetition."""
+    gray = np.random.default_rng(2).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    expected = extractor.transform(rgb)
+    assert_allclose(extractor.transform(gray), expected, rtol=1e-5, atol=1e-6)
+    assert_allclose(extractor.transform(gray[..., None]), expected, rtol=1e-5, atol=1e-6)
+    assert_allclose(
+        extractor.transform(torch.from_numpy(gray)), expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_tensor_and_array_inputs_agree(extractor, images):
+    """An (n, C, H, W) tensor and the (n, H, W, C) array give the same rows."""
+    expected = extractor.transform(images)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    assert_array_equal(extractor.transform(tensor), expected)
+
+
+def test_readonly_memmap_fortran_strided_inputs_unchanged(extractor, images, tmp_path):
+    """Read-only, memory-mapped, Fortran and strided arrays work, untouched."""
+    expected = extractor.transform(images)
+    readonly = images.copy()
+    readonly.setflags(write=False)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    memmap = np.load(path, mmap_mode="r")
+    fortran = np.asfortranarray(images)
+    wide = np.zeros((len(images) * 2, *images.shape[1:]), np.uint8)
+    wide[::2] = images
+    for X in (readonly, memmap, fortran, wide[::2]):
+        before = np.array(X, copy=True)
+        assert_array_equal(extractor.transform(X), expected)
+        assert_array_equal(X, before)
+    floats = images / 255.0
+    floats.setflags(write=False)
+    extractor.transform(floats)
+    assert_array_equal(floats, images / 255.0)
+
+
+def test_layout_rule_is_explicit():
+    """numpy arrays are read channels-last, tensors channels-first."""
+    array = as_images(np.zeros((2, 5, 7, 3), np.uint8))
+    tensor = as_images(torch.zeros(2, 3, 5, 7, dtype=torch.uint8))
+    assert array.image_size() == tensor.image_size() == (5, 7)
+    (_, a), (_, t) = next(array.batches(2)), next(tensor.batches(2))
+    assert a.shape == t.shape == (2, 3, 5, 7)
