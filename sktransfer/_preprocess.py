@@ -97,12 +97,20 @@ class Preprocessing:
         if batch.dtype == torch.uint16:  # few kernels support uint16
             batch = batch.to(torch.float32).div_(65535.0)
         if self.resize_size is not None:
+            exact_uint8 = batch.dtype == torch.uint8 and self.interpolation != "bilinear"
+            if exact_uint8:
+                # torchvision's native uint8 bicubic kernel overshoots differently
+                # from the float one (up to 21 levels on noisy images); resize in
+                # float and round, as the weights' own preset does.
+                batch = batch.to(torch.float32)
             batch = TF.resize(
                 batch,
                 [self.resize_size],
                 interpolation=InterpolationMode(self.interpolation),
                 antialias=self.antialias,
             )
+            if exact_uint8:
+                batch = batch.clamp_(0, 255).round_().div_(255)
         if self.crop_size is not None:
             batch = TF.center_crop(batch, [self.crop_size])
         batch = TF.to_dtype(batch, torch.float32, scale=True)
