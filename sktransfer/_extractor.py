@@ -29,8 +29,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
     ``fit`` learns nothing: it loads the network and checks the parameters, so
     the extractor can sit first in a :class:`~sklearn.pipeline.Pipeline`.
 
-    Read more in the :ref:`User Guide <feature-extraction>`
-    (``docs/transfer_learning.md``).
+    Read more in the user guide, ``docs/transfer_learning.md``.
 
     Parameters
     ----------
