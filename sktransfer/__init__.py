@@ -1,6 +1,7 @@
 """sktransfer: transfer learning from pretrained image models, the sklearn way."""
 
 from sktransfer._backbones import model_names as _model_names
+from sktransfer._cache import EmbeddingCache, default_cache
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
@@ -8,8 +9,10 @@ from sktransfer._preprocess import Preprocessing
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "EmbeddingCache",
     "Preprocessing",
     "PretrainedFeatureExtractor",
+    "default_cache",
     "list_layers",
     "list_models",
 ]

@@ -184,8 +184,20 @@ def _load_published(model_name: str, weights: WeightsEnum) -> nn.Module:
         ) from exc
 
 
-def load_backbone(model, weights) -> Backbone:
-    """Load ``model`` with ``weights`` as an eval-mode CPU backbone."""
+def load_backbone(model, weights, seed: int | None = None) -> Backbone:
+    """Load ``model`` with ``weights`` as an eval-mode CPU backbone.
+
+    ``seed`` makes random initialisation (``weights=None``) reproducible; it
+    seeds a forked RNG, so torch's global random state is left as it was.
+    """
+    if seed is None:
+        return _load(model, weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load(model, weights)
+
+
+def _load(model, weights) -> Backbone:
     if isinstance(model, nn.Module):
         return _load_custom(model, weights)
     if not isinstance(model, str):

@@ -54,17 +54,17 @@ def run_batch(net, preprocessing, batch: torch.Tensor, device) -> torch.Tensor:
 
 
 def extract(net, preprocessing, images, *, n_features, batch_size, device,
-            verbose=True, desc="Extracting features") -> np.ndarray:
-    """Run ``net`` over every image of ``images``; rows in input order."""
-    out = np.empty((len(images), n_features), dtype=np.float32)
-    with tqdm(
-        total=len(images), desc=desc, unit="img", disable=not verbose, leave=False
-    ) as bar:
-        for start, batch in images.batches(batch_size):
+            indices=None, verbose=True, desc="Extracting features") -> np.ndarray:
+    """Run ``net`` over the images (or those at ``indices``), rows in order."""
+    n = len(images) if indices is None else len(indices)
+    out = np.empty((n, n_features), dtype=np.float32)
+    with tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar:
+        for start, batch in images.batches(batch_size, indices):
             feats = run_batch(net, preprocessing, batch, device)
             if feats.shape[1] != n_features:
+                first = start if indices is None else int(indices[start])
                 raise ValueError(
-                    f"Images {start}..{start + len(batch) - 1} give "
+                    f"Image {first} and its batch give "
                     f"{feats.shape[1]} features, but the extractor was fitted "
                     f"with {n_features}. With pooling='flatten' or no crop, every "
                     "image must have the size seen in fit; set preprocessing="

@@ -11,12 +11,20 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _engine, _layers, _preprocess
 from sktransfer._backbones import load_backbone, resolve_weights
+from sktransfer._cache import (
+    EmbeddingCache,
+    default_cache,
+    digest,
+    directory_cache,
+    state_digest,
+)
 from sktransfer._inputs import as_images
 
 
@@ -77,6 +85,30 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
     batch_size : int, default=64
         Number of images per forward pass.
 
+    cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
+        Where pooled vectors are kept for reuse, keyed by image content,
+        network, weights, preprocessing, pooling and layer: ``"memory"`` is the
+        process-wide LRU (1 GiB, see :func:`sktransfer.default_cache`), shared
+        by every clone, so a grid search or cross-validation embeds each image
+        once; a directory path adds a persistent on-disk layer shared across
+        processes (``GridSearchCV(n_jobs>1)``) and sessions; an
+        :class:`~sktransfer.EmbeddingCache` sets your own bound; ``None``
+        turns caching off.
+
+    cache_layers : list, "stages" or None, default=None
+        Further cut points to compute in the same forward pass and store in
+        the cache, so that a later request for one of them (another candidate
+        of a grid search over ``layer``) costs no pass through the network.
+        ``"stages"``: every stage boundary of the model plus ``None``. Set it
+        to the ``layer`` values of your grid: the whole search then runs each
+        image through the network once. Ignored when ``cache=None``.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initialisation of ``weights=None`` (through a
+        private generator: torch's global RNG is untouched). Pass an int so
+        that clones, e.g. the candidates of a grid search, share one network
+        and its cache entries.
+
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, then MPS, else the CPU.
 
@@ -107,6 +139,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
     n_features_out_ : int
         Number of output features (their sum).
+
+    taps_ : list of str or None
+        The layers of ``cache_layers`` computed alongside ``layers_`` and
+        only stored in the cache.
+
+    cache_key_ : str
+        Digest of the network, weights, preprocessing and pooling: the part
+        of every cache key that is not the image or the layer.
 
     See Also
     --------
@@ -148,6 +188,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         "pooling": [StrOptions(set(_layers.POOLINGS)), None],
         "preprocessing": [str, dict, _preprocess.Preprocessing],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache": [str, os.PathLike, EmbeddingCache, None],
+        "cache_layers": [StrOptions({"stages"}), list, tuple, None],
+        "random_state": ["random_state"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -161,6 +204,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         pooling="avg",
         preprocessing="auto",
         batch_size=64,
+        cache="memory",
+        cache_layers=None,
+        random_state=None,
         device="auto",
         verbose=True,
     ):
@@ -170,6 +216,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.cache = cache
+        self.cache_layers = cache_layers
+        self.random_state = random_state
         self.device = device
         self.verbose = verbose
 
@@ -209,27 +258,43 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         images = as_images(X)
         self.__dict__.pop("_backbone_state", None)  # from an earlier unpickling
         device = _engine.resolve_device(self.device)
-        backbone = load_backbone(self.model, self.weights)
+        seed = None
+        if self.weights is None and self.random_state is not None:
+            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        backbone = load_backbone(self.model, self.weights, seed)
         names = _layers.node_names(backbone.module, backbone.head)
         layers = _layers.resolve_layers(self.layer, names, self._model_label())
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
         )
+        store = self._cache_store()
+        taps = []
+        if store is not None and self.cache_layers is not None:
+            extra = self.cache_layers
+            if isinstance(extra, str):  # "stages"
+                stages = backbone.family.stages(backbone.module)
+                extra = [n for n in stages if n in names or _layers._is_valid(n, names)]
+                extra.append(None)
+            extra = _layers.resolve_layers(extra, names, self._model_label())
+            taps = [name for name in extra if name not in layers]
         net = _layers.FeatureNet(
-            backbone.module, layers, self.pooling, backbone.family.nhwc, names
+            backbone.module, layers + taps, self.pooling, backbone.family.nhwc, names
         ).to(device)
         _, probe = next(images.batches(1))
         with torch.inference_mode():
-            widths = [
-                f.shape[1] for f in net(prep(probe.to(device)))
-            ]
+            widths = [f.shape[1] for f in net(prep(probe.to(device)))]
         self.weights_ = backbone.weights
         self.layers_ = layers
+        self.taps_ = taps
         self.preprocessing_ = prep
         self.device_ = device
         self.network_ = net
-        self.n_features_per_layer_ = widths
-        self.n_features_out_ = int(sum(widths))
+        self.n_features_per_layer_ = widths[: len(layers)]
+        self.tap_widths_ = widths[len(layers) :]
+        self.n_features_out_ = int(sum(self.n_features_per_layer_))
+        self.cache_key_ = digest(
+            self._network_identity(backbone), repr(prep), str(self.pooling)
+        )
         return self
 
     def transform(self, X):
@@ -247,15 +312,64 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         images = as_images(X)
+        store = self._cache_store()
+        if store is None:
+            return self._compute(images)[:, : self.n_features_out_]
+        return self._transform_cached(images, store)
+
+    def _compute(self, images, indices=None) -> np.ndarray:
+        """Run the network: columns of ``layers_`` then of ``taps_``."""
         return _engine.extract(
             self._network(),
             self.preprocessing_,
             images,
-            n_features=self.n_features_out_,
+            n_features=sum(self.n_features_per_layer_) + sum(self.tap_widths_),
             batch_size=self.batch_size,
             device=self.device_,
+            indices=indices,
             verbose=self.verbose,
         )
+
+    def _transform_cached(self, images, store) -> np.ndarray:
+        keys = images.digests()
+        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        missing = []
+        for i, image in enumerate(keys):
+            parts = []
+            for layer in self.layers_:
+                part = store.get((self.cache_key_, layer, image))
+                if part is None:
+                    missing.append(i)
+                    break
+                parts.append(part)
+            else:
+                out[i] = np.concatenate(parts)
+        if missing:
+            computed = self._compute(images, np.asarray(missing))
+            bounds = np.cumsum([0, *self.n_features_per_layer_, *self.tap_widths_])
+            for row, i in enumerate(missing):
+                for j, layer in enumerate(self.layers_ + self.taps_):
+                    value = computed[row, bounds[j] : bounds[j + 1]]
+                    store.put((self.cache_key_, layer, keys[i]), value)
+            out[missing] = computed[:, : self.n_features_out_]
+        return out
+
+    def _cache_store(self) -> EmbeddingCache | None:
+        cache = self.cache
+        if cache is None or isinstance(cache, EmbeddingCache):
+            return cache
+        if isinstance(cache, str) and cache == "memory":
+            return default_cache()
+        return directory_cache(cache)
+
+    def _network_identity(self, backbone) -> str:
+        """What identifies the network's weights, cheaply where possible."""
+        if self._uses_published_weights():
+            return f"{self.model}|{backbone.weights}"
+        if isinstance(self.model, str) and backbone.weights is not None:
+            stat = os.stat(backbone.weights)  # a checkpoint file
+            return f"{self.model}|{backbone.weights}|{stat.st_size}|{stat.st_mtime_ns}"
+        return state_digest(backbone.module)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``<layer>_<index>``.
@@ -294,7 +408,10 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             if state is not None:
                 backbone.module.load_state_dict(state)
             net = _layers.FeatureNet(
-                backbone.module, self.layers_, self.pooling, backbone.family.nhwc
+                backbone.module,
+                self.layers_ + self.taps_,
+                self.pooling,
+                backbone.family.nhwc,
             ).to(self.device_)
             self.network_ = net
             self.__dict__.pop("_backbone_state", None)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from sktransfer._cache import digest
+
 __all__ = ["ArrayImages", "as_images"]
 
 # Float images must lie in [0, 1]; this much slack absorbs resampling overshoot.
@@ -158,13 +160,28 @@ class ArrayImages:
             return int(shape[1]), int(shape[2])
         return int(shape[2]), int(shape[3])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(start, batch)`` with batches of at most ``batch_size``."""
-        for start in range(0, len(self), batch_size):
-            yield start, self._batch(start, start + batch_size)
+    def batches(self, batch_size: int, indices=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(start, batch)`` with batches of at most ``batch_size``.
 
-    def _batch(self, start: int, stop: int) -> torch.Tensor:
-        chunk = self.data[start:stop]
+        With ``indices``, only those rows, in that order; ``start`` then
+        counts positions in ``indices``.
+        """
+        n = len(self) if indices is None else len(indices)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            rows = slice(start, stop) if indices is None else indices[start:stop]
+            yield start, self._batch(rows)
+
+    def digests(self) -> list[str]:
+        """A digest of each image's pixels, dtype and shape (cache keys)."""
+        data = self.data
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        tag = f"{data.dtype.str}{data.shape[1:]}{self.channels_last}"
+        return [digest(tag, np.ascontiguousarray(image).data) for image in data]
+
+    def _batch(self, rows) -> torch.Tensor:
+        chunk = self.data[rows]
         if isinstance(chunk, torch.Tensor):
             batch = chunk.detach()
             if batch.ndim == 3:

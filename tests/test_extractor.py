@@ -23,6 +23,7 @@ from .conftest import SMALL
 def make(model, **params):
     params.setdefault("preprocessing", SMALL)
     params.setdefault("verbose", False)
+    params.setdefault("cache", None)  # these tests check the computation itself
     return PretrainedFeatureExtractor(model=model, **params)
 
 
@@ -299,3 +300,15 @@ def test_progress_bar_can_be_turned_off(tiny_cnn, images, capsys):
     assert capsys.readouterr().err == ""
     make(tiny_cnn, verbose=True, batch_size=2).fit(images).transform(images)
     assert "img" in capsys.readouterr().err
+
+
+def test_random_state_makes_random_weights_reproducible(images):
+    """An int random_state gives the same random network, without global seeding."""
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = make("resnet18", weights=None, random_state=0).fit_transform(images)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    b = make("resnet18", weights=None, random_state=0).fit_transform(images)
+    c = make("resnet18", weights=None, random_state=1).fit_transform(images)
+    assert_array_equal(a, b)
+    assert not np.allclose(a, c)

@@ -14,7 +14,7 @@ from .conftest import SMALL
 @pytest.fixture
 def extractor(tiny_cnn, images):
     return PretrainedFeatureExtractor(
-        model=tiny_cnn, preprocessing=SMALL, verbose=False
+        model=tiny_cnn, preprocessing=SMALL, verbose=False, cache=None
     ).fit(images)
 
 

@@ -1,0 +1,235 @@
+"""The embedding cache: one pass per image for a whole grid search."""
+
+import threading
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from sktransfer import EmbeddingCache, PretrainedFeatureExtractor, default_cache
+
+from .conftest import SMALL
+
+GRID_LAYERS = ["stem", "block1", "block2", None]
+
+
+class ImageCounter:
+    """Counts the images that reach a module (a forward hook)."""
+
+    def __init__(self, module):
+        self.count = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        self.count += inputs[0].shape[0]
+
+    def __deepcopy__(self, memo):  # clones of the module count here too
+        return self
+
+
+@pytest.fixture
+def counted(tiny_cnn):
+    """The tiny CNN and a counter of the images its first conv sees."""
+    return tiny_cnn, ImageCounter(tiny_cnn.stem[0])
+
+
+def make(model, cache, **params):
+    return PretrainedFeatureExtractor(
+        model=model, preprocessing=SMALL, verbose=False, cache=cache, **params
+    )
+
+
+def test_cached_rows_equal_uncached(counted, images):
+    """Rows from the cache are identical to freshly computed ones."""
+    model, counter = counted
+    fresh = make(model, None, layer=["block1", None]).fit(images).transform(images)
+    cached = make(model, EmbeddingCache(), layer=["block1", None]).fit(images)
+    first, second = cached.transform(images), cached.transform(images)
+    assert_array_equal(first, fresh)
+    assert_array_equal(second, fresh)
+    # fit probes 1 image each; the uncached and the first cached pass 6 each
+    assert counter.count == 2 + 6 + 6
+
+
+def test_cache_hits_across_clones_and_subsets(counted, images):
+    """Clones share the cache; any subset or order of seen images is a hit."""
+    model, counter = counted
+    cache = EmbeddingCache()
+    make(model, cache).fit(images).transform(images)
+    before = counter.count
+    other = clone(make(model, cache)).fit(images[:1])
+    order = [5, 0, 3, 3]
+    assert_array_equal(
+        other.transform(images[order]), make(model, None).fit(images).transform(images)[order]
+    )
+    assert counter.count - before == 1 + 1 + 6  # probes + the uncached reference
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pooling": "max"},
+        {"preprocessing": {"resize_size": 24, "crop_size": 24}},
+        {"weights": None},  # re-initialised: other weights
+        {"layer": "block1"},
+    ],
+)
+def test_changes_invalidate_entries(counted, images, change):
+    """Other pooling, preprocessing, weights or layer never hit old entries."""
+    model, counter = counted
+    cache = EmbeddingCache()
+    make(model, cache).fit(images).transform(images)
+    changed = make(model, cache).set_params(**change).fit(images)
+    before = counter.count
+    out = changed.transform(images)
+    assert counter.count - before == len(images)
+    assert_array_equal(out, changed.set_params(cache=None).transform(images))
+
+
+def test_changed_image_is_a_miss(counted, images):
+    """One changed pixel makes that image, and only that image, a miss."""
+    model, counter = counted
+    extractor = make(model, EmbeddingCache()).fit(images)
+    extractor.transform(images)
+    edited = images.copy()
+    edited[2, 0, 0, 0] ^= 1
+    before = counter.count
+    extractor.transform(edited)
+    assert counter.count - before == 1
+    as_float = extractor.transform(images / 255.0)  # another dtype: another key
+    assert counter.count - before == 1 + len(images)
+    assert as_float.shape == (len(images), 3)
+
+
+def test_cache_never_exceeds_its_bound():
+    """The LRU drops the oldest entries to stay within max_bytes."""
+    cache = EmbeddingCache(max_bytes=10 * 400)
+    for i in range(50):
+        cache.put(("cfg", None, str(i)), np.full(100, i, np.float32))  # 400 bytes
+        assert cache.nbytes <= cache.max_bytes
+    assert len(cache) == 10
+    assert cache.get(("cfg", None, "0")) is None
+    assert_array_equal(cache.get(("cfg", None, "49")), np.full(100, 49))
+    cache.put(("cfg", None, "big"), np.zeros(10_000, np.float32))  # over the bound
+    assert cache.get(("cfg", None, "big")) is None and cache.nbytes <= 4000
+    with pytest.raises(ValueError, match=">= 0"):
+        EmbeddingCache(max_bytes=-1)
+
+
+def test_cache_is_thread_safe():
+    """Concurrent puts and gets keep the byte count exact and values intact."""
+    cache = EmbeddingCache(max_bytes=200 * 40)
+
+    def work(t):
+        for i in range(500):
+            key = ("cfg", t, str(i % 300))
+            cache.put(key, np.full(10, i % 300, np.float32))
+            value = cache.get(key)
+            assert value is None or value[0] == i % 300
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.nbytes == sum(v.nbytes for v in cache._entries.values())
+    assert cache.nbytes <= cache.max_bytes
+
+
+def test_concurrent_transforms_share_one_cache(counted, images):
+    """Transforms from several threads give the right rows."""
+    model, _ = counted
+    extractor = make(model, EmbeddingCache(), batch_size=2).fit(images)
+    expected = make(model, None).fit(images).transform(images)
+    results = [None] * 4
+
+    def run(k):
+        results[k] = extractor.transform(images)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        assert_array_equal(result, expected)
+
+
+def test_disk_cache_survives_the_memory_layer(counted, images, tmp_path):
+    """A directory cache serves another (fresh) process's memory layer."""
+    model, counter = counted
+    extractor = make(model, str(tmp_path)).fit(images)
+    expected = extractor.transform(images)
+    assert len(list(tmp_path.rglob("*.npy"))) == len(images)
+    fresh = EmbeddingCache(directory=tmp_path)  # what another process would build
+    before = counter.count
+    assert_array_equal(make(model, fresh).fit(images[:1]).transform(images), expected)
+    assert counter.count - before == 1  # the probe only
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_cache_objects_are_shared_not_copied():
+    """clone and deepcopy keep the same cache object; pickling keeps the bound."""
+    import copy
+    import pickle
+
+    cache = EmbeddingCache(max_bytes=123)
+    extractor = PretrainedFeatureExtractor(cache=cache)
+    assert clone(extractor).cache is cache
+    assert copy.deepcopy(cache) is cache
+    assert pickle.loads(pickle.dumps(cache)).max_bytes == 123
+    assert default_cache().max_bytes == 1 << 30
+
+
+def _grid_search(model, cache, cache_layers, X, y):
+    extractor = make(model, cache, cache_layers=cache_layers)
+    search = GridSearchCV(
+        make_pipeline(extractor, LogisticRegression(max_iter=200)),
+        {
+            "pretrainedfeatureextractor__layer": GRID_LAYERS,
+            "logisticregression__C": [0.1, 1.0, 10.0],
+        },
+        cv=5,
+    )
+    return search.fit(X, y)
+
+
+@pytest.fixture
+def labelled():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    return X, np.arange(40) % 2
+
+
+def test_grid_search_runs_each_image_once_with_known_cut_points(counted, labelled):
+    """4 cut points x 3 C x 5 folds: n images through the network, not 60 n."""
+    model, counter = counted
+    X, y = labelled
+    search = _grid_search(model, EmbeddingCache(), GRID_LAYERS, X, y)
+    fits = 4 * 3 * 5 + 1
+    assert counter.count - fits == len(X)  # each fit also probes one image
+    uncached_counter = counter.count
+    _grid_search(model, None, None, X, y)
+    assert counter.count - uncached_counter - fits == 4 * 3 * 5 * len(X) + len(X)
+    assert search.best_params_["pretrainedfeatureextractor__layer"] in GRID_LAYERS
+
+
+def test_grid_search_one_pass_per_cut_point_otherwise(counted, labelled):
+    """Without cache_layers, each distinct cut point costs one pass."""
+    model, counter = counted
+    X, y = labelled
+    _grid_search(model, EmbeddingCache(), None, X, y)
+    assert counter.count - (4 * 3 * 5 + 1) <= 4 * len(X)
+
+
+def test_cache_layers_stages(tiny_cnn, images):
+    """cache_layers='stages' taps every stage boundary and the embedding."""
+    extractor = make(tiny_cnn, EmbeddingCache(), layer="block1", cache_layers="stages")
+    extractor.fit(images)
+    assert extractor.taps_ == ["stem", "block2", "pool", "flatten", "fc", None]
+    assert extractor.transform(images).shape == (len(images), 16)
+    assert make(tiny_cnn, None, cache_layers="stages").fit(images).taps_ == []
