@@ -53,8 +53,18 @@ def run_batch(net, preprocessing, batch: torch.Tensor, device) -> torch.Tensor:
         return torch.cat(net(x), dim=1)
 
 
-def extract(net, preprocessing, images, *, n_features, batch_size, device,
-            indices=None, verbose=True, desc="Extracting features") -> np.ndarray:
+def extract(
+    net,
+    preprocessing,
+    images,
+    *,
+    n_features,
+    batch_size,
+    device,
+    indices=None,
+    verbose=True,
+    desc="Extracting features",
+) -> np.ndarray:
     """Run ``net`` over the images (or those at ``indices``), rows in order."""
     n = len(images) if indices is None else len(indices)
     out = np.empty((n, n_features), dtype=np.float32)

@@ -10,8 +10,8 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
@@ -388,15 +388,17 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         names = []
-        for layer, width in zip(self.layers_, self.n_features_per_layer_):
+        for layer, width in zip(self.layers_, self.n_features_per_layer_, strict=True):
             label = "embedding" if layer is None else layer
             names.extend(f"{label}_{i}" for i in range(width))
         return np.asarray(names, dtype=object)
 
     # -- persistence --------------------------------------------------------
     def _uses_published_weights(self) -> bool:
-        return isinstance(self.model, str) and isinstance(self.weights_, str) and (
-            "_Weights." in self.weights_
+        return (
+            isinstance(self.model, str)
+            and isinstance(self.weights_, str)
+            and ("_Weights." in self.weights_)
         )
 
     def _network(self) -> nn.Module:
@@ -451,4 +453,3 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = []
         return tags
-

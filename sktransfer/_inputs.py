@@ -122,7 +122,9 @@ class ArrayImages:
             raise ValueError("Found 0 images; at least 1 is required.")
         height, width = self.image_size()
         if height == 0 or width == 0:
-            raise ValueError(f"Images must not be empty; got shape {tuple(data.shape)}.")
+            raise ValueError(
+                f"Images must not be empty; got shape {tuple(data.shape)}."
+            )
         if is_float:
             self._check_float_values()
 
@@ -160,7 +162,9 @@ class ArrayImages:
             return int(shape[1]), int(shape[2])
         return int(shape[2]), int(shape[3])
 
-    def batches(self, batch_size: int, indices=None) -> Iterator[tuple[int, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, indices=None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, batch)`` with batches of at most ``batch_size``.
 
         With ``indices``, only those rows, in that order; ``start`` then

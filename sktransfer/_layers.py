@@ -120,7 +120,7 @@ class FeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = {None: self.backbone(x)} if self.body is None else self.body(x)
         feats = []
-        for key, name in zip(self.keys, self.layers):
+        for key, name in zip(self.keys, self.layers, strict=True):
             value = out[key]
             if not isinstance(value, torch.Tensor):
                 raise ValueError(
@@ -174,7 +174,8 @@ def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
     names = node_names(module, head)
     if which == "stages":
         wanted = [
-            n for n in backbone.family.stages(module)
+            n
+            for n in backbone.family.stages(module)
             if _is_valid(n, names) and n != head
         ]
     else:

@@ -97,7 +97,9 @@ class Preprocessing:
         if batch.dtype == torch.uint16:  # few kernels support uint16
             batch = batch.to(torch.float32).div_(65535.0)
         if self.resize_size is not None:
-            exact_uint8 = batch.dtype == torch.uint8 and self.interpolation != "bilinear"
+            exact_uint8 = (
+                batch.dtype == torch.uint8 and self.interpolation != "bilinear"
+            )
             if exact_uint8:
                 # torchvision's native uint8 bicubic kernel overshoots differently
                 # from the float one (up to 21 levels on noisy images); resize in
@@ -189,4 +191,3 @@ def resolve(spec, auto: Preprocessing, named) -> Preprocessing:
         "{'resize_size': 128, 'crop_size': 112}, or a "
         f"sktransfer.Preprocessing. Got {spec!r}."
     )
-

@@ -18,8 +18,14 @@ import numpy as np
 from sktransfer.exceptions import WeightsUnavailableError
 
 DEMO_LAYERS = {
-    "mobilenet_v2": ["features.3", "features.6", "features.10", "features.13",
-                     "features.16", None],
+    "mobilenet_v2": [
+        "features.3",
+        "features.6",
+        "features.10",
+        "features.13",
+        "features.16",
+        None,
+    ],
     "resnet18": ["layer1", "layer2", "layer3", None],
     "resnet50": ["layer1", "layer2", "layer3", None],
 }
@@ -113,7 +119,10 @@ def demo(args) -> int:
     start = time.perf_counter()
     search = _search(
         pipe,
-        {"pretrainedfeatureextractor__layer": layers, "pipeline__logisticregression__C": grid_c},
+        {
+            "pretrainedfeatureextractor__layer": layers,
+            "pipeline__logisticregression__C": grid_c,
+        },
         X,
         y,
         args.cv,
@@ -128,7 +137,9 @@ def demo(args) -> int:
         shown = "embedding (layer=None)" if layer is None else layer
         c = params["pipeline__logisticregression__C"]
         print(f"{shown:<24}{width:>6}  {c:>6g}   {mean:.3f} ± {std:.3f}")
-    raw = _search(probe, {"logisticregression__C": grid_c}, X.reshape(len(X), -1), y, args.cv)
+    raw = _search(
+        probe, {"logisticregression__C": grid_c}, X.reshape(len(X), -1), y, args.cv
+    )
     mean = raw.cv_results_["mean_test_score"][raw.best_index_]
     std = raw.cv_results_["std_test_score"][raw.best_index_]
     c = raw.best_params_["logisticregression__C"]
@@ -144,7 +155,9 @@ def demo(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sktransfer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="sktransfer", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="linear probe on the digits, per cut point")
     p.add_argument("--model", default="mobilenet_v2", help="torchvision model name")

@@ -18,10 +18,15 @@ from sktransfer.exceptions import WeightsUnavailableError
 def test_weights_names_resolve_in_all_spellings():
     """DEFAULT, short names, full names and enum members all resolve."""
     assert resolve_weights("resnet18", "DEFAULT") is ResNet18_Weights.DEFAULT
-    assert resolve_weights("resnet18", "IMAGENET1K_V1") is ResNet18_Weights.IMAGENET1K_V1
+    assert (
+        resolve_weights("resnet18", "IMAGENET1K_V1") is ResNet18_Weights.IMAGENET1K_V1
+    )
     full = "ResNet18_Weights.IMAGENET1K_V1"
     assert resolve_weights("resnet18", full) is ResNet18_Weights.IMAGENET1K_V1
-    assert resolve_weights("resnet18", ResNet18_Weights.DEFAULT) is ResNet18_Weights.DEFAULT
+    assert (
+        resolve_weights("resnet18", ResNet18_Weights.DEFAULT)
+        is ResNet18_Weights.DEFAULT
+    )
     assert resolve_weights("resnet18", None) is None
     assert str(resolve_weights("resnet18", "ckpt/model.pth")) == "ckpt/model.pth"
 
@@ -70,9 +75,9 @@ def test_checkpoint_file_round_trip(tmp_path):
     assert from_file.weights_ == str(path)
     model.fc = torch.nn.Identity()
     with torch.inference_mode():
-        expected = model.eval()(from_file.preprocessing_(
-            torch.from_numpy(X).permute(0, 3, 1, 2)
-        ))
+        expected = model.eval()(
+            from_file.preprocessing_(torch.from_numpy(X).permute(0, 3, 1, 2))
+        )
     assert_allclose(from_file.transform(X), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -92,8 +97,10 @@ def test_checkpoint_problems_are_reported(tmp_path):
     torch.save(state, tmp_path / "resnet34.pth")
     with pytest.raises(ValueError, match=r"96 unexpected keys \(layer1.2"):
         fit(tmp_path / "resnet34.pth")
-    torch.save({"state_dict": torchvision.models.resnet18().state_dict()},
-               tmp_path / "wrapped.pth")
+    torch.save(
+        {"state_dict": torchvision.models.resnet18().state_dict()},
+        tmp_path / "wrapped.pth",
+    )
     fit(tmp_path / "wrapped.pth")  # a {"state_dict": ...} wrapper is unwrapped
 
 
@@ -117,7 +124,9 @@ def _china():
     return load_sample_images().images[0][None]  # (1, 427, 640, 3) uint8
 
 
-def test_real_checkpoint_file_and_hub_cache_agree(shared_weights, tmp_path, monkeypatch):
+def test_real_checkpoint_file_and_hub_cache_agree(
+    shared_weights, tmp_path, monkeypatch
+):
     """The real file as a path and through a TORCH_HOME cache give equal rows."""
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -147,9 +156,10 @@ def test_real_weights_classify_the_palace(shared_weights):
         verbose=False,
     ).fit(_china())
     state = torch.load(shared_weights, weights_only=True)
-    logits = torch.from_numpy(extractor.transform(_china())) @ state[
-        "classifier.1.weight"
-    ].T + state["classifier.1.bias"]
+    logits = (
+        torch.from_numpy(extractor.transform(_china())) @ state["classifier.1.weight"].T
+        + state["classifier.1.bias"]
+    )
     probs = logits.softmax(1)[0]
     classes = (shared_weights.parent / "imagenet_classes.txt").read_text().splitlines()
     assert classes[int(probs.argmax())] == "palace"

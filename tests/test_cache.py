@@ -64,7 +64,8 @@ def test_cache_hits_across_clones_and_subsets(counted, images):
     other = clone(make(model, cache)).fit(images[:1])
     order = [5, 0, 3, 3]
     assert_array_equal(
-        other.transform(images[order]), make(model, None).fit(images).transform(images)[order]
+        other.transform(images[order]),
+        make(model, None).fit(images).transform(images)[order],
     )
     assert counter.count - before == 1 + 1 + 6  # probes + the uncached reference
 

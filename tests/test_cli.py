@@ -18,7 +18,23 @@ def _scores(out):
 
 def test_demo_prints_table_and_states_weights(capsys):
     """The demo prints one row per cut point plus raw pixels, naming the weights."""
-    assert main(["demo", "--weights", "none", "--size", "32", "--cv", "2", "--limit", "300", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--weights",
+                "none",
+                "--size",
+                "32",
+                "--cv",
+                "2",
+                "--limit",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "weights: none: RANDOM initialisation" in out
     for row in ("features.3", "features.13", "embedding (layer=None)", "raw pixels"):
@@ -45,7 +61,21 @@ def test_demo_says_loudly_when_pretrained_weights_are_missing(
 
 def test_demo_with_real_weights_beats_raw_pixels(capsys, shared_weights):
     """With the real checkpoint, a mid-level cut point beats raw pixels."""
-    assert main(["demo", "--weights", str(shared_weights), "--limit", "600", "--cv", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--weights",
+                str(shared_weights),
+                "--limit",
+                "600",
+                "--cv",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = _scores(out)
     assert f"weights: {shared_weights}" in out

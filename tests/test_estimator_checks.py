@@ -73,7 +73,9 @@ EXPECTED_FAILED_CHECKS = {
 
 
 def _expected_failed_checks(estimator):
-    return {name: _TABULAR.format(test) for name, test in EXPECTED_FAILED_CHECKS.items()}
+    return {
+        name: _TABULAR.format(test) for name, test in EXPECTED_FAILED_CHECKS.items()
+    }
 
 
 @parametrize_with_checks(

@@ -83,7 +83,9 @@ def test_float_images_outside_unit_range_raise(extractor):
     """Floats must be in [0, 1]; 0..255 floats and negatives get an error."""
     X = np.full((3, 8, 8, 3), 0.5)
     X[1] = 200.0
-    with pytest.raises(ValueError, match=r"image 1 has values in \[200, 200\]. It looks like 0..255"):
+    with pytest.raises(
+        ValueError, match=r"image 1 has values in \[200, 200\]. It looks like 0..255"
+    ):
         extractor.transform(X)
     X[1] = -0.5
     with pytest.raises(ValueError, match="image 1"):
@@ -112,7 +114,9 @@ def test_grayscale_equals_repeated_rgb(extractor):
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     expected = extractor.transform(rgb)
     assert_allclose(extractor.transform(gray), expected, rtol=1e-5, atol=1e-6)
-    assert_allclose(extractor.transform(gray[..., None]), expected, rtol=1e-5, atol=1e-6)
+    assert_allclose(
+        extractor.transform(gray[..., None]), expected, rtol=1e-5, atol=1e-6
+    )
     assert_allclose(
         extractor.transform(torch.from_numpy(gray)), expected, rtol=1e-5, atol=1e-6
     )
