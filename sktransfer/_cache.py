@@ -198,10 +198,32 @@ def directory_cache(path) -> EmbeddingCache:
         return _DIRECTORIES[key]
 
 
+def _code_parts(code):
+    """Stable parts of a code object and the code objects nested in it."""
+    yield code.co_code
+    yield repr((code.co_names, code.co_varnames)).encode()
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            yield from _code_parts(const)
+        else:
+            yield repr(const).encode()
+
+
 def state_digest(module) -> str:
-    """A digest of a module's class, parameter names, shapes and values."""
+    """A digest of what a module computes: code, parameter names and values.
+
+    Covers, for each submodule, its class and the bytecode of its ``forward``
+    (so a class redefined in a notebook is another network), and every
+    tensor of the state dict.
+    """
     h = hashlib.blake2b(digest_size=16)
-    h.update(type(module).__qualname__.encode())
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}".encode())
+        forward = getattr(cls.forward, "__code__", None)
+        if forward is not None:
+            for part in _code_parts(forward):
+                h.update(part)
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())

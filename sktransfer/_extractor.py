@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _engine, _layers, _preprocess
-from sktransfer._backbones import load_backbone, resolve_weights
+from sktransfer._backbones import _check_model_name, load_backbone, resolve_weights
 from sktransfer._cache import (
     EmbeddingCache,
     default_cache,
@@ -26,6 +26,11 @@ from sktransfer._cache import (
     state_digest,
 )
 from sktransfer._inputs import as_images
+from sktransfer._memo import Memo
+
+# Built networks shared by clones (inference only): see _memo.py.
+_BACKBONES = Memo(size=4)
+_NETWORKS = Memo(size=8)
 
 
 class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -261,8 +266,20 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         seed = None
         if self.weights is None and self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        backbone = load_backbone(self.model, self.weights, seed)
-        names = _layers.node_names(backbone.module, backbone.head)
+        identity = self._weights_identity(seed)
+        if isinstance(self.model, nn.Module) and identity is not None:
+            memo_id = f"{identity}|hooks{_hook_ids(self.model)}"
+        else:
+            memo_id = identity
+        backbone_key = None if memo_id is None else (memo_id, str(device))
+        loaded = _BACKBONES.get(backbone_key)
+        if loaded is None:
+            backbone = load_backbone(self.model, self.weights, seed)
+            names = _layers.node_names(backbone.module, backbone.head)
+            backbone.module.to(device)
+            loaded = (backbone, names)
+            _BACKBONES.put(backbone_key, loaded)
+        backbone, names = loaded
         layers = _layers.resolve_layers(self.layer, names, self._model_label())
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
@@ -273,13 +290,25 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             extra = self.cache_layers
             if isinstance(extra, str):  # "stages"
                 stages = backbone.family.stages(backbone.module)
-                extra = [n for n in stages if n in names or _layers._is_valid(n, names)]
+                extra = [n for n in stages if _layers._is_valid(n, names)]
                 extra.append(None)
             extra = _layers.resolve_layers(extra, names, self._model_label())
             taps = [name for name in extra if name not in layers]
-        net = _layers.FeatureNet(
-            backbone.module, layers + taps, self.pooling, backbone.family.nhwc, names
-        ).to(device)
+        net_key = (
+            None
+            if memo_id is None
+            else (memo_id, str(device), tuple(layers + taps), self.pooling)
+        )
+        net = _NETWORKS.get(net_key)
+        if net is None:
+            net = _layers.FeatureNet(
+                backbone.module,
+                layers + taps,
+                self.pooling,
+                backbone.family.nhwc,
+                names,
+            ).to(device)
+            _NETWORKS.put(net_key, net)
         _, probe = next(images.batches(1))
         with torch.inference_mode():
             widths = [f.shape[1] for f in net(prep(probe.to(device)))]
@@ -293,7 +322,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.tap_widths_ = widths[len(layers) :]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = digest(
-            self._network_identity(backbone), repr(prep), str(self.pooling)
+            identity or state_digest(backbone.module), repr(prep), str(self.pooling)
         )
         return self
 
@@ -362,14 +391,36 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             return default_cache()
         return directory_cache(cache)
 
-    def _network_identity(self, backbone) -> str:
-        """What identifies the network's weights, cheaply where possible."""
-        if self._uses_published_weights():
-            return f"{self.model}|{backbone.weights}"
-        if isinstance(self.model, str) and backbone.weights is not None:
-            stat = os.stat(backbone.weights)  # a checkpoint file
-            return f"{self.model}|{backbone.weights}|{stat.st_size}|{stat.st_mtime_ns}"
-        return state_digest(backbone.module)
+    def _weights_identity(self, seed) -> str | None:
+        """Identify the network's weights without loading them (None: unique).
+
+        Published weights: their name; a checkpoint: its path, size and mtime;
+        a module: a digest of its class and tensors; seeded random weights:
+        the seed. Unseeded random weights are never shared.
+        """
+        model = self.model
+        if isinstance(model, nn.Module):
+            base = state_digest(model)
+            if isinstance(self.weights, str) and self.weights == "DEFAULT":
+                return base
+        elif isinstance(model, str):
+            _check_model_name(model)
+            base = model
+        else:
+            return None  # invalid; reported by load_backbone
+        weights = self.weights
+        if weights is None:
+            return None if seed is None else f"{base}|random|{seed}"
+        if isinstance(model, str) and not isinstance(weights, os.PathLike):
+            resolved = resolve_weights(model, weights)
+            if isinstance(resolved, WeightsEnum):
+                return f"{base}|{type(resolved).__name__}.{resolved.name}"
+            weights = resolved
+        try:
+            stat = os.stat(weights)
+        except (OSError, TypeError):
+            return None  # a missing file: load_backbone says what is wrong
+        return f"{base}|{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``<layer>_<index>``.
@@ -453,3 +504,13 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+def _hook_ids(module: nn.Module) -> tuple:
+    """Ids of a module tree's forward hooks: part of in-process memo keys."""
+    return tuple(
+        id(hook)
+        for sub in module.modules()
+        for registry in (sub._forward_hooks, sub._forward_pre_hooks)
+        for hook in registry.values()
+    )

@@ -234,3 +234,34 @@ def test_cache_layers_stages(tiny_cnn, images):
     assert extractor.taps_ == ["stem", "block2", "pool", "flatten", "fc", None]
     assert extractor.transform(images).shape == (len(images), 16)
     assert make(tiny_cnn, None, cache_layers="stages").fit(images).taps_ == []
+
+
+def test_redefined_module_class_is_another_network(images):
+    """A module whose forward changed (same weights) never hits old entries."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    first = Net()
+    cache = EmbeddingCache()
+    a = make(first, cache).fit(images).transform(images)
+
+    class Net(nn.Module):  # noqa: F811 - as when a notebook cell is re-run
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).amax((2, 3))
+
+    second = Net()
+    second.load_state_dict(first.state_dict())
+    b = make(second, cache).fit(images).transform(images)
+    assert not np.allclose(a, b)
+    assert_array_equal(b, make(second, None).fit(images).transform(images))
