@@ -1,18 +1,34 @@
-"""The engine: device, batching, inference, progress, output assembly.
+"""The engine: device, precision, batching, inference, progress, output.
 
 It runs any module that maps a preprocessed ``(n, 3, H, W)`` float batch to a
 list of ``(n, d_i)`` tensors over the batches of an input adapter, and writes
 the concatenated rows, in input order, into one preallocated float32 array.
 It knows nothing of sklearn.
+
+Speed, in order of value (``shared/PERFORMANCE.md``): large batches; uint8
+batches to the device, resized and normalised there; reduced precision
+(bf16 autocast) where the hardware has it; channels_last; on CUDA, pinned
+host memory and non-blocking copies both ways, so the host prepares batch
+k+1 while the device computes batch k, and cuDNN autotuning. Out of memory,
+the batch is halved and retried (down to one image) and the result is
+unchanged.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["extract", "resolve_device"]
+__all__ = ["PRECISIONS", "extract", "resolve_device", "resolve_precision"]
+
+PRECISIONS = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(device) -> torch.device:
@@ -46,11 +62,75 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def run_batch(net, preprocessing, batch: torch.Tensor, device) -> torch.Tensor:
-    """Preprocess one batch on ``device`` and return its ``(n, d)`` features."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX)."""
+    cpu = getattr(torch._C, "_cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(cpu, probe, None)
+        if check is not None and check():
+            return True
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: ``"auto"`` is bf16 where the hardware runs it natively.
+
+    CUDA: bfloat16 where supported (Ampere and later), else float16. CPU:
+    bfloat16 with AVX512-BF16 or AMX, else float32. MPS: float32.
+    """
+    if precision != "auto":
+        return PRECISIONS[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def prepare_network(net: torch.nn.Module) -> torch.nn.Module:
+    """Lay out convolution weights channels_last (faster on CPU and GPU)."""
+    return net.to(memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _cudnn_autotune(device: torch.device):
+    """Let cuDNN pick the fastest kernels for the duration of one call only."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=cudnn.enabled,
+        benchmark=not cudnn.deterministic,
+        deterministic=cudnn.deterministic,
+        allow_tf32=cudnn.allow_tf32,
+    )
+
+
+def run_batch(net, preprocessing, batch, device, dtype=torch.float32, split=False):
+    """Preprocess one batch on ``device`` and return its float32 features.
+
+    The features of all layers come concatenated, or as a list with ``split``.
+    """
     with torch.inference_mode():
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
         x = preprocessing(batch.to(device, non_blocking=True))
-        return torch.cat(net(x), dim=1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, dtype):
+            feats = net(x)
+        feats = [f.float() for f in feats]
+        return feats if split else torch.cat(feats, dim=1)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def extract(
@@ -61,25 +141,59 @@ def extract(
     n_features,
     batch_size,
     device,
+    dtype=torch.float32,
     indices=None,
     verbose=True,
     desc="Extracting features",
-) -> np.ndarray:
-    """Run ``net`` over the images (or those at ``indices``), rows in order."""
+) -> tuple[np.ndarray, int]:
+    """Run ``net`` over the images (or those at ``indices``), rows in order.
+
+    Returns the ``(n, n_features)`` float32 rows and the batch size that was
+    finally used (smaller than ``batch_size`` after an out-of-memory back-off).
+    """
     n = len(images) if indices is None else len(indices)
-    out = np.empty((n, n_features), dtype=np.float32)
-    with tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar:
+    on_cuda = device.type == "cuda"
+    out = torch.empty((n, n_features), dtype=torch.float32, pin_memory=on_cuda)
+    size = batch_size
+    with (
+        _cudnn_autotune(device),
+        tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
+    ):
         for start, batch in images.batches(batch_size, indices):
-            feats = run_batch(net, preprocessing, batch, device)
-            if feats.shape[1] != n_features:
-                first = start if indices is None else int(indices[start])
-                raise ValueError(
-                    f"Image {first} and its batch give "
-                    f"{feats.shape[1]} features, but the extractor was fitted "
-                    f"with {n_features}. With pooling='flatten' or no crop, every "
-                    "image must have the size seen in fit; set preprocessing="
-                    "{'crop_size': ...} to make them equal."
-                )
-            out[start : start + len(batch)] = feats.float().cpu().numpy()
-            bar.update(len(batch))
-    return out
+            offset = 0
+            while offset < len(batch):
+                chunk = batch[offset : offset + size]
+                try:
+                    feats = run_batch(net, preprocessing, chunk, device, dtype)
+                except Exception as exc:
+                    if not _is_oom(exc):
+                        raise
+                    if size == 1:
+                        raise RuntimeError(
+                            f"Out of memory on {device} with a single image "
+                            f"(row {start + offset}). Use smaller images "
+                            "(preprocessing={'crop_size': ...}), a smaller model, "
+                            "or device='cpu'."
+                        ) from exc
+                    size = max(1, size // 2)
+                    if on_cuda:
+                        torch.cuda.empty_cache()
+                    continue
+                if feats.shape[1] != n_features:
+                    first = start + offset
+                    if indices is not None:
+                        first = int(indices[first])
+                    raise ValueError(
+                        f"Image {first} and its batch give {feats.shape[1]} "
+                        f"features, but the extractor was fitted with {n_features}. "
+                        "With pooling='flatten' or no crop, every image must have "
+                        "the size seen in fit; set preprocessing={'crop_size': ...} "
+                        "to make them equal."
+                    )
+                rows = slice(start + offset, start + offset + len(chunk))
+                out[rows].copy_(feats, non_blocking=on_cuda)
+                offset += len(chunk)
+                bar.update(len(chunk))
+    if on_cuda:
+        torch.cuda.synchronize(device)
+    return out.numpy(), size

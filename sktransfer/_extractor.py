@@ -31,6 +31,7 @@ from sktransfer._memo import Memo
 # Built networks shared by clones (inference only): see _memo.py.
 _BACKBONES = Memo(size=4)
 _NETWORKS = Memo(size=8)
+_WIDTHS = Memo(size=64)
 
 
 class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -108,6 +109,19 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         to the ``layer`` values of your grid: the whole search then runs each
         image through the network once. Ignored when ``cache=None``.
 
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute precision of the network (autocast; inputs, pooling and
+        outputs stay float32). ``"auto"``: bfloat16 on CUDA GPUs that support
+        it (else float16) and on CPUs with bf16 instructions (AVX512-BF16,
+        AMX), float32 elsewhere. bfloat16 changes embeddings by about 1% of
+        their norm and, in our measurements, not downstream accuracy (see
+        ``benchmarks/RESULTS.md``); use ``"float32"`` for bit-for-bit CPU
+        results.
+
+    compile : bool, default=False
+        Compile the network with ``torch.compile`` on first use: faster for
+        long jobs, after a compilation of seconds to minutes.
+
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation of ``weights=None`` (through a
         private generator: torch's global RNG is untouched). Pass an int so
@@ -145,9 +159,23 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
     n_features_out_ : int
         Number of output features (their sum).
 
+    precision_ : str
+        The compute precision used, e.g. ``"bfloat16"``.
+
+    batch_size_ : int
+        The batch size actually used by the last ``transform``: smaller than
+        ``batch_size`` after running out of GPU memory (the batch is halved
+        and retried; the result is the same).
+
+    computed_layers_ : list of str or None
+        Every layer the network computes, in its output order: ``layers_``
+        and the ``cache_layers`` tapped alongside them for the cache.
+
+    computed_widths_ : list of int
+        Output width of each layer in ``computed_layers_``.
+
     taps_ : list of str or None
-        The layers of ``cache_layers`` computed alongside ``layers_`` and
-        only stored in the cache.
+        The layers of ``computed_layers_`` that are only stored in the cache.
 
     cache_key_ : str
         Digest of the network, weights, preprocessing and pooling: the part
@@ -195,6 +223,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache": [str, os.PathLike, EmbeddingCache, None],
         "cache_layers": [StrOptions({"stages"}), list, tuple, None],
+        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "compile": ["boolean"],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
@@ -211,6 +241,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         batch_size=64,
         cache="memory",
         cache_layers=None,
+        precision="auto",
+        compile=False,
         random_state=None,
         device="auto",
         verbose=True,
@@ -223,6 +255,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.cache = cache
         self.cache_layers = cache_layers
+        self.precision = precision
+        self.compile = compile
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -263,6 +297,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         images = as_images(X)
         self.__dict__.pop("_backbone_state", None)  # from an earlier unpickling
         device = _engine.resolve_device(self.device)
+        dtype = _engine.resolve_precision(self.precision, device)
         seed = None
         if self.weights is None and self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -275,17 +310,26 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         loaded = _BACKBONES.get(backbone_key)
         if loaded is None:
             backbone = load_backbone(self.model, self.weights, seed)
-            names = _layers.node_names(backbone.module, backbone.head)
             backbone.module.to(device)
-            loaded = (backbone, names)
+            loaded = {"backbone": backbone}
             _BACKBONES.put(backbone_key, loaded)
-        backbone, names = loaded
+        backbone = loaded["backbone"]
+        names = None
+        layer_list = (
+            self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
+        )
+        if any(name is not None for name in layer_list) or self.cache_layers:
+            # Tracing is needed only to check named cut points: a module that
+            # torch.fx cannot trace still works with layer=None.
+            if "names" not in loaded:
+                loaded["names"] = _layers.node_names(backbone.module, backbone.head)
+            names = loaded["names"]
         layers = _layers.resolve_layers(self.layer, names, self._model_label())
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
         )
         store = self._cache_store()
-        taps = []
+        computed = layers
         if store is not None and self.cache_layers is not None:
             extra = self.cache_layers
             if isinstance(extra, str):  # "stages"
@@ -293,36 +337,47 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
                 extra = [n for n in stages if _layers._is_valid(n, names)]
                 extra.append(None)
             extra = _layers.resolve_layers(extra, names, self._model_label())
-            taps = [name for name in extra if name not in layers]
+            # One order for every clone (whatever its `layer`): one network.
+            computed = [name for name in layers if name not in extra] + extra
         net_key = (
             None
             if memo_id is None
-            else (memo_id, str(device), tuple(layers + taps), self.pooling)
+            else (memo_id, str(device), tuple(computed), self.pooling)
         )
         net = _NETWORKS.get(net_key)
         if net is None:
             net = _layers.FeatureNet(
-                backbone.module,
-                layers + taps,
-                self.pooling,
-                backbone.family.nhwc,
-                names,
+                backbone.module, computed, self.pooling, backbone.family.nhwc, names
             ).to(device)
+            net = _engine.prepare_network(net)
             _NETWORKS.put(net_key, net)
-        _, probe = next(images.batches(1))
-        with torch.inference_mode():
-            widths = [f.shape[1] for f in net(prep(probe.to(device)))]
+        # Output widths depend on the network, the input size and precision
+        # only: probe one image, unless a clone already did.
+        size = prep.output_size(*images.image_size())
+        widths_key = None if net_key is None else (net_key, size, dtype)
+        widths = _WIDTHS.get(widths_key)
+        if widths is None:
+            _, probe = next(images.batches(1))
+            feats = _engine.run_batch(net, prep, probe, device, dtype, split=True)
+            widths = [f.shape[1] for f in feats]
+            _WIDTHS.put(widths_key, widths)
         self.weights_ = backbone.weights
         self.layers_ = layers
-        self.taps_ = taps
+        self.computed_layers_ = computed
+        self.computed_widths_ = widths
+        self.taps_ = [name for name in computed if name not in layers]
         self.preprocessing_ = prep
         self.device_ = device
+        self.precision_ = str(dtype).removeprefix("torch.")
+        self.batch_size_ = self.batch_size
         self.network_ = net
-        self.n_features_per_layer_ = widths[: len(layers)]
-        self.tap_widths_ = widths[len(layers) :]
+        self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = digest(
-            identity or state_digest(backbone.module), repr(prep), str(self.pooling)
+            identity or state_digest(backbone.module),
+            repr(prep),
+            str(self.pooling),
+            self.precision_,
         )
         return self
 
@@ -343,21 +398,51 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         images = as_images(X)
         store = self._cache_store()
         if store is None:
-            return self._compute(images)[:, : self.n_features_out_]
+            return self._select(self._compute(images))
         return self._transform_cached(images, store)
+
+    def _bounds(self) -> dict:
+        """Column range of each computed layer in the network's output."""
+        ends = np.cumsum(self.computed_widths_)
+        return {
+            name: (int(end - width), int(end))
+            for name, width, end in zip(
+                self.computed_layers_, self.computed_widths_, ends, strict=True
+            )
+        }
+
+    def _select(self, computed: np.ndarray) -> np.ndarray:
+        """The requested layers' columns, in ``layers_`` order."""
+        n = len(self.layers_)
+        if self.computed_layers_[:n] == self.layers_:
+            return computed[:, : self.n_features_out_]  # a prefix: no copy
+        bounds = self._bounds()
+        return np.hstack([computed[:, slice(*bounds[name])] for name in self.layers_])
 
     def _compute(self, images, indices=None) -> np.ndarray:
         """Run the network: columns of ``layers_`` then of ``taps_``."""
-        return _engine.extract(
-            self._network(),
+        out, self.batch_size_ = _engine.extract(
+            self._runnable_network(),
             self.preprocessing_,
             images,
-            n_features=sum(self.n_features_per_layer_) + sum(self.tap_widths_),
+            n_features=sum(self.computed_widths_),
             batch_size=self.batch_size,
             device=self.device_,
+            dtype=_engine.PRECISIONS[self.precision_],
             indices=indices,
             verbose=self.verbose,
         )
+        return out
+
+    def _runnable_network(self) -> nn.Module:
+        net = self._network()
+        if not self.compile:
+            return net
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or compiled[0] is not net:
+            compiled = (net, torch.compile(net))
+            self._compiled = compiled
+        return compiled[1]
 
     def _transform_cached(self, images, store) -> np.ndarray:
         keys = images.digests()
@@ -375,12 +460,13 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
                 out[i] = np.concatenate(parts)
         if missing:
             computed = self._compute(images, np.asarray(missing))
-            bounds = np.cumsum([0, *self.n_features_per_layer_, *self.tap_widths_])
+            bounds = self._bounds()
             for row, i in enumerate(missing):
-                for j, layer in enumerate(self.layers_ + self.taps_):
-                    value = computed[row, bounds[j] : bounds[j + 1]]
-                    store.put((self.cache_key_, layer, keys[i]), value)
-            out[missing] = computed[:, : self.n_features_out_]
+                for name, (start, stop) in bounds.items():
+                    store.put(
+                        (self.cache_key_, name, keys[i]), computed[row, start:stop]
+                    )
+            out[missing] = self._select(computed)
         return out
 
     def _cache_store(self) -> EmbeddingCache | None:
@@ -462,17 +548,19 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
                 backbone.module.load_state_dict(state)
             net = _layers.FeatureNet(
                 backbone.module,
-                self.layers_ + self.taps_,
+                self.computed_layers_,
                 self.pooling,
                 backbone.family.nhwc,
             ).to(self.device_)
+            net = _engine.prepare_network(net)
             self.network_ = net
             self.__dict__.pop("_backbone_state", None)
         return net
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never alter self
         net = state.pop("network_", None)
+        state.pop("_compiled", None)
         if net is not None and not self._uses_published_weights():
             state["_backbone_state"] = {
                 k: v.detach().cpu() for k, v in net.backbone.state_dict().items()

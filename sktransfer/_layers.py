@@ -36,8 +36,11 @@ def _is_valid(name: str, names: list[str]) -> bool:
     return name in names or any(n.startswith(prefix) for n in names)
 
 
-def resolve_layers(layer, names: list[str], model_label: str) -> list[str | None]:
-    """Check the ``layer`` parameter and return it as a list."""
+def resolve_layers(layer, names, model_label: str) -> list[str | None]:
+    """Check the ``layer`` parameter and return it as a list.
+
+    ``names`` (the graph's node names) may be None when no layer is named.
+    """
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not layers:
         raise ValueError(
@@ -127,7 +130,8 @@ class FeatureNet(nn.Module):
                     f"The layer {name!r} outputs a {type(value).__name__}, not a "
                     "tensor; choose another cut point."
                 )
-            feats.append(pool(value, self.pooling, self.nhwc))
+            # pool in float32: low-precision sums over many positions drift
+            feats.append(pool(value.float(), self.pooling, self.nhwc))
         return feats
 
 

@@ -1,0 +1,182 @@
+"""Embedding throughput from uint8 arrays: sktransfer versus its peers.
+
+What is compared, in one process, on the same images, with the same weights
+and on the same device:
+
+- ``plain``: a plain torchvision loop: each batch of the uint8 array becomes a
+  tensor, goes through ``weights.transforms()`` and the model with its head
+  replaced by ``nn.Identity``, in float32 under ``torch.inference_mode``.
+- ``img2vec``: ``img2vec_pytorch.Img2Vec.get_vec`` on a list of PIL images per
+  batch (its documented use), float32.
+- ``sktransfer``: ``PretrainedFeatureExtractor(...).transform`` with default
+  settings (``precision="auto"``: bfloat16 where the hardware has it);
+  ``sktransfer-fp32`` is the same with ``precision="float32"``.
+
+Data: ``--n`` random uint8 images of 256x256x3 (content does not change the
+time). Weights: a seeded random state dict, saved in a temporary
+``TORCH_HOME`` under the file names of the models' DEFAULT weights, so that
+every contender loads the very same tensors offline (img2vec always asks for
+DEFAULT weights). Each contender runs once to warm up, then ``--repeats``
+times; the median is reported in images per second, with the ratio of
+sktransfer to each peer. On CUDA, the fraction of ResNet-50's physical limit
+(``shared/PERFORMANCE.md``: ~75k img/s by memory traffic on an H100) is
+printed too.
+
+Run: ``.venv/bin/python benchmarks/bench_throughput.py [--models resnet18
+resnet50 --n 256 --device auto]``. Needs ``pip install -e ".[benchmarks]"``
+for img2vec (skipped with a note when it is not installed).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+IMG2VEC_MODELS = {"resnet18", "resnet50", "efficientnet_b0"}
+LIMIT_IMG_S = {"resnet50": 75_000}  # H100, memory-traffic bound, PERFORMANCE.md
+
+
+def seed_weights(models, torch_home: Path):
+    """Save seeded random weights where torch looks for DEFAULT weights."""
+    for name in models:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        path = torch_home / "hub" / "checkpoints"
+        path.mkdir(parents=True, exist_ok=True)
+        filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
+        torch.manual_seed(0)  # a benchmark may seed; the library never does
+        state = torchvision.models.get_model(name, weights=None).state_dict()
+        torch.save(state, path / filename)
+
+
+def plain_loop(name, device, batch_size):
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    model = torchvision.models.get_model(name, weights=weights).eval().to(device)
+    head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    parent, _, leaf = head.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, torch.nn.Identity())
+    transforms = weights.transforms()
+
+    def run(X):
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(X), batch_size):
+                x = torch.from_numpy(X[i : i + batch_size]).permute(0, 3, 1, 2)
+                out.append(model(transforms(x.to(device))).float().cpu())
+        return torch.cat(out).numpy()
+
+    return run
+
+
+def img2vec(name, device, batch_size):
+    from img2vec_pytorch import Img2Vec
+    from PIL import Image
+
+    vectorizer = Img2Vec(cuda=device.type == "cuda", model=name)
+
+    def run(X):
+        out = []
+        for i in range(0, len(X), batch_size):
+            pil = [Image.fromarray(image) for image in X[i : i + batch_size]]
+            out.append(vectorizer.get_vec(pil))
+        return np.concatenate(out)
+
+    return run
+
+
+def sktransfer(name, device, batch_size, precision="auto"):
+    from sktransfer import PretrainedFeatureExtractor
+
+    extractor = PretrainedFeatureExtractor(
+        model=name,
+        batch_size=batch_size,
+        device=str(device),
+        precision=precision,
+        cache=None,  # measure the network, not the cache
+        verbose=False,
+    )
+    extractor.fit(np.zeros((1, 256, 256, 3), np.uint8))
+    return extractor.transform
+
+
+def measure(run, X, repeats):
+    run(X[: min(len(X), 16)])  # warm up (allocators, kernels, cuDNN autotuning)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(X)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return len(X) / statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    from sktransfer._engine import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    print(
+        f"# {time.strftime('%Y-%m-%d')} | {platform.machine()} | "
+        f"{torch.get_num_threads()} CPU threads | GPU: {gpu} | torch "
+        f"{torch.__version__} | torchvision {torchvision.__version__} | python "
+        f"{sys.version.split()[0]} | device {device} | auto precision: "
+        f"{str(resolve_precision('auto', device)).removeprefix('torch.')}"
+    )
+    X = np.random.default_rng(0).integers(0, 256, (args.n, 256, 256, 3), np.uint8)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["TORCH_HOME"] = home
+        seed_weights(args.models, Path(home))
+        print("| model | contender | img/s | sktransfer speed-up |")
+        print("| --- | --- | --- | --- |")
+        for name in args.models:
+            contenders = {
+                "plain torchvision fp32": plain_loop(name, device, args.batch_size),
+            }
+            if name in IMG2VEC_MODELS:
+                try:
+                    contenders["img2vec_pytorch"] = img2vec(
+                        name, device, args.batch_size
+                    )
+                except ImportError:
+                    print(f"| {name} | img2vec_pytorch | not installed | |")
+            contenders["sktransfer fp32"] = sktransfer(
+                name, device, args.batch_size, "float32"
+            )
+            contenders["sktransfer (default)"] = sktransfer(
+                name, device, args.batch_size
+            )
+            rates = {
+                label: measure(run, X, args.repeats)
+                for label, run in contenders.items()
+            }
+            ours = rates["sktransfer (default)"]
+            for label, rate in rates.items():
+                ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"
+                print(f"| {name} | {label} | {rate:,.1f} | {ratio} |")
+            if device.type == "cuda" and name in LIMIT_IMG_S:
+                print(
+                    f"| {name} | fraction of the ~{LIMIT_IMG_S[name]:,} img/s limit "
+                    f"| {ours / LIMIT_IMG_S[name]:.1%} | |"
+                )
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

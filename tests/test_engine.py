@@ -1,0 +1,166 @@
+"""The engine: precision, layout, out-of-memory back-off, devices."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+
+from sktransfer import PretrainedFeatureExtractor
+from sktransfer._engine import cpu_has_native_bf16, resolve_precision
+
+from .conftest import SMALL
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make(model, **params):
+    params.setdefault("preprocessing", SMALL)
+    params.setdefault("verbose", False)
+    params.setdefault("cache", None)
+    return PretrainedFeatureExtractor(model=model, **params)
+
+
+def test_precision_resolution_follows_the_hardware():
+    """auto: bf16 on CPUs with bf16 instructions, else float32; explicit kept."""
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("float32", cpu) == torch.float32
+    assert resolve_precision("float16", cpu) == torch.float16
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_stays_close_to_float32(images, precision):
+    """bf16/fp16 embeddings stay within a few percent of float32, as float32."""
+    exact = make("resnet18", weights=None, random_state=0, precision="float32")
+    low = make("resnet18", weights=None, random_state=0, precision=precision)
+    a = exact.fit_transform(images)
+    b = low.fit_transform(images)
+    assert low.precision_ == precision and b.dtype == np.float32
+    error = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert error.max() < 0.05
+    assert not np.array_equal(a, b)  # the setting really changed the computation
+
+
+def test_precision_is_part_of_the_cache_key(images, tiny_cnn):
+    """Rows cached in one precision are never served for another."""
+    from sktransfer import EmbeddingCache
+
+    cache = EmbeddingCache()
+    exact = make(tiny_cnn, cache=cache, precision="float32").fit(images)
+    low = make(tiny_cnn, cache=cache, precision="bfloat16").fit(images)
+    assert exact.cache_key_ != low.cache_key_
+    assert not np.array_equal(exact.transform(images), low.transform(images))
+
+
+def test_network_weights_are_channels_last(tiny_cnn, images):
+    """Convolution weights are laid out channels_last for speed."""
+    net = make(tiny_cnn).fit(images).network_
+    weight = net.backbone.stem[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _SmallMemory:
+    """A forward pre-hook that 'runs out of memory' above a batch size."""
+
+    def __init__(self, limit, error):
+        self.limit, self.error, self.sizes = limit, error, []
+
+    def __call__(self, module, inputs):
+        self.sizes.append(inputs[0].shape[0])
+        if inputs[0].shape[0] > self.limit:
+            raise self.error
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory."), RuntimeError("MPS: out of memory")],
+)
+def test_out_of_memory_halves_the_batch_with_the_same_result(tiny_cnn, images, error):
+    """OOM: batches are halved and retried; rows equal an unbatched run."""
+    expected = make(tiny_cnn, batch_size=1, precision="float32").fit_transform(images)
+    memory = _SmallMemory(limit=2, error=error)
+    tiny_cnn.stem[0].register_forward_pre_hook(memory)  # a leaf: not traced
+    extractor = make(tiny_cnn, batch_size=5, precision="float32").fit(images)
+    out = extractor.transform(images)
+    assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert extractor.batch_size == 5  # the parameter is never rewritten
+    assert extractor.batch_size_ == 2  # the size that fitted in memory
+    assert max(s for s in memory.sizes if s <= 2) == 2
+
+
+def test_out_of_memory_with_one_image_is_a_clear_error(tiny_cnn, images):
+    """If even one image does not fit, the error says what to do."""
+    extractor = make(tiny_cnn, batch_size=4).fit(images)
+    memory = _SmallMemory(limit=0, error=torch.OutOfMemoryError("CUDA out of memory."))
+    # the fitted network is shared with clones (a memo): remove the hook after
+    stem = extractor.network_.backbone.stem
+    with (
+        stem.register_forward_pre_hook(memory),
+        pytest.raises(RuntimeError, match="single image") as info,
+    ):
+        extractor.transform(images)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert memory.sizes == [4, 2, 1]
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(tiny_cnn, images):
+    """An unrelated RuntimeError propagates unchanged, without retries."""
+    extractor = make(tiny_cnn, batch_size=4).fit(images)
+    memory = _SmallMemory(limit=0, error=RuntimeError("shape mismatch"))
+    stem = extractor.network_.backbone.stem
+    with (
+        stem.register_forward_pre_hook(memory),
+        pytest.raises(RuntimeError, match="shape mismatch"),
+    ):
+        extractor.transform(images)
+    assert memory.sizes == [4]
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_rows_match_cpu_rows(images):
+    """On CUDA (float32 and default precision) rows match the CPU's."""
+    cpu = make(
+        "resnet18", weights=None, random_state=0, device="cpu", precision="float32"
+    )
+    expected = cpu.fit_transform(images)
+    exact = make(
+        "resnet18", weights=None, random_state=0, device="cuda", precision="float32"
+    )
+    assert_allclose(exact.fit_transform(images), expected, rtol=1e-3, atol=1e-4)
+    fast = make("resnet18", weights=None, random_state=0, device="cuda")
+    out = fast.fit_transform(images)
+    assert fast.precision_ in ("bfloat16", "float16")
+    error = np.linalg.norm(out - expected, axis=1) / np.linalg.norm(expected, axis=1)
+    assert error.max() < 0.05
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_batches_agree_and_tensors_on_gpu_are_accepted(images):
+    """Rows do not depend on the batch on GPU; CUDA tensors are valid input."""
+    extractor = make(
+        "resnet18", weights=None, random_state=0, device="cuda", batch_size=64
+    )
+    full = extractor.fit_transform(images)
+    extractor.set_params(batch_size=1)
+    assert_allclose(extractor.transform(images), full, rtol=1e-2, atol=1e-3)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).cuda()
+    assert_allclose(extractor.transform(tensor), full, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
+    """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
+    extractor = make(tiny_cnn, device="cuda").fit(images)
+    state = extractor.__getstate__()
+    assert all(t.device.type == "cpu" for t in state["_backbone_state"].values())
+    restored = pickle.loads(pickle.dumps(extractor))
+    assert_array_equal(restored.transform(images), extractor.transform(images))
