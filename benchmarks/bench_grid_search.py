@@ -14,7 +14,9 @@ pixels (no download). Model: MobileNetV2 with the real ImageNet checkpoint
 from ``../shared/weights`` when present, else random weights (``random_state=0``;
 the timing is the same). Printed: wall time of each search, images that
 reached the network (counted by a forward hook; each fit's one-image probe
-included), and the ratio. The searches
+included), and the ratio. The classifier's cost is the same in both runs and
+bounds the ratio; on 2 cores, multi-threaded BLAS on small matrices mostly
+contends with torch's threads (``--blas-threads 1`` shows it). The searches
 must select the same cut point, which the script checks.
 
 Run: ``.venv/bin/python benchmarks/bench_grid_search.py [--n 100 --size 224]``
@@ -96,10 +98,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="limit numpy's BLAS threads (used by the classifier) in both runs",
+    )
     args = parser.parse_args()
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.blas_threads, user_api="blas")
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, device cpu"
+        f"torch {torch.__version__}, device cpu, BLAS threads: "
+        f"{args.blas_threads or 'library default'}"
     )
     digits = load_digits()
     X = np.round(digits.images[: args.n] * (255 / 16)).astype(np.uint8)

@@ -17,6 +17,8 @@ unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 
 import numpy as np
 import torch
@@ -62,14 +64,24 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX)."""
-    cpu = getattr(torch._C, "_cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(cpu, probe, None)
-        if check is not None and check():
-            return True
-    return False
+    """Whether this CPU runs bf16 natively (AVX512-BF16 or AMX) in oneDNN.
+
+    Read from the CPU flags (Linux) and oneDNN's own check; elsewhere False,
+    which keeps float32: bf16 emulated in software is slower than float32.
+    """
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

@@ -70,7 +70,11 @@ def test_checkpoint_file_round_trip(tmp_path):
     X = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
     prep = {"resize_size": 64, "crop_size": 64}
     from_file = PretrainedFeatureExtractor(
-        model="resnet18", weights=str(path), preprocessing=prep, verbose=False
+        model="resnet18",
+        weights=str(path),
+        preprocessing=prep,
+        precision="float32",
+        verbose=False,
     ).fit(X)
     assert from_file.weights_ == str(path)
     model.fc = torch.nn.Identity()

@@ -38,7 +38,12 @@ def test_default_embedding_and_cut_point_match_torchvision(name):
     layer, pool, head = ARCHITECTURES[name]
     X = _float_images()
     extractor = PretrainedFeatureExtractor(
-        model=name, weights=None, layer=[None, layer], verbose=False, cache=None
+        model=name,
+        weights=None,
+        layer=[None, layer],
+        verbose=False,
+        cache=None,
+        precision="float32",
     ).fit(X)
     # the same random weights in the reference model
     model = _reference_model(name, head)
