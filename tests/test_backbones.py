@@ -190,3 +190,35 @@ def test_real_weights_linear_probe_far_above_chance(shared_weights, digits_image
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     scores = cross_val_score(probe, features, y, cv=4)
     assert scores.mean() > 0.85  # chance is 0.1
+
+
+def test_pickle_of_published_weights_is_a_small_reference(
+    shared_weights, tmp_path, monkeypatch
+):
+    """Published weights pickle as their name (KB) and reload identically."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(shared_weights, cache / "mobilenet_v2-b0353104.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    X = _china()
+    extractor = PretrainedFeatureExtractor(
+        model="mobilenet_v2", weights="IMAGENET1K_V1", verbose=False
+    ).fit(X)
+    expected = extractor.transform(X)
+    blob = pickle.dumps(extractor)
+    assert len(blob) < 20_000  # the checkpoint itself is 14 MB
+    (tmp_path / "model.pkl").write_bytes(blob)
+    np.save(tmp_path / "X.npy", X)
+    code = (
+        "import pickle, sys, numpy as np; d = sys.argv[1];"
+        "e = pickle.load(open(d + '/model.pkl', 'rb'));"
+        "np.save(d + '/out.npy', e.transform(np.load(d + '/X.npy')))"
+    )
+    env = dict(os.environ, TORCH_HOME=str(tmp_path))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env)
+    assert_array_equal(np.load(tmp_path / "out.npy"), expected)

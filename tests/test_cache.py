@@ -266,3 +266,26 @@ def test_redefined_module_class_is_another_network(images):
     b = make(second, cache).fit(images).transform(images)
     assert not np.allclose(a, b)
     assert_array_equal(b, make(second, None).fit(images).transform(images))
+
+
+def test_parallel_grid_search_shares_the_disk_cache(labelled, tmp_path):
+    """GridSearchCV(n_jobs=2) works; worker processes share a directory cache."""
+    X, y = labelled
+    extractor = PretrainedFeatureExtractor(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        preprocessing=SMALL,
+        cache=str(tmp_path),
+        cache_layers=["layer1", None],
+        verbose=False,
+    )
+    search = GridSearchCV(
+        make_pipeline(extractor, LogisticRegression(max_iter=200)),
+        {"pretrainedfeatureextractor__layer": ["layer1", None]},
+        cv=2,
+        n_jobs=2,
+    ).fit(X, y)
+    assert len(search.cv_results_["params"]) == 2
+    # one file per image and computed layer, whichever process wrote it
+    assert len(list(tmp_path.rglob("*.npy"))) == 2 * len(X)
