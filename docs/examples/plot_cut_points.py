@@ -33,7 +33,9 @@ SHARED = HERE.parents[2] / "shared/weights/mobilenet_v2_imagenet.pth"
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", default=str(SHARED) if SHARED.is_file() else "DEFAULT")
+    parser.add_argument(
+        "--weights", default=str(SHARED) if SHARED.is_file() else "DEFAULT"
+    )
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
 
@@ -50,9 +52,7 @@ def main():
         cache_layers="stages",
         verbose=False,
     )
-    pipe = make_pipeline(
-        extractor, StandardScaler(), LogisticRegression(max_iter=1000)
-    )
+    pipe = make_pipeline(extractor, StandardScaler(), LogisticRegression(max_iter=1000))
     search = GridSearchCV(
         pipe,
         {
@@ -64,14 +64,19 @@ def main():
     )
     start = time.perf_counter()
     search.fit(X, y)
-    print(f"{len(search.cv_results_['params']) * 5 + 1} fits in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"{len(search.cv_results_['params']) * 5 + 1} fits in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
 
     results = search.cv_results_
     best, spread = [], []
     for layer in layers:
-        rows = [i for i, p in enumerate(results["params"])
-                if p["pretrainedfeatureextractor__layer"] == layer]
+        rows = [
+            i
+            for i, p in enumerate(results["params"])
+            if p["pretrainedfeatureextractor__layer"] == layer
+        ]
         i = max(rows, key=lambda r: results["mean_test_score"][r])
         best.append(results["mean_test_score"][i])
         spread.append(results["std_test_score"][i])
@@ -84,16 +89,30 @@ def main():
     ).fit(X.reshape(len(X), -1), y)
 
     labels = [str(layer).replace("features.", "") for layer in layers]
-    labels[-1] = "embedding"
+    labels[-1] = "emb."
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.errorbar(range(len(layers)), best, yerr=spread, marker="o", capsize=3,
-                label="logistic regression on pooled features")
-    ax.axhline(raw.best_score_, color="grey", linestyle="--",
-               label=f"raw pixels ({raw.best_score_:.3f})")
+    ax.errorbar(
+        range(len(layers)),
+        best,
+        yerr=spread,
+        marker="o",
+        capsize=3,
+        label="logistic regression on pooled features",
+    )
+    ax.axhline(
+        raw.best_score_,
+        color="grey",
+        linestyle="--",
+        label=f"raw pixels ({raw.best_score_:.3f})",
+    )
     ax.set_xticks(range(len(layers)), labels, rotation=0, fontsize=8)
-    ax.set_xlabel("cut point (features.N of MobileNetV2), shallow to deep")
+    ax.set_xlabel(
+        "cut point: features.N of MobileNetV2, shallow to deep; emb. = layer=None"
+    )
     ax.set_ylabel("5-fold CV accuracy (best C)")
-    ax.set_title("Digits: ImageNet features transfer best from the middle of the network")
+    ax.set_title(
+        "Digits: ImageNet features transfer best from the middle of the network"
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     out = HERE.parent / "images" / "cut_points.png"
