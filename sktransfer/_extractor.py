@@ -16,8 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _engine, _layers, _preprocess
-from sktransfer._backbones import _check_model_name, load_backbone, resolve_weights
+from sktransfer import _engine, _layers, _network, _preprocess
+from sktransfer._backbones import resolve_weights
 from sktransfer._cache import (
     EmbeddingCache,
     default_cache,
@@ -26,12 +26,6 @@ from sktransfer._cache import (
     state_digest,
 )
 from sktransfer._inputs import as_images
-from sktransfer._memo import Memo
-
-# Built networks shared by clones (inference only): see _memo.py.
-_BACKBONES = Memo(size=4)
-_NETWORKS = Memo(size=8)
-_WIDTHS = Memo(size=64)
 
 
 class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -301,66 +295,22 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         seed = None
         if self.weights is None and self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        identity = self._weights_identity(seed)
-        if isinstance(self.model, nn.Module) and identity is not None:
-            memo_id = f"{identity}|hooks{_hook_ids(self.model)}"
-        else:
-            memo_id = identity
-        backbone_key = None if memo_id is None else (memo_id, str(device))
-        loaded = _BACKBONES.get(backbone_key)
-        if loaded is None:
-            backbone = load_backbone(self.model, self.weights, seed)
-            backbone.module.to(device)
-            loaded = {"backbone": backbone}
-            _BACKBONES.put(backbone_key, loaded)
-        backbone = loaded["backbone"]
-        names = None
-        layer_list = (
-            self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
+        store = self._cache_store()
+        built = _network.build(
+            self.model,
+            self.weights,
+            seed,
+            device,
+            self.layer,
+            self.cache_layers if store is not None else None,
+            self.pooling,
+            self._model_label(),
         )
-        if any(name is not None for name in layer_list) or self.cache_layers:
-            # Tracing is needed only to check named cut points: a module that
-            # torch.fx cannot trace still works with layer=None.
-            if "names" not in loaded:
-                loaded["names"] = _layers.node_names(backbone.module, backbone.head)
-            names = loaded["names"]
-        layers = _layers.resolve_layers(self.layer, names, self._model_label())
+        backbone, layers, computed = built.backbone, built.layers, built.computed
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
         )
-        store = self._cache_store()
-        computed = layers
-        if store is not None and self.cache_layers is not None:
-            extra = self.cache_layers
-            if isinstance(extra, str):  # "stages"
-                stages = backbone.family.stages(backbone.module)
-                extra = [n for n in stages if _layers._is_valid(n, names)]
-                extra.append(None)
-            extra = _layers.resolve_layers(extra, names, self._model_label())
-            # One order for every clone (whatever its `layer`): one network.
-            computed = [name for name in layers if name not in extra] + extra
-        net_key = (
-            None
-            if memo_id is None
-            else (memo_id, str(device), tuple(computed), self.pooling)
-        )
-        net = _NETWORKS.get(net_key)
-        if net is None:
-            net = _layers.FeatureNet(
-                backbone.module, computed, self.pooling, backbone.family.nhwc, names
-            ).to(device)
-            net = _engine.prepare_network(net)
-            _NETWORKS.put(net_key, net)
-        # Output widths depend on the network, the input size and precision
-        # only: probe one image, unless a clone already did.
-        size = prep.output_size(*images.image_size())
-        widths_key = None if net_key is None else (net_key, size, dtype)
-        widths = _WIDTHS.get(widths_key)
-        if widths is None:
-            _, probe = next(images.batches(1))
-            feats = _engine.run_batch(net, prep, probe, device, dtype, split=True)
-            widths = [f.shape[1] for f in feats]
-            _WIDTHS.put(widths_key, widths)
+        widths = _network.output_widths(built, prep, images, device, dtype)
         self.weights_ = backbone.weights
         self.layers_ = layers
         self.computed_layers_ = computed
@@ -370,11 +320,11 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.device_ = device
         self.precision_ = str(dtype).removeprefix("torch.")
         self.batch_size_ = self.batch_size
-        self.network_ = net
+        self.network_ = built.net
         self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = digest(
-            identity or state_digest(backbone.module),
+            built.identity or state_digest(backbone.module),
             repr(prep),
             str(self.pooling),
             self.precision_,
@@ -477,37 +427,6 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             return default_cache()
         return directory_cache(cache)
 
-    def _weights_identity(self, seed) -> str | None:
-        """Identify the network's weights without loading them (None: unique).
-
-        Published weights: their name; a checkpoint: its path, size and mtime;
-        a module: a digest of its class and tensors; seeded random weights:
-        the seed. Unseeded random weights are never shared.
-        """
-        model = self.model
-        if isinstance(model, nn.Module):
-            base = state_digest(model)
-            if isinstance(self.weights, str) and self.weights == "DEFAULT":
-                return base
-        elif isinstance(model, str):
-            _check_model_name(model)
-            base = model
-        else:
-            return None  # invalid; reported by load_backbone
-        weights = self.weights
-        if weights is None:
-            return None if seed is None else f"{base}|random|{seed}"
-        if isinstance(model, str) and not isinstance(weights, os.PathLike):
-            resolved = resolve_weights(model, weights)
-            if isinstance(resolved, WeightsEnum):
-                return f"{base}|{type(resolved).__name__}.{resolved.name}"
-            weights = resolved
-        try:
-            stat = os.stat(weights)
-        except (OSError, TypeError):
-            return None  # a missing file: load_backbone says what is wrong
-        return f"{base}|{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
-
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``<layer>_<index>``.
 
@@ -543,16 +462,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         net = self.__dict__.get("network_")
         if net is None:
             state = self.__dict__.get("_backbone_state")
-            backbone = load_backbone(self.model, None if state else self.weights_)
-            if state is not None:
-                backbone.module.load_state_dict(state)
-            net = _layers.FeatureNet(
-                backbone.module,
+            net = _network.rebuild(
+                self.model,
+                self.weights_,
+                state,
                 self.computed_layers_,
                 self.pooling,
-                backbone.family.nhwc,
-            ).to(self.device_)
-            net = _engine.prepare_network(net)
+                self.device_,
+            )
             self.network_ = net
             self.__dict__.pop("_backbone_state", None)
         return net
@@ -592,13 +509,3 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-
-def _hook_ids(module: nn.Module) -> tuple:
-    """Ids of a module tree's forward hooks: part of in-process memo keys."""
-    return tuple(
-        id(hook)
-        for sub in module.modules()
-        for registry in (sub._forward_hooks, sub._forward_pre_hooks)
-        for hook in registry.values()
-    )

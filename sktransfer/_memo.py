@@ -1,13 +1,4 @@
-"""A small process-wide memo of built networks.
-
-``GridSearchCV`` fits dozens of clones of one extractor. Loading and tracing
-the same network for each (about 0.5 s for a MobileNetV2 on a laptop CPU)
-would cost more than the cached embeddings save. Networks are inference-only
-(eval mode, never trained, never modified), so clones can share one. Keys hold
-an identity of the weights that is cheap to compute without loading them
-(the published weights' name, a checkpoint's path, size and mtime, or a digest
-of a module's tensors), the device and the cut points.
-"""
+"""A small thread-safe LRU, for the networks shared by clones (_network.py)."""
 
 from __future__ import annotations
 

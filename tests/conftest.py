@@ -35,6 +35,23 @@ class TinyCNN(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+def transform_in_fresh_process(extractor, X, folder, env=None):
+    """Pickle ``extractor``, transform ``X`` in a new Python process, return rows."""
+    import pickle
+    import subprocess
+    import sys
+
+    (folder / "model.pkl").write_bytes(pickle.dumps(extractor))
+    np.save(folder / "X.npy", X)
+    code = (
+        "import pickle, sys, numpy as np; d = sys.argv[1];"
+        "e = pickle.load(open(d + '/model.pkl', 'rb'));"
+        "np.save(d + '/out.npy', e.transform(np.load(d + '/X.npy')))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env=env)
+    return np.load(folder / "out.npy")
+
+
 @pytest.fixture
 def tiny_cnn():
     torch.manual_seed(0)

@@ -1,8 +1,6 @@
 """PretrainedFeatureExtractor: the sklearn contract and its behaviour."""
 
 import pickle
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 
 from sktransfer import Preprocessing, PretrainedFeatureExtractor
 
-from .conftest import SMALL
+from .conftest import SMALL, transform_in_fresh_process
 
 
 def make(model, **params):
@@ -239,15 +237,9 @@ def test_pickle_round_trip_in_fresh_process(tiny_cnn, images, tmp_path):
     ):
         extractor.fit(images)
         expected = extractor.transform(images)
-        (tmp_path / "model.pkl").write_bytes(pickle.dumps(extractor))
-        np.save(tmp_path / "images.npy", images)
-        code = (
-            "import pickle, sys, numpy as np; d = sys.argv[1];"
-            "e = pickle.load(open(d + '/model.pkl', 'rb'));"
-            "np.save(d + '/out.npy', e.transform(np.load(d + '/images.npy')))"
+        assert_array_equal(
+            transform_in_fresh_process(extractor, images, tmp_path), expected
         )
-        subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-        assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
 def test_pickle_holds_cpu_tensors_and_no_network(tiny_cnn, images):

@@ -1,0 +1,166 @@
+"""Building an extractor's truncated network, and sharing it between clones.
+
+``GridSearchCV`` fits dozens of clones of one extractor; loading and tracing
+the same network for each (about 0.5 s for a MobileNetV2 on a laptop CPU)
+would cost more than the cached embeddings save. Networks are inference-only
+(eval mode, never trained or modified), so clones share them through small
+process-wide memos, keyed by an identity of the weights that is cheap to
+compute without loading them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from sktransfer import _engine, _layers
+from sktransfer._backbones import (
+    Backbone,
+    _check_model_name,
+    load_backbone,
+    resolve_weights,
+)
+from sktransfer._cache import state_digest
+from sktransfer._memo import Memo
+
+__all__ = ["Built", "build", "output_widths", "rebuild", "weights_identity"]
+
+_BACKBONES = Memo(size=4)
+_NETWORKS = Memo(size=8)
+_WIDTHS = Memo(size=64)
+
+
+def weights_identity(model, weights, seed) -> str | None:
+    """Identify a network's weights without loading them (None: unique).
+
+    Published weights: their name; a checkpoint: its path, size and mtime;
+    a module: a digest of its code and tensors; seeded random weights: the
+    seed. Unseeded random weights are never shared.
+    """
+    if isinstance(model, nn.Module):
+        base = state_digest(model)
+        if isinstance(weights, str) and weights == "DEFAULT":
+            return base
+    elif isinstance(model, str):
+        _check_model_name(model)
+        base = model
+    else:
+        return None  # invalid; load_backbone says what is wrong
+    if weights is None:
+        return None if seed is None else f"{base}|random|{seed}"
+    if isinstance(model, str) and not isinstance(weights, os.PathLike):
+        resolved = resolve_weights(model, weights)
+        if isinstance(resolved, WeightsEnum):
+            return f"{base}|{type(resolved).__name__}.{resolved.name}"
+        weights = resolved
+    try:
+        stat = os.stat(weights)
+    except (OSError, TypeError):
+        return None  # a missing file: load_backbone says what is wrong
+    return f"{base}|{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _hook_ids(module: nn.Module) -> tuple:
+    """Ids of a module tree's forward hooks: part of in-process memo keys."""
+    return tuple(
+        id(hook)
+        for sub in module.modules()
+        for registry in (sub._forward_hooks, sub._forward_pre_hooks)
+        for hook in registry.values()
+    )
+
+
+@dataclass
+class Built:
+    """A network ready to run, and what the extractor records of it."""
+
+    backbone: Backbone
+    layers: list  # the requested cut points
+    computed: list  # every cut point the network outputs, in order
+    net: nn.Module
+    identity: str | None  # weights identity (None: unshareable)
+    key: tuple | None  # memo key of ``net``
+
+
+def _listed(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Built:
+    """Load (or reuse) the backbone and cut it at ``layer`` plus ``taps``.
+
+    ``taps`` are further cut points to compute in the same pass (for the
+    cache): None, ``"stages"``, or a list.
+    """
+    identity = weights_identity(model, weights, seed)
+    memo_id = identity
+    if isinstance(model, nn.Module) and identity is not None:
+        memo_id = f"{identity}|hooks{_hook_ids(model)}"
+    backbone_key = None if memo_id is None else (memo_id, str(device))
+    loaded = _BACKBONES.get(backbone_key)
+    if loaded is None:
+        backbone = load_backbone(model, weights, seed)
+        backbone.module.to(device)
+        loaded = {"backbone": backbone}
+        _BACKBONES.put(backbone_key, loaded)
+    backbone = loaded["backbone"]
+    names = None
+    if taps or any(name is not None for name in _listed(layer)):
+        # Tracing is needed only to check named cut points: a module that
+        # torch.fx cannot trace still works with layer=None.
+        if "names" not in loaded:
+            loaded["names"] = _layers.node_names(backbone.module, backbone.head)
+        names = loaded["names"]
+    layers = _layers.resolve_layers(layer, names, model_label)
+    computed = layers
+    if taps:
+        if isinstance(taps, str):  # "stages"
+            stages = backbone.family.stages(backbone.module)
+            taps = [n for n in stages if _layers._is_valid(n, names)] + [None]
+        taps = _layers.resolve_layers(taps, names, model_label)
+        # One order for every clone, whatever its `layer`: one network.
+        computed = [name for name in layers if name not in taps] + taps
+    key = None if memo_id is None else (memo_id, str(device), tuple(computed), pooling)
+    net = _NETWORKS.get(key)
+    if net is None:
+        net = _layers.FeatureNet(
+            backbone.module, computed, pooling, backbone.family.nhwc, names
+        ).to(device)
+        net = _engine.prepare_network(net)
+        _NETWORKS.put(key, net)
+    return Built(backbone, layers, computed, net, identity, key)
+
+
+def output_widths(built: Built, prep, images, device, dtype) -> list[int]:
+    """Width of each computed layer's output, probing one image if needed.
+
+    The widths depend on the network, the input size and the precision only,
+    so a clone's probe serves all the others.
+    """
+    size = prep.output_size(*images.image_size())
+    key = None if built.key is None else (built.key, size, dtype)
+    widths = _WIDTHS.get(key)
+    if widths is None:
+        _, probe = next(images.batches(1))
+        feats = _engine.run_batch(built.net, prep, probe, device, dtype, split=True)
+        widths = [f.shape[1] for f in feats]
+        _WIDTHS.put(key, widths)
+    return widths
+
+
+def rebuild(model, weights, state, computed, pooling, device) -> nn.Module:
+    """The network of an unpickled extractor: from its weights or its state."""
+    backbone = load_backbone(model, None if state else weights)
+    if state is not None:
+        backbone.module.load_state_dict(state)
+    net = _layers.FeatureNet(backbone.module, computed, pooling, backbone.family.nhwc)
+    return _engine.prepare_network(net.to(device))
+
+
+def clear() -> None:
+    """Forget the shared networks (they are rebuilt on the next fit)."""
+    for memo in (_BACKBONES, _NETWORKS, _WIDTHS):
+        memo.clear()
