@@ -310,7 +310,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
         )
-        widths = _network.output_widths(built, prep, images, device, dtype)
+        widths, probe = _network.output_widths(built, prep, images, device, dtype)
         self.weights_ = backbone.weights
         self.layers_ = layers
         self.computed_layers_ = computed
@@ -329,6 +329,10 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             str(self.pooling),
             self.precision_,
         )
+        if store is not None and probe is not None:  # the probe's work is kept
+            image = images.digests(stop=1)[0]
+            for name, vector in zip(computed, probe, strict=True):
+                store.put((self.cache_key_, name, image), vector)
         return self
 
     def transform(self, X):

@@ -176,12 +176,13 @@ class ArrayImages:
             rows = slice(start, stop) if indices is None else indices[start:stop]
             yield start, self._batch(rows)
 
-    def digests(self) -> list[str]:
-        """A digest of each image's pixels, dtype and shape (cache keys)."""
-        data = self.data
+    def digests(self, stop=None) -> list[str]:
+        """A digest of each image's (or the first ``stop``'s) pixels, dtype and
+        shape: the image part of cache keys."""
+        data = self.data[:stop]
         if isinstance(data, torch.Tensor):
             data = data.detach().cpu().numpy()
-        tag = f"{data.dtype.str}{data.shape[1:]}{self.channels_last}"
+        tag = f"{data.dtype.str}{self.data.shape[1:]}{self.channels_last}"
         return [digest(tag, np.ascontiguousarray(image).data) for image in data]
 
     def _batch(self, rows) -> torch.Tensor:

@@ -18,7 +18,14 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-__all__ = ["POOLINGS", "FeatureNet", "list_layers", "node_names", "resolve_layers"]
+__all__ = [
+    "POOLINGS",
+    "FeatureNet",
+    "is_valid",
+    "list_layers",
+    "node_names",
+    "resolve_layers",
+]
 
 POOLINGS = ("avg", "max", "avgmax", "cls", "flatten")
 
@@ -31,7 +38,7 @@ def node_names(module: nn.Module, head: str | None = None) -> list[str]:
     return names
 
 
-def _is_valid(name: str, names: list[str]) -> bool:
+def is_valid(name: str, names: list[str]) -> bool:
     prefix = name + "."
     return name in names or any(n.startswith(prefix) for n in names)
 
@@ -57,7 +64,7 @@ def resolve_layers(layer, names, model_label: str) -> list[str | None]:
         if name in seen:
             raise ValueError(f"The 'layer' parameter names {name!r} twice.")
         seen.add(name)
-        if name is not None and not _is_valid(name, names):
+        if name is not None and not is_valid(name, names):
             modules = sorted({n.split(".")[0] for n in names})
             close = difflib.get_close_matches(name, names + modules, n=3)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -180,7 +187,7 @@ def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
         wanted = [
             n
             for n in backbone.family.stages(module)
-            if _is_valid(n, names) and n != head
+            if is_valid(n, names) and n != head
         ]
     else:
         wanted = names

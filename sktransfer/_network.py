@@ -112,14 +112,22 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
         # Tracing is needed only to check named cut points: a module that
         # torch.fx cannot trace still works with layer=None.
         if "names" not in loaded:
-            loaded["names"] = _layers.node_names(backbone.module, backbone.head)
+            try:
+                loaded["names"] = _layers.node_names(backbone.module, backbone.head)
+            except Exception as exc:  # torch.fx raises many kinds of errors
+                raise ValueError(
+                    f"Cannot cut {model_label} at a named layer: torch.fx could not "
+                    f"trace it ({type(exc).__name__}: {exc}). Use layer=None (the "
+                    "module's output), or make its forward traceable (no control "
+                    "flow on tensor values)."
+                ) from exc
         names = loaded["names"]
     layers = _layers.resolve_layers(layer, names, model_label)
     computed = layers
     if taps:
         if isinstance(taps, str):  # "stages"
             stages = backbone.family.stages(backbone.module)
-            taps = [n for n in stages if _layers._is_valid(n, names)] + [None]
+            taps = [n for n in stages if _layers.is_valid(n, names)] + [None]
         taps = _layers.resolve_layers(taps, names, model_label)
         # One order for every clone, whatever its `layer`: one network.
         computed = [name for name in layers if name not in taps] + taps
@@ -134,21 +142,23 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     return Built(backbone, layers, computed, net, identity, key)
 
 
-def output_widths(built: Built, prep, images, device, dtype) -> list[int]:
+def output_widths(built: Built, prep, images, device, dtype):
     """Width of each computed layer's output, probing one image if needed.
 
     The widths depend on the network, the input size and the precision only,
-    so a clone's probe serves all the others.
+    so a clone's probe serves all the others. Returns the widths and the
+    probe's features of the first image (None when no probe ran).
     """
     size = prep.output_size(*images.image_size())
     key = None if built.key is None else (built.key, size, dtype)
     widths = _WIDTHS.get(key)
-    if widths is None:
-        _, probe = next(images.batches(1))
-        feats = _engine.run_batch(built.net, prep, probe, device, dtype, split=True)
-        widths = [f.shape[1] for f in feats]
-        _WIDTHS.put(key, widths)
-    return widths
+    if widths is not None:
+        return widths, None
+    _, probe = next(images.batches(1))
+    feats = _engine.run_batch(built.net, prep, probe, device, dtype, split=True)
+    widths = [f.shape[1] for f in feats]
+    _WIDTHS.put(key, widths)
+    return widths, [f[0].cpu().numpy() for f in feats]
 
 
 def rebuild(model, weights, state, computed, pooling, device) -> nn.Module:

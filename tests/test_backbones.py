@@ -84,7 +84,8 @@ def test_checkpoint_file_round_trip(tmp_path):
         expected = model.eval()(
             from_file.preprocessing_(torch.from_numpy(X).permute(0, 3, 1, 2))
         )
-    assert_allclose(from_file.transform(X), expected.numpy(), rtol=1e-5, atol=1e-6)
+    # batch composition moves fp32 CPU results by ~1e-6 (row 0 comes from fit)
+    assert_allclose(from_file.transform(X), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_problems_are_reported(tmp_path):

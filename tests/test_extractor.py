@@ -304,3 +304,25 @@ def test_random_state_makes_random_weights_reproducible(images):
     c = make("resnet18", weights=None, random_state=1).fit_transform(images)
     assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+class _Untraceable(torch.nn.Module):
+    """A module torch.fx cannot trace (control flow on tensor values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # data-dependent branch
+            x = x * 2
+        return x.mean((2, 3))
+
+
+def test_untraceable_module_works_with_layer_none(images):
+    """layer=None never traces; naming a layer gives a clear error instead."""
+    out = make(_Untraceable()).fit_transform(images)
+    assert out.shape == (len(images), 4)
+    with pytest.raises(ValueError, match="could not trace it"):
+        make(_Untraceable(), layer="conv").fit(images)
