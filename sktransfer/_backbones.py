@@ -208,6 +208,7 @@ def _load(model, weights) -> Backbone:
     _check_model_name(model)
     resolved = resolve_weights(model, weights)
     enum_cls = torchvision.models.get_model_weights(model)
+    description: str | None
     if isinstance(resolved, WeightsEnum):
         module = _load_published(model, resolved)
         prep = _preprocess.from_weights(resolved)
@@ -234,12 +235,14 @@ def _load(model, weights) -> Backbone:
 def _load_custom(model: nn.Module, weights) -> Backbone:
     """A user's module: its own weights, a checkpoint, or re-initialised."""
     module = copy.deepcopy(model).cpu()
+    description: str | None
     if isinstance(weights, str) and weights == "DEFAULT":
         description = "the module's own weights"
     elif weights is None:
         for sub in module.modules():
-            if callable(getattr(sub, "reset_parameters", None)):
-                sub.reset_parameters()
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
         description = None
     elif isinstance(weights, (str, os.PathLike)):
         path = Path(weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Callable
 from numbers import Integral
 
 import numpy as np
@@ -388,7 +389,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         )
         return out
 
-    def _runnable_network(self) -> nn.Module:
+    def _runnable_network(self) -> Callable:
         net = self._network()
         if not self.compile:
             return net

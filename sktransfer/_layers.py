@@ -92,6 +92,7 @@ def pool(t: torch.Tensor, how: str | None, nhwc: bool = False) -> torch.Tensor:
         if nhwc and t.ndim == 4:
             t = t.permute(0, 3, 1, 2)
         return t.flatten(1)
+    dims: tuple[int, ...]
     if t.ndim == 4:
         if nhwc:
             t = t.permute(0, 3, 1, 2)

@@ -127,7 +127,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     if taps:
         if isinstance(taps, str):  # "stages"
             stages = backbone.family.stages(backbone.module)
-            taps = [n for n in stages if _layers.is_valid(n, names)] + [None]
+            taps = [n for n in stages if _layers.is_valid(n, names or [])] + [None]
         taps = _layers.resolve_layers(taps, names, model_label)
         # One order for every clone, whatever its `layer`: one network.
         computed = [name for name in layers if name not in taps] + taps

@@ -118,7 +118,7 @@ class Preprocessing:
         batch = TF.to_dtype(batch, torch.float32, scale=True)
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             batch = TF.normalize(batch, list(self.mean), list(self.std))
         if batch.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
             batch = batch.clone()
