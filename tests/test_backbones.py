@@ -131,14 +131,21 @@ def _china():
     return load_sample_images().images[0][None]  # (1, 427, 640, 3) uint8
 
 
-def test_real_checkpoint_file_and_hub_cache_agree(
-    shared_weights, tmp_path, monkeypatch
-):
-    """The real file as a path and through a TORCH_HOME cache give equal rows."""
+@pytest.fixture
+def hub_with_real_weights(shared_weights, tmp_path, monkeypatch):
+    """A temporary TORCH_HOME whose hub cache holds the real MobileNetV2 file,
+    where torchvision expects MobileNet_V2_Weights.IMAGENET1K_V1."""
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     shutil.copy(shared_weights, cache / "mobilenet_v2-b0353104.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_real_checkpoint_file_and_hub_cache_agree(
+    shared_weights, hub_with_real_weights
+):
+    """The real file as a path and through a TORCH_HOME cache give equal rows."""
     X = _china()
     via_cache = PretrainedFeatureExtractor(
         model="mobilenet_v2", weights="IMAGENET1K_V1", verbose=False
@@ -196,23 +203,19 @@ def test_real_weights_linear_probe_far_above_chance(shared_weights, digits_image
 
 
 def test_pickle_of_published_weights_is_a_small_reference(
-    shared_weights, tmp_path, monkeypatch
+    hub_with_real_weights, tmp_path
 ):
     """Published weights pickle as their name (KB) and reload identically."""
     import os
     import pickle
 
-    cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    shutil.copy(shared_weights, cache / "mobilenet_v2-b0353104.pth")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     X = _china()
     extractor = PretrainedFeatureExtractor(
         model="mobilenet_v2", weights="IMAGENET1K_V1", verbose=False
     ).fit(X)
     expected = extractor.transform(X)
     assert len(pickle.dumps(extractor)) < 20_000  # the checkpoint itself is 14 MB
-    env = dict(os.environ, TORCH_HOME=str(tmp_path))
+    env = dict(os.environ, TORCH_HOME=str(hub_with_real_weights))
     assert_array_equal(
         transform_in_fresh_process(extractor, X, tmp_path, env), expected
     )
