@@ -163,6 +163,20 @@ def _load_state(module: nn.Module, state: Mapping, source: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def _fit_head_to(module: nn.Module, state: Mapping) -> None:
+    """Give ``module`` a head as wide as the checkpoint's (a fine-tuned one may
+    have any number of classes); the head is removed afterwards anyway."""
+    head = _last_linear(module)
+    if head is None:
+        return
+    weight = state.get(f"{head}.weight")
+    old = module.get_submodule(head)
+    if weight is not None and weight.ndim == 2 and weight.shape != old.weight.shape:
+        parent, _, leaf = head.rpartition(".")
+        owner = module.get_submodule(parent) if parent else module
+        setattr(owner, leaf, nn.Linear(weight.shape[1], weight.shape[0]))
+
+
 def _hub_path(weights: WeightsEnum) -> Path:
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -214,15 +228,10 @@ def _load(model, weights) -> Backbone:
         prep = _preprocess.from_weights(resolved)
         description = f"{type(resolved).__name__}.{resolved.name}"
     else:
-        kwargs = {}
-        state = None
+        module = torchvision.models.get_model(model, weights=None)
         if isinstance(resolved, Path):
             state = _read_checkpoint(resolved)
-            head = _last_linear(torchvision.models.get_model(model, weights=None))
-            if head is not None and f"{head}.weight" in state:
-                kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
-        module = torchvision.models.get_model(model, weights=None, **kwargs)
-        if state is not None:
+            _fit_head_to(module, state)
             _load_state(module, state, repr(str(resolved)))
         prep = _preprocess.from_weights(enum_cls.DEFAULT)
         description = None if resolved is None else str(resolved)

@@ -375,7 +375,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         return np.hstack([computed[:, slice(*bounds[name])] for name in self.layers_])
 
     def _compute(self, images, indices=None) -> np.ndarray:
-        """Run the network: columns of ``layers_`` then of ``taps_``."""
+        """Run the network: the columns of ``computed_layers_``, in order."""
         out, self.batch_size_ = _engine.extract(
             self._runnable_network(),
             self.preprocessing_,
@@ -487,8 +487,11 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             state["_backbone_state"] = {
                 k: v.detach().cpu() for k, v in net.backbone.state_dict().items()
             }
-        if isinstance(state.get("model"), nn.Module):
-            state["model"] = copy.deepcopy(state["model"]).cpu()
+        model = state.get("model")
+        if isinstance(model, nn.Module) and any(
+            t.device.type != "cpu" for t in model.state_dict().values()
+        ):
+            state["model"] = copy.deepcopy(model).cpu()  # pickles hold CPU tensors
         if "device_" in state:
             state["device_"] = str(state["device_"])
         return state

@@ -8,7 +8,6 @@ standard embedding, since the classification head has been removed.
 
 from __future__ import annotations
 
-import copy
 import difflib
 
 import torch
@@ -193,8 +192,9 @@ def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
     else:
         wanted = names
     size = input_size or backbone.preprocessing.crop_size or 224
+    # load_backbone returned a private copy: tracing it touches nothing of yours
     extractor = create_feature_extractor(
-        copy.deepcopy(module), return_nodes={n: n for n in wanted}
+        module, return_nodes={n: n for n in wanted}
     ).eval()
     with torch.inference_mode():
         out = extractor(torch.zeros(1, 3, size, size))
