@@ -3,6 +3,7 @@
 from sktransfer._backbones import model_names as _model_names
 from sktransfer._cache import EmbeddingCache, default_cache
 from sktransfer._extractor import PretrainedFeatureExtractor
+from sktransfer._folders import list_images, load_image_folder
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
 
@@ -13,8 +14,10 @@ __all__ = [
     "Preprocessing",
     "PretrainedFeatureExtractor",
     "default_cache",
+    "list_images",
     "list_layers",
     "list_models",
+    "load_image_folder",
 ]
 
 

@@ -123,15 +123,26 @@ def _cudnn_autotune(device: torch.device):
     )
 
 
-def run_batch(net, preprocessing, batch, device, dtype=torch.float32, split=False):
+def run_batch(
+    net,
+    preprocessing,
+    batch,
+    device,
+    dtype=torch.float32,
+    split=False,
+    resized=False,
+):
     """Preprocess one batch on ``device`` and return its float32 features.
 
     The features of all layers come concatenated, or as a list with ``split``.
+    ``resized``: the batch has been through ``preprocessing.geometry``
+    already (image by image, by the input adapter).
     """
     with torch.inference_mode():
         if device.type == "cuda" and batch.device.type == "cpu":
             batch = batch.pin_memory()
-        x = preprocessing(batch.to(device, non_blocking=True))
+        batch = batch.to(device, non_blocking=True)
+        x = preprocessing.finish(batch) if resized else preprocessing(batch)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, dtype):
             feats = net(x)
@@ -162,21 +173,27 @@ def extract(
 
     Returns the ``(n, n_features)`` float32 rows and the batch size that was
     finally used (smaller than ``batch_size`` after an out-of-memory back-off).
+    Rows the adapter skips (unreadable images, ``on_error="nan"``) are NaN.
     """
     n = len(images) if indices is None else len(indices)
     on_cuda = device.type == "cuda"
-    out = torch.empty((n, n_features), dtype=torch.float32, pin_memory=on_cuda)
+    out = torch.full(
+        (n, n_features), float("nan"), dtype=torch.float32, pin_memory=on_cuda
+    )
     size = batch_size
+    resized = images.resizes
     with (
         _cudnn_autotune(device),
         tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
     ):
-        for start, batch in images.batches(batch_size, indices):
+        for start, batch in images.batches(batch_size, indices, preprocessing.geometry):
             offset = 0
             while offset < len(batch):
                 chunk = batch[offset : offset + size]
                 try:
-                    feats = run_batch(net, preprocessing, chunk, device, dtype)
+                    feats = run_batch(
+                        net, preprocessing, chunk, device, dtype, resized=resized
+                    )
                 except Exception as exc:
                     if not _is_oom(exc):
                         raise
@@ -205,7 +222,8 @@ def extract(
                 rows = slice(start + offset, start + offset + len(chunk))
                 out[rows].copy_(feats, non_blocking=on_cuda)
                 offset += len(chunk)
-                bar.update(len(chunk))
+                bar.update(rows.stop - bar.n)  # skipped rows count as done
+        bar.update(n - bar.n)
     if on_cuda:
         torch.cuda.synchronize(device)
     return out.numpy(), size

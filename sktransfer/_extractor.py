@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _engine, _layers, _network, _preprocess
+from sktransfer import _decode, _engine, _layers, _network, _preprocess
 from sktransfer._backbones import resolve_weights
 from sktransfer._cache import (
     EmbeddingCache,
@@ -27,6 +27,7 @@ from sktransfer._cache import (
     state_digest,
 )
 from sktransfer._inputs import as_images
+from sktransfer.exceptions import ImageReadError
 
 
 class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -85,6 +86,28 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
     batch_size : int, default=64
         Number of images per forward pass.
+
+    num_workers : int or None, default=None
+        Threads that read, decode and resize images given one by one (paths,
+        PIL images, arrays of different sizes) while the network runs. 0 does
+        it in the calling thread; None uses one thread per CPU, at most 8.
+        Arrays of equal-sized images need no workers: they are resized batch
+        by batch on the device.
+
+    max_pixels : int or None, default=89_478_485
+        Image files and PIL images with more pixels than this are refused
+        before they are decoded (decompression bombs); the default is
+        Pillow's own limit. None removes sktransfer's check (Pillow's own
+        ``Image.MAX_IMAGE_PIXELS`` then still applies).
+
+    on_error : {"raise", "nan"}, default="raise"
+        What an image that cannot be read (missing file, not an image,
+        truncated, too large...) does: ``"raise"`` raises
+        :class:`~sktransfer.exceptions.ImageReadError` naming its row and
+        path; ``"nan"`` gives it a row of NaN, warns, and records it in
+        ``errors_``, so that a long unattended job keeps going and every
+        other row stays in place. Bad arguments (a wrong element type, an
+        array of the wrong shape) always raise.
 
     cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
         Where pooled vectors are kept for reuse, keyed by image content,
@@ -176,6 +199,11 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         Digest of the network, weights, preprocessing and pooling: the part
         of every cache key that is not the image or the layer.
 
+    errors_ : list of ImageReadError
+        The images of the last ``transform`` that could not be read, whose
+        rows are NaN (``on_error="nan"``); each error has ``index`` (the row)
+        and ``path``. Empty after ``fit``.
+
     See Also
     --------
     sktransfer.list_layers : The cut points of a model.
@@ -183,9 +211,19 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    Input: numpy arrays ``(n, H, W, 3)`` (channels last) or ``(n, H, W)``
-    (grayscale), torch tensors ``(n, 3, H, W)`` (channels first) or
-    ``(n, H, W)``; uint8 (0..255), uint16 (0..65535) or float in [0, 1].
+    Input, one of:
+
+    - a numpy array ``(n, H, W, 3)`` (channels last) or ``(n, H, W)``
+      (grayscale), or a torch tensor ``(n, 3, H, W)`` (channels first) or
+      ``(n, H, W)``; uint8 (0..255), uint16 (0..65535) or float in [0, 1];
+    - a list, tuple, 1-D object array or pandas Series whose elements are
+      paths (str or ``os.PathLike``), the bytes of image files, PIL images,
+      or arrays/tensors of one image each, in any mix and of any sizes.
+
+    Files are decoded by fixed rules (JPEG, PNG, WebP, BMP, TIFF and GIF
+    only; EXIF orientation applied; transparency composited on white;
+    16-bit images scaled, never clipped; first frame of animations): see the
+    user guide, ``docs/images_and_files.md``.
     Output: a float32 array ``(n, n_features_out_)``, one row per image, in
     input order. Inference always runs in eval mode under
     ``torch.inference_mode``, so an image's row does not depend on the batch
@@ -216,6 +254,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         "pooling": [StrOptions(set(_layers.POOLINGS)), None],
         "preprocessing": [str, dict, _preprocess.Preprocessing],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "on_error": [StrOptions({"raise", "nan"})],
         "cache": [str, os.PathLike, EmbeddingCache, None],
         "cache_layers": [StrOptions({"stages"}), list, tuple, None],
         "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
@@ -234,6 +275,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         pooling="avg",
         preprocessing="auto",
         batch_size=64,
+        num_workers=None,
+        max_pixels=_decode.DEFAULT_MAX_PIXELS,
+        on_error="raise",
         cache="memory",
         cache_layers=None,
         precision="auto",
@@ -248,6 +292,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.max_pixels = max_pixels
+        self.on_error = on_error
         self.cache = cache
         self.cache_layers = cache_layers
         self.precision = precision
@@ -255,6 +302,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+
+    def _images(self, X):
+        return as_images(
+            X,
+            num_workers=self.num_workers,
+            max_pixels=self.max_pixels,
+            on_error=self.on_error,
+        )
 
     def _model_label(self) -> str:
         return repr(self.model) if isinstance(self.model, str) else "model"
@@ -279,8 +334,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, height, width[, channels])
-            Images (see Notes of the class). Only checked: nothing is learned.
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths (see Notes of the class). Only checked: nothing
+            is learned; one image is run through the network.
         y : None
             Ignored.
 
@@ -289,7 +345,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self : PretrainedFeatureExtractor
             The fitted extractor.
         """
-        images = as_images(X)
+        images = self._images(X)
         self.__dict__.pop("_backbone_state", None)  # from an earlier unpickling
         device = _engine.resolve_device(self.device)
         dtype = _engine.resolve_precision(self.precision, device)
@@ -311,7 +367,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         prep = _preprocess.resolve(
             self.preprocessing, backbone.preprocessing, self._named_preprocessing
         )
-        widths, probe = _network.output_widths(built, prep, images, device, dtype)
+        widths, row, probe = _network.output_widths(built, prep, images, device, dtype)
         self.weights_ = backbone.weights
         self.layers_ = layers
         self.computed_layers_ = computed
@@ -321,6 +377,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.device_ = device
         self.precision_ = str(dtype).removeprefix("torch.")
         self.batch_size_ = self.batch_size
+        self.errors_: list[ImageReadError] = []
         self.network_ = built.net
         self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
@@ -331,7 +388,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             self.precision_,
         )
         if store is not None and probe is not None:  # the probe's work is kept
-            image = images.digests(stop=1)[0]
+            image = images.digests([row])[0]
             for name, vector in zip(computed, probe, strict=True):
                 store.put((self.cache_key_, name, image), vector)
         return self
@@ -341,20 +398,38 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_images, height, width[, channels])
-            Images (see Notes of the class).
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths (see Notes of the class).
 
         Returns
         -------
         X_new : ndarray of shape (n_images, n_features_out_), dtype float32
-            One row per image, in input order.
+            One row per image, in input order; NaN for images that could not
+            be read when ``on_error="nan"``.
         """
         check_is_fitted(self)
-        images = as_images(X)
+        images = self._images(X)
         store = self._cache_store()
         if store is None:
-            return self._select(self._compute(images))
-        return self._transform_cached(images, store)
+            out = self._select(self._compute(images))
+        else:
+            out = self._transform_cached(images, store)
+        self._report(images)
+        return out
+
+    def _report(self, images) -> None:
+        """Record and announce the images that could not be read."""
+        self.errors_ = [images.errors[i] for i in sorted(images.errors)]
+        if self.errors_:
+            rows = [e.index for e in self.errors_]
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            warnings.warn(
+                f"{len(rows)} of {len(images)} images could not be read; their "
+                f"rows are NaN (rows {shown}). The first error: {self.errors_[0]} "
+                "See the extractor's errors_ for all of them.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _bounds(self) -> dict:
         """Column range of each computed layer in the network's output."""
@@ -401,9 +476,11 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _transform_cached(self, images, store) -> np.ndarray:
         keys = images.digests()
-        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
         missing = []
         for i, image in enumerate(keys):
+            if image is None:  # unreadable (on_error="nan"): stays NaN
+                continue
             parts = []
             for layer in self.layers_:
                 part = store.get((self.cache_key_, layer, image))
@@ -417,6 +494,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             computed = self._compute(images, np.asarray(missing))
             bounds = self._bounds()
             for row, i in enumerate(missing):
+                if i in images.errors:
+                    continue
                 for name, (start, stop) in bounds.items():
                     store.put(
                         (self.cache_key_, name, keys[i]), computed[row, start:stop]

@@ -1,26 +1,50 @@
 """Input adapters: from what the user passes to batches of image tensors.
 
-An adapter validates its input up front (shape, dtype, values), so that bad
-input fails before anything reaches the network, and then yields
-``(start, batch)`` pairs: ``batch`` is an ``(n, C, H, W)`` tensor, C in
-{1, 3}, of dtype uint8, uint16 or float32 (in [0, 1]), holding rows
-``start:start + n`` of the input. Adapters know nothing of models.
+An adapter validates its input up front (types, shapes, dtypes, values; for
+paths, that the files exist), so that bad input fails before anything
+reaches the network, and then yields ``(start, batch)`` pairs: ``batch`` is
+an ``(n, C, H, W)`` tensor, C in {1, 3}, of dtype uint8, uint16 or float32
+(in [0, 1]), holding rows ``start:start + n`` of the input. Adapters know
+nothing of models.
+
+- :class:`ArrayImages`: one array or tensor of equal-sized images; batches
+  are slices of it, resized later on the device, batch by batch.
+- :class:`ListImages`: a sequence of paths, encoded bytes, PIL images or
+  arrays of any sizes. Images are read and resized one by one (the resize
+  and crop of the preprocessing, ``geometry``) in a pool of worker threads
+  that runs ahead of the network by about one batch, so memory stays bounded
+  whatever the number of images; equal-sized results are stacked into
+  batches. An image that cannot be read raises
+  :class:`~sktransfer.exceptions.ImageReadError` naming its row, or, with
+  ``on_error="nan"``, is recorded in ``errors`` and skipped: its row is never
+  yielded, and the rows around it keep their positions.
 
 Layout rule, never guessed from the values: numpy arrays are channels-last
 ``(n, H, W, C)`` or grayscale ``(n, H, W)``; torch tensors are channels-first
-``(n, C, H, W)`` or grayscale ``(n, H, W)``.
+``(n, C, H, W)`` or grayscale ``(n, H, W)``. In a sequence, each numpy array
+is one ``(H, W, C)`` or ``(H, W)`` image, each tensor one ``(C, H, W)`` or
+``(H, W)`` image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
+from sktransfer import _decode
 from sktransfer._cache import digest
+from sktransfer.exceptions import ImageReadError
 
-__all__ = ["ArrayImages", "as_images"]
+__all__ = ["ArrayImages", "ListImages", "as_images", "default_num_workers"]
 
 # Float images must lie in [0, 1]; this much slack absorbs resampling overshoot.
 _FLOAT_SLACK = 0.01
@@ -31,8 +55,22 @@ def _describe(X) -> str:
     return f"{type(X).__module__}.{type(X).__name__}"
 
 
-def as_images(X) -> ArrayImages:
-    """Return the adapter for ``X``, or raise a TypeError/ValueError."""
+def default_num_workers() -> int:
+    """Decoding threads when ``num_workers=None``: one per CPU, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def as_images(
+    X,
+    *,
+    num_workers: int | None = None,
+    max_pixels: int | None = _decode.DEFAULT_MAX_PIXELS,
+    on_error: str = "raise",
+) -> ArrayImages | ListImages:
+    """Return the adapter for ``X``, or raise a TypeError/ValueError.
+
+    The keyword arguments apply to sequences (:class:`ListImages`).
+    """
     if isinstance(X, torch.Tensor):
         return ArrayImages(X, channels_last=False)
     if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
@@ -42,13 +80,39 @@ def as_images(X) -> ArrayImages:
         )
     if hasattr(X, "iloc") and hasattr(X, "columns"):
         raise TypeError(
-            "A DataFrame is not an image batch. Pass an array of shape "
+            "A DataFrame is not an image batch. Pass the column that holds the "
+            "images or their paths, e.g. X['path'], or an array of shape "
             "(n_images, height, width, channels)."
         )
-    if isinstance(X, (str, bytes)) or np.isscalar(X) or X is None:
+    if isinstance(X, (str, bytes, os.PathLike, Image.Image)):
+        raise TypeError(
+            f"Expected a batch of images, got a single {_describe(X)}: "
+            f"{X!r:.80}. Pass a list, e.g. [image]."
+        )
+    if np.isscalar(X) or X is None:
         raise TypeError(
             f"Expected a batch of images, got {_describe(X)}: {X!r:.80}. Pass an "
-            "array of shape (n_images, height, width, channels)."
+            "array of shape (n_images, height, width, channels) or a list of "
+            "paths, PIL images or arrays."
+        )
+    items = None
+    if isinstance(X, (list, tuple)):
+        items = list(X)
+        if items and all(isinstance(item, (list, tuple)) for item in items):
+            # Nested lists of numbers (X.tolist(), tabular data): one array.
+            try:
+                array = np.asarray(items)
+            except ValueError:
+                array = None  # ragged: images of different sizes, one by one
+            if array is not None and array.dtype != object:
+                return ArrayImages(array, channels_last=True)
+    elif hasattr(X, "iloc"):  # a pandas Series: by position, whatever its index
+        items = list(X.to_numpy(dtype=object))
+    elif isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 1:
+        items = list(X)
+    if items is not None:
+        return ListImages(
+            items, num_workers=num_workers, max_pixels=max_pixels, on_error=on_error
         )
     try:
         array = np.asarray(X)
@@ -59,12 +123,28 @@ def as_images(X) -> ArrayImages:
     return ArrayImages(array, channels_last=True)
 
 
-class ArrayImages:
-    """Images held in one numpy array or torch tensor."""
+def image_digest(image, channels_last: bool) -> str:
+    """Digest of one image's pixels, dtype and shape (a cache key part)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    tag = f"{image.dtype.str}{image.shape}{channels_last}"
+    return digest(tag, np.ascontiguousarray(image).data)
 
-    def __init__(self, data, *, channels_last: bool):
+
+class ArrayImages:
+    """Images held in one numpy array or torch tensor.
+
+    ``row`` is set when the array is one element of a sequence (the array
+    then holds that single image): messages name the element.
+    """
+
+    resizes = False  # batches are resized by the caller, on the device
+    errors: dict[int, ImageReadError] = {}  # arrays are validated up front
+
+    def __init__(self, data, *, channels_last: bool, row: int | None = None):
         self.data = data
         self.channels_last = channels_last
+        self.row = row
         self._validate()
 
     def __len__(self) -> int:
@@ -74,6 +154,8 @@ class ArrayImages:
         data = self.data
         kind = "numpy array" if self.channels_last else "torch tensor"
         layout = "(n, H, W, C)" if self.channels_last else "(n, C, H, W)"
+        if self.row is not None:  # one image of a sequence
+            kind = f"{kind} (image {self.row} of the input)"
         dtype = data.dtype
         if isinstance(data, torch.Tensor):
             is_float = dtype.is_floating_point
@@ -136,7 +218,9 @@ class ArrayImages:
             flat = chunk.reshape(len(chunk), -1)
             finite = np.isfinite(flat).all(axis=1)
             if not finite.all():
-                row = start + int(np.argmin(finite))
+                row = (
+                    self.row if self.row is not None else start + int(np.argmin(finite))
+                )
                 raise ValueError(
                     f"Image {row} contains NaN or infinity. Every pixel must be a "
                     "finite value in [0, 1]."
@@ -150,8 +234,9 @@ class ArrayImages:
                     if high[i] > 2
                     else ""
                 )
+                row = self.row if self.row is not None else start + i
                 raise ValueError(
-                    f"Float images must have values in [0, 1]; image {start + i} "
+                    f"Float images must have values in [0, 1]; image {row} "
                     f"has values in [{low[i]:g}, {high[i]:g}].{hint}"
                 )
 
@@ -162,13 +247,18 @@ class ArrayImages:
             return int(shape[1]), int(shape[2])
         return int(shape[2]), int(shape[3])
 
+    def first(self) -> tuple[int, torch.Tensor]:
+        """The first image, as a batch of one, and its row (0)."""
+        return 0, self._batch(slice(0, 1))
+
     def batches(
-        self, batch_size: int, indices=None
+        self, batch_size: int, indices=None, geometry=None
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, batch)`` with batches of at most ``batch_size``.
 
         With ``indices``, only those rows, in that order; ``start`` then
-        counts positions in ``indices``.
+        counts positions in ``indices``. ``geometry`` is ignored: the caller
+        resizes whole batches (``resizes`` is False).
         """
         n = len(self) if indices is None else len(indices)
         for start in range(0, n, batch_size):
@@ -176,14 +266,11 @@ class ArrayImages:
             rows = slice(start, stop) if indices is None else indices[start:stop]
             yield start, self._batch(rows)
 
-    def digests(self, stop=None) -> list[str]:
-        """A digest of each image's (or the first ``stop``'s) pixels, dtype and
+    def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
+        """A digest of each image's (or those at ``rows``) pixels, dtype and
         shape: the image part of cache keys."""
-        data = self.data[:stop]
-        if isinstance(data, torch.Tensor):
-            data = data.detach().cpu().numpy()
-        tag = f"{data.dtype.str}{self.data.shape[1:]}{self.channels_last}"
-        return [digest(tag, np.ascontiguousarray(image).data) for image in data]
+        data = self.data if rows is None else self.data[list(rows)]
+        return [image_digest(image, self.channels_last) for image in data]
 
     def _batch(self, rows) -> torch.Tensor:
         chunk = self.data[rows]
@@ -204,3 +291,232 @@ class ArrayImages:
         if batch.ndim == 3:
             return batch.unsqueeze(1)
         return batch.permute(0, 3, 1, 2)  # a view: stays channels_last in memory
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be read, in words."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnidentifiedImageError):
+        formats = ", ".join(_decode.FORMATS)
+        return f"not an image in an accepted format ({formats})"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused by Pillow as a decompression bomb ({exc})"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ListImages:
+    """Images given one by one: paths, encoded bytes, PIL images or arrays.
+
+    Parameters
+    ----------
+    items : list
+        One image per element.
+    num_workers : int or None
+        Threads that read and resize images ahead of the network; 0 reads in
+        the calling thread; None is :func:`default_num_workers`.
+    max_pixels : int or None
+        Images with more pixels are refused before decoding.
+    on_error : {"raise", "nan"}
+        What an unreadable image does: raise :class:`ImageReadError`, or get
+        recorded in ``errors`` and skipped.
+    """
+
+    resizes = True  # images are resized one by one, by ``geometry``
+
+    def __init__(
+        self,
+        items: list,
+        *,
+        num_workers: int | None = None,
+        max_pixels: int | None = _decode.DEFAULT_MAX_PIXELS,
+        on_error: str = "raise",
+    ):
+        if not items:
+            raise ValueError("Found 0 images; at least 1 is required.")
+        self.items = items
+        self.num_workers = (
+            default_num_workers() if num_workers is None else int(num_workers)
+        )
+        self.max_pixels = max_pixels
+        self.on_error = on_error
+        self.errors: dict[int, ImageReadError] = {}
+        self._arrays: dict[int, ArrayImages] = {}
+        self._kinds = [self._check(i, item) for i, item in enumerate(items)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _check(self, i: int, item) -> str:
+        """The kind of element ``i``, checked (files: that they exist)."""
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                mode = os.stat(item).st_mode
+            except OSError as exc:
+                self._fail(i, exc)
+            else:
+                if stat.S_ISDIR(mode):
+                    self._fail(i, IsADirectoryError(item))
+                elif not stat.S_ISREG(mode):
+                    self._fail(i, ValueError("not a regular file"))
+            return "path"
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return "bytes"
+        if isinstance(item, Image.Image):
+            return "pil"
+        if isinstance(item, (list, tuple)):
+            item = np.asarray(item)
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            if item.ndim not in (2, 3):
+                layout = "(H, W, C)" if isinstance(item, np.ndarray) else "(C, H, W)"
+                raise ValueError(
+                    f"Image {i} of the input is a {item.ndim}-D array of shape "
+                    f"{tuple(item.shape)}; each image must be {layout} or (H, W)."
+                )
+            self._arrays[i] = ArrayImages(
+                item[None], channels_last=isinstance(item, np.ndarray), row=i
+            )
+            return "array"
+        if item is None or (isinstance(item, float) and math.isnan(item)):
+            self._fail(i, ValueError(f"a missing value ({item!r}) instead of an image"))
+            return "missing"
+        raise TypeError(
+            f"Image {i} of the input is a {_describe(item)}: {item!r:.60}. Each "
+            "element must be a path (str or os.PathLike), the bytes of an image "
+            "file, a PIL image, or an array."
+        )
+
+    def _fail(self, i: int, exc: BaseException) -> None:
+        """Raise or record that image ``i`` could not be read."""
+        if i in self.errors:  # already recorded (e.g. by the existence check)
+            return
+        item = self.items[i]
+        path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+        what = f"Image {i} ({path!r})" if path is not None else f"Image {i}"
+        error = ImageReadError(
+            f"{what} could not be read: {_reason(exc)}.", index=i, path=path
+        )
+        error.__cause__ = exc
+        if self.on_error == "raise":
+            raise error from exc
+        self.errors[i] = error
+
+    def _load(self, i: int) -> torch.Tensor:
+        """Image ``i`` as a ``(C, H, W)`` tensor (may share the caller's data)."""
+        kind, item = self._kinds[i], self.items[i]
+        if kind == "array":
+            return self._arrays[i]._batch(slice(0, 1))[0]
+        if kind == "path":
+            array = _decode.decode(_decode.read_bytes(item), self.max_pixels)
+        elif kind == "bytes":
+            array = _decode.decode(bytes(item), self.max_pixels)
+        elif kind == "pil":
+            array = _decode.to_array(item, self.max_pixels)
+        else:  # "missing": recorded as an error when checked
+            raise ValueError(f"image {i} is missing")
+        tensor = torch.from_numpy(array)
+        return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+    def _prepared(self, i: int, geometry: Callable | None) -> torch.Tensor | None:
+        """Image ``i`` loaded and resized, or None if it failed (recorded)."""
+        if i in self.errors:
+            return None
+        try:
+            image = self._load(i)
+        except Exception as exc:  # Pillow raises many types for bad files
+            if self._kinds[i] == "array":
+                raise
+            self._fail(i, exc)
+            return None
+        return image if geometry is None else geometry(image[None])[0]
+
+    def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
+        """``map(fn, rows)`` in order, on worker threads, at most ``ahead``
+        (or two per worker) calls ahead of the consumer."""
+        if self.num_workers == 0:
+            yield from map(fn, rows)
+            return
+        ahead = max(2 * self.num_workers, ahead)
+        pool = ThreadPoolExecutor(self.num_workers, "sktransfer-read")
+        try:
+            rows = iter(rows)
+            pending = deque(pool.submit(fn, i) for i in islice(rows, ahead))
+            while pending:
+                result = pending.popleft().result()
+                for i in islice(rows, 1):
+                    pending.append(pool.submit(fn, i))
+                yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def first(self) -> tuple[int, torch.Tensor]:
+        """The first readable image, as a batch of one, and its row."""
+        for i in range(len(self)):
+            image = self._prepared(i, None)
+            if image is not None:
+                return i, image[None]
+        raise ImageReadError(
+            f"None of the {len(self)} images could be read; the first error: "
+            f"{next(iter(self.errors.values()))}"
+        )
+
+    def batches(
+        self, batch_size: int, indices=None, geometry=None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(start, batch)``: runs of at most ``batch_size`` images.
+
+        Each image goes through ``geometry`` (the resize and crop of the
+        preprocessing) on a worker thread; consecutive results of equal
+        shape and dtype are stacked. With ``indices``, only those rows, in
+        that order; ``start`` then counts positions in ``indices``.
+        Unreadable images (``on_error="nan"``) end a run; their positions
+        are never yielded.
+        """
+        rows = range(len(self)) if indices is None else [int(i) for i in indices]
+        run: list[torch.Tensor] = []
+        start = 0
+        prepared = self._map(lambda i: self._prepared(i, geometry), rows, batch_size)
+        for position, image in enumerate(prepared):
+            if run and (
+                image is None
+                or len(run) == batch_size
+                or (image.dtype, image.shape) != (run[0].dtype, run[0].shape)
+            ):
+                yield start, torch.stack(run)
+                run = []
+            if image is not None:
+                if not run:
+                    start = position
+                run.append(image)
+        if run:
+            yield start, torch.stack(run)
+
+    def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
+        """The image part of each cache key (None for unreadable images).
+
+        Files and bytes: a digest of the encoded bytes and the decoding
+        rules; PIL images and arrays: of the pixels, as for arrays.
+        """
+        rows = range(len(self)) if rows is None else rows
+        return list(self._map(self._digest, rows))
+
+    def _digest(self, i: int) -> str | None:
+        if i in self.errors:
+            return None
+        kind, item = self._kinds[i], self.items[i]
+        if kind == "array":
+            return self._arrays[i].digests()[0]
+        try:
+            if kind == "pil":
+                return image_digest(_decode.to_array(item, self.max_pixels), True)
+            data = _decode.read_bytes(item) if kind == "path" else bytes(item)
+        except Exception as exc:
+            self._fail(i, exc)
+            return None
+        return digest(_decode.DECODER_TAG, data)

@@ -146,19 +146,20 @@ def output_widths(built: Built, prep, images, device, dtype):
     """Width of each computed layer's output, probing one image if needed.
 
     The widths depend on the network, the input size and the precision only,
-    so a clone's probe serves all the others. Returns the widths and the
-    probe's features of the first image (None when no probe ran).
+    so a clone's probe serves all the others. Returns the widths, the row of
+    the probe image (the first readable one) and its features (None when no
+    probe ran).
     """
-    size = prep.output_size(*images.image_size())
+    row, image = images.first()
+    size = prep.output_size(*image.shape[-2:])
     key = None if built.key is None else (built.key, size, dtype)
     widths = _WIDTHS.get(key)
     if widths is not None:
-        return widths, None
-    _, probe = next(images.batches(1))
-    feats = _engine.run_batch(built.net, prep, probe, device, dtype, split=True)
+        return widths, row, None
+    feats = _engine.run_batch(built.net, prep, image, device, dtype, split=True)
     widths = [f.shape[1] for f in feats]
     _WIDTHS.put(key, widths)
-    return widths, [f[0].cpu().numpy() for f in feats]
+    return widths, row, [f[0].cpu().numpy() for f in feats]
 
 
 def rebuild(model, weights, state, computed, pooling, device) -> nn.Module:

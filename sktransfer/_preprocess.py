@@ -92,8 +92,16 @@ class Preprocessing:
         uint8 is scaled from 0..255, uint16 from 0..65535, floats are taken to
         be in [0, 1] already. One channel is repeated to three. The result
         never shares memory with ``batch``, which may be the caller's data.
+        Equal to ``finish(geometry(batch))``.
         """
-        source = batch
+        return self.finish(self.geometry(batch), source=batch)
+
+    def geometry(self, batch: torch.Tensor) -> torch.Tensor:
+        """The resize and centre crop (per image, so any batch of one works).
+
+        uint16 becomes float in [0, 1]; uint8 stays uint8 unless resized
+        with a filter other than bilinear. May return a view of ``batch``.
+        """
         if batch.dtype == torch.uint16:  # few kernels support uint16
             batch = batch.to(torch.float32).div_(65535.0)
         if self.resize_size is not None:
@@ -115,6 +123,14 @@ class Preprocessing:
                 batch = batch.clamp_(0, 255).round_().div_(255)
         if self.crop_size is not None:
             batch = TF.center_crop(batch, [self.crop_size])
+        return batch
+
+    def finish(self, batch: torch.Tensor, source=None) -> torch.Tensor:
+        """Scale to float, repeat one channel to three, normalise.
+
+        The result never shares memory with ``source`` (default: ``batch``).
+        """
+        source = batch if source is None else source
         batch = TF.to_dtype(batch, torch.float32, scale=True)
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)

@@ -1,0 +1,138 @@
+"""Image files and PIL images to correct pixel arrays.
+
+The rules (``shared/RELIABILITY.md``, "Files"), all without touching Pillow's
+global settings:
+
+- only ordinary formats are opened: JPEG (and MPO, the multi-picture JPEG of
+  some cameras), PNG, WebP, BMP, TIFF and GIF; other decoders are never
+  reached, whatever the file's name or content;
+- the pixel count is checked against ``max_pixels`` from the header, before
+  anything is decoded (decompression bombs);
+- truncated files raise (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set);
+- the EXIF orientation is applied, so a rotated photo and its upright twin
+  give the same pixels;
+- multi-frame files (animated GIF/WebP, multi-page TIFF): the first frame;
+- colour: 1-bit, grayscale, palette, CMYK and YCbCr images become RGB;
+  transparency (alpha channel, palette or colour-key transparency) is
+  composited on a white background (:data:`BACKGROUND`);
+- depth: 16-bit images stay 16-bit (``uint16``, scaled from 0..65535 later,
+  never clipped to 255); 32-bit integer images are scaled from 0..2**31 - 1
+  (negative values are refused); 32-bit float images must lie in [0, 1].
+
+The result is an ``(H, W, 3)`` uint8 array, or an ``(H, W)`` uint16 or
+float32 array for deep grayscale images.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import (  # noqa: F401  (importing a plugin registers its format)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "DECODER_TAG",
+    "DEFAULT_MAX_PIXELS",
+    "EXTENSIONS",
+    "FORMATS",
+    "decode",
+    "read_bytes",
+    "to_array",
+]
+
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".dib",
+    ".tif",
+    ".tiff",
+    ".gif",
+)
+#: Colour that transparent pixels are composited on.
+BACKGROUND = (255, 255, 255)
+#: Pillow's own default limit (about 0.25 GB of RGB pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+#: Part of the cache key of encoded images: change it when these rules change.
+DECODER_TAG = "decode-v1:exif,white,first-frame"
+
+_ORIENTATION = 0x0112  # EXIF tag
+_UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_FLOAT_SLACK = 0.01
+
+
+def read_bytes(path) -> bytes:
+    """The file's content; the file is closed before this returns."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    return data
+
+
+def decode(data: bytes, max_pixels: int | None) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file) to a pixel array."""
+    formats = [name for name in FORMATS if name in Image.OPEN]  # WebP is optional
+    with Image.open(io.BytesIO(data), formats=formats) as image:
+        return to_array(image, max_pixels)
+
+
+def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:
+    """The pixels of a PIL image by the rules of this module (a new array)."""
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"the image is {width}x{height} = {width * height:,} pixels, more "
+            f"than max_pixels={max_pixels:,} (a decompression bomb?). If it is "
+            "a genuine image, raise max_pixels."
+        )
+    file_format = image.format
+    if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _UINT16_MODES or (mode == "I" and file_format == "PNG"):
+        # 16-bit grayscale (older Pillow opens 16-bit PNGs as mode "I").
+        return np.array(image).astype(np.uint16)
+    if mode == "I":
+        array = np.array(image)
+        if array.min() < 0:
+            raise ValueError(
+                "the 32-bit integer image has negative values; sktransfer reads "
+                "integer images as intensities from 0 to 2**31 - 1"
+            )
+        return (array / (2**31 - 1)).astype(np.float32)
+    if mode == "F":
+        array = np.array(image, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError("the float image contains NaN or infinity")
+        low, high = float(array.min()), float(array.max())
+        if low < -_FLOAT_SLACK or high > 1 + _FLOAT_SLACK:
+            raise ValueError(
+                f"the float image has values in [{low:g}, {high:g}]; float images "
+                "must have values in [0, 1] (rescale it and pass the array)"
+            )
+        return array
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (*BACKGROUND, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image)
