@@ -57,13 +57,19 @@ def seed_weights(models, torch_home: Path):
         torch.save(state, path / filename)
 
 
-def plain_loop(name, device, batch_size):
+def headless(name, device):
+    """The model with DEFAULT weights, its head replaced by identity; its
+    preprocessing preset."""
     weights = torchvision.models.get_model_weights(name).DEFAULT
     model = torchvision.models.get_model(name, weights=weights).eval().to(device)
     head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     parent, _, leaf = head.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, torch.nn.Identity())
-    transforms = weights.transforms()
+    return model, weights.transforms()
+
+
+def plain_loop(name, device, batch_size):
+    model, transforms = headless(name, device)
 
     def run(X):
         out = []

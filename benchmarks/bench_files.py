@@ -1,0 +1,241 @@
+"""Embedding throughput from a folder of JPEG files, and memory over many files.
+
+Throughput (the default): images per second from JPEG paths to embeddings,
+in one process, on the same files, with the same weights, on the same device:
+
+- ``plain``: the usual torchvision loop: each file opened with Pillow,
+  converted to RGB and put through ``weights.transforms()`` one by one, the
+  batch stacked and run in float32 through the model with its head replaced
+  by ``nn.Identity``;
+- ``img2vec``: Pillow images opened from the files, a batch at a time, given
+  to ``img2vec_pytorch.Img2Vec.get_vec`` (its documented use);
+- ``sktransfer``: ``PretrainedFeatureExtractor(...).transform(paths)`` with
+  default settings (decoding on worker threads, ``precision="auto"``), and
+  the same with ``precision="float32"``.
+
+The files are ``--n`` generated photos-like JPEGs (smooth colour fields with
+grain, quality 90) of ``--size`` pixels, 500x375 by default, each different.
+Weights are seeded random tensors saved where torch looks for the DEFAULT
+weights (see ``bench_throughput.py``), so every contender loads the same
+tensors offline. The embedding cache is off. Each contender runs once to warm
+up, then ``--repeats`` times; the median is reported.
+
+Memory (``--memory N``): a fresh process embeds N generated files with the
+default extractor and reports its peak resident memory above what it held
+after ``fit`` and a warm-up, next to the size of the output array and the
+size all the decoded images would have had.
+
+Run: ``.venv/bin/python benchmarks/bench_files.py [--models resnet18
+resnet50 --n 256]`` or ``.venv/bin/python benchmarks/bench_files.py
+--memory 5000``. img2vec needs ``pip install -e ".[benchmarks]"``.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_throughput import (  # noqa: E402
+    IMG2VEC_MODELS,
+    headless,
+    measure,
+    seed_weights,
+)
+
+
+def make_jpegs(folder: Path, n: int, size=(500, 375), seed=0) -> list[str]:
+    """Write ``n`` different photo-like JPEGs; return their paths."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        field = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+        grain = rng.normal(0, 6, (height, width, 3))
+        pixels = np.clip(np.asarray(field) + grain, 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def plain_loop(name, device, batch_size):
+    model, transforms = headless(name, device)
+
+    def run(paths):
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(paths), batch_size):
+                batch = []
+                for path in paths[i : i + batch_size]:
+                    with Image.open(path) as image:
+                        batch.append(transforms(image.convert("RGB")))
+                out.append(model(torch.stack(batch).to(device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    return run
+
+
+def img2vec(name, device, batch_size):
+    from img2vec_pytorch import Img2Vec
+
+    vectorizer = Img2Vec(cuda=device.type == "cuda", model=name)
+
+    def run(paths):
+        out = []
+        for i in range(0, len(paths), batch_size):
+            images = [Image.open(path) for path in paths[i : i + batch_size]]
+            out.append(vectorizer.get_vec(images))
+            for image in images:
+                image.close()
+        return np.concatenate(out)
+
+    return run
+
+
+def sktransfer(name, device, batch_size, precision, paths):
+    from sktransfer import PretrainedFeatureExtractor
+
+    extractor = PretrainedFeatureExtractor(
+        model=name,
+        batch_size=batch_size,
+        device=str(device),
+        precision=precision,
+        cache=None,  # measure decoding and the network, not the cache
+        verbose=False,
+    )
+    return extractor.fit(paths[:1]).transform
+
+
+def throughput(args, device):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["TORCH_HOME"] = str(tmp / "torch")
+        seed_weights(args.models, tmp / "torch")
+        paths = make_jpegs(tmp / "jpegs", args.n, tuple(args.size))
+        kilobytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e3
+        print(
+            f"# {args.n} JPEGs of {args.size[0]}x{args.size[1]}, "
+            f"{kilobytes:.0f} KB each on average"
+        )
+        print("| model | contender | img/s | sktransfer speed-up |")
+        print("| --- | --- | --- | --- |")
+        for name in args.models:
+            contenders = {"plain torchvision fp32": plain_loop(name, device, 64)}
+            if name in IMG2VEC_MODELS:
+                try:
+                    contenders["img2vec_pytorch"] = img2vec(name, device, 64)
+                except ImportError:
+                    print(f"| {name} | img2vec_pytorch | not installed | |")
+            for label, precision in (("fp32", "float32"), ("(default)", "auto")):
+                contenders[f"sktransfer {label}"] = sktransfer(
+                    name, device, args.batch_size, precision, paths
+                )
+            rates = {
+                label: measure(run, paths, args.repeats)
+                for label, run in contenders.items()
+            }
+            ours = rates["sktransfer (default)"]
+            for label, rate in rates.items():
+                ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"
+                print(f"| {name} | {label} | {rate:,.1f} | {ratio} |")
+            sys.stdout.flush()
+
+
+MEMORY_CHILD = """
+import resource, sys, numpy as np
+from sktransfer import PretrainedFeatureExtractor, list_images
+paths = list_images(sys.argv[1])
+extractor = PretrainedFeatureExtractor(model=sys.argv[2], cache=None,
+                                       device=sys.argv[3], verbose=False)
+extractor.fit(paths[:1]).transform(paths[:64])  # warm-up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = extractor.transform(paths)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert np.isfinite(out).all() and len(out) == len(paths)
+print(before, after, out.nbytes)
+"""
+
+
+def memory(args, device):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = dict(os.environ, TORCH_HOME=str(tmp / "torch"))
+        os.environ["TORCH_HOME"] = env["TORCH_HOME"]
+        seed_weights(args.models[:1], tmp / "torch")
+        start = time.perf_counter()
+        paths = make_jpegs(tmp / "jpegs", args.memory, tuple(args.size))
+        made = time.perf_counter() - start
+        start = time.perf_counter()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MEMORY_CHILD,
+                str(tmp / "jpegs"),
+                args.models[0],
+                str(device),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        took = time.perf_counter() - start
+        before, after, out_bytes = map(int, result.stdout.split())
+        decoded = len(paths) * args.size[0] * args.size[1] * 3
+        print(
+            f"# {len(paths)} JPEGs of {args.size[0]}x{args.size[1]} written in "
+            f"{made:.0f} s; embedded with {args.models[0]} in {took:.0f} s "
+            "(fresh process, fit and warm-up included)"
+        )
+        print("| quantity | MB |")
+        print("| --- | --- |")
+        print(f"| peak resident memory after fit and warm-up | {before / 1e3:,.0f} |")
+        print(f"| peak resident memory after transform | {after / 1e3:,.0f} |")
+        print(f"| growth during transform | {(after - before) / 1e3:,.0f} |")
+        print(f"| output array | {out_bytes / 1e6:,.1f} |")
+        print(f"| all images decoded at once (uint8) | {decoded / 1e6:,.0f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--size", type=int, nargs=2, default=[500, 375])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--memory", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+
+    from sktransfer._engine import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    print(
+        f"# {time.strftime('%Y-%m-%d')} | {platform.machine()} | "
+        f"{os.cpu_count()} CPUs | GPU: {gpu} | torch {torch.__version__} | "
+        f"torchvision {torchvision.__version__} | Pillow {Image.__version__} | "
+        f"device {device} | auto precision: "
+        f"{str(resolve_precision('auto', device)).removeprefix('torch.')}"
+    )
+    if args.memory:
+        memory(args, device)
+    else:
+        throughput(args, device)
+
+
+if __name__ == "__main__":
+    main()

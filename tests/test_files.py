@@ -1,0 +1,481 @@
+"""Images given one by one: files, bytes, PIL images, arrays of any size.
+
+Every file here is written by the test itself with Pillow.
+"""
+
+import io
+import os
+import pickle
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+
+from sktransfer import PretrainedFeatureExtractor, list_images, load_image_folder
+from sktransfer._decode import BACKGROUND, decode, to_array
+from sktransfer._inputs import ListImages, as_images
+from sktransfer.exceptions import ImageReadError
+
+from .conftest import SMALL, TinyCNN
+
+
+def make_extractor(**params):
+    torch.manual_seed(0)
+    defaults = dict(
+        model=TinyCNN(),
+        preprocessing=SMALL,
+        precision="float32",
+        cache=None,
+        verbose=False,
+        num_workers=2,
+    )
+    return PretrainedFeatureExtractor(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    rgb = np.zeros((1, 40, 48, 3), np.uint8)
+    return make_extractor().fit(rgb)
+
+
+def save(path, image, **kwargs):
+    image.save(path, **kwargs)
+    return str(path)
+
+
+def rgb_image(seed=0, size=(48, 40)):
+    array = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3))
+    return Image.fromarray(array.astype(np.uint8))
+
+
+# -- containers ----------------------------------------------------------
+
+
+def test_every_container_gives_the_rows_of_the_array(extractor, images, tmp_path):
+    """Lists, tuples, object arrays, Series, paths, bytes and PIL images all
+    give exactly the rows of the same images as one array."""
+    pd = pytest.importorskip("pandas")
+    expected = extractor.transform(images)
+    paths = [
+        save(tmp_path / f"{i}.png", Image.fromarray(x)) for i, x in enumerate(images)
+    ]
+    containers = {
+        "list of arrays": list(images),
+        "tuple of arrays": tuple(images),
+        "list of tensors": [torch.from_numpy(x).permute(2, 0, 1) for x in images],
+        "paths": paths,
+        "pathlib paths": [tmp_path / f"{i}.png" for i in range(len(images))],
+        "object array": np.asarray(paths, dtype=object),
+        "series": pd.Series(paths, index=range(100, 100 + len(paths))),
+        "bytes": [open(p, "rb").read() for p in paths],
+        "PIL images": [Image.open(p) for p in paths],
+    }
+    for name, X in containers.items():
+        np.testing.assert_array_equal(extractor.transform(X), expected, err_msg=name)
+
+
+def test_images_of_different_sizes_get_their_own_rows(extractor):
+    rng = np.random.default_rng(1)
+    shapes = [(40, 48, 3), (64, 33, 3), (40, 48), (20, 90, 3), (40, 48, 3)]
+    X = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+    out = extractor.transform(X)
+    assert out.shape == (5, extractor.n_features_out_)
+    for i, image in enumerate(X):
+        alone = extractor.transform(image[None])
+        np.testing.assert_allclose(out[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_rows_do_not_depend_on_batch_or_workers(images, tmp_path):
+    paths = [
+        save(tmp_path / f"{i}.png", Image.fromarray(x)) for i, x in enumerate(images)
+    ]
+    results = [
+        make_extractor(batch_size=b, num_workers=w).fit(paths).transform(paths)
+        for b, w in [(1, 0), (4, 1), (64, 3)]
+    ]
+    for out in results[1:]:
+        np.testing.assert_allclose(out, results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_element_type_is_a_type_error_naming_its_index(extractor, images):
+    with pytest.raises(TypeError, match="Image 2 of the input is a builtins.int"):
+        extractor.transform([images[0], images[1], 7])
+    with pytest.raises(ValueError, match="Image 1 of the input is a 4-D array"):
+        extractor.transform([images[0], images[:2]])
+    with pytest.raises(ValueError, match="image 1 has values in"):
+        extractor.transform([images[0], images[0].astype(np.float32)])  # 0..255
+    with pytest.raises(TypeError, match="single"):
+        extractor.transform("photo.jpg")
+    with pytest.raises(ValueError, match="0 images"):
+        extractor.transform([])
+
+
+def test_estimator_fits_on_paths_and_works_in_a_pipeline(tmp_path):
+    rng = np.random.default_rng(0)
+    for label, level in (("dark", 40), ("light", 210)):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            array = np.clip(rng.normal(level, 20, (30, 30, 3)), 0, 255)
+            save(tmp_path / label / f"{i}.jpg", Image.fromarray(array.astype(np.uint8)))
+    X, y = load_image_folder(tmp_path)
+    pipe = make_pipeline(make_extractor(), LogisticRegression(max_iter=1000))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.mean() > 0.9
+    fitted = pipe.fit(list(X), y)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
+
+
+# -- folders -------------------------------------------------------------
+
+
+def test_list_images_and_load_image_folder(tmp_path):
+    for rel in ["b/2.PNG", "b/sub/3.jpeg", "a/1.jpg", "a/.hidden.jpg", "a/._1.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "top.png").write_bytes(b"x")
+    names = [os.path.relpath(p, tmp_path) for p in list_images(tmp_path)]
+    assert names == ["a/1.jpg", "b/2.PNG", "b/sub/3.jpeg", "top.png"]
+    flat = list_images(tmp_path, recursive=False)
+    assert [os.path.basename(p) for p in flat] == ["top.png"]
+    X, y = load_image_folder(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in X] == names[:3]
+    assert y.tolist() == ["a", "b", "b"]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no image files"):
+        load_image_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_images(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        load_image_folder(tmp_path / "b" / "sub")
+
+
+# -- decoding ------------------------------------------------------------
+
+
+def decoded(image, fmt="PNG", **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return decode(buffer.getvalue(), max_pixels=None)
+
+
+def test_exif_orientation_is_applied(extractor, tmp_path):
+    upright = rgb_image(size=(48, 32))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera saves it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    np.testing.assert_array_equal(
+        decoded(stored, exif=exif.tobytes()), np.asarray(upright)
+    )
+    # JPEG: lossy, so the twin is close rather than equal.
+    smooth = Image.fromarray(
+        np.kron(np.asarray(upright)[::8, ::8], np.ones((8, 8, 1))).astype(np.uint8)
+    )
+    paths = [
+        save(tmp_path / "upright.jpg", smooth, quality=95),
+        save(
+            tmp_path / "rotated.jpg",
+            smooth.transpose(Image.Transpose.ROTATE_90),
+            quality=95,
+            exif=exif.tobytes(),
+        ),
+    ]
+    a, b = (decode(open(p, "rb").read(), None) for p in paths)
+    assert a.shape == b.shape == (32, 48, 3)
+    assert np.abs(a.astype(int) - b).mean() < 3
+    rows = extractor.transform(paths)
+    np.testing.assert_allclose(rows[0], rows[1], rtol=0.05, atol=0.02)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = (200, 40, 0)
+    rgba[..., 3] = [[0, 255, 128], [0, 255, 128]]
+    out = decoded(Image.fromarray(rgba, "RGBA"))
+    alpha = rgba[..., 3:] / 255
+    expected = np.round(alpha * rgba[..., :3] + (1 - alpha) * np.array(BACKGROUND))
+    assert np.abs(out.astype(int) - expected).max() <= 1
+    assert tuple(out[0, 0]) == BACKGROUND
+    la = Image.fromarray(
+        np.dstack([np.full((2, 2), 10), [[0, 255], [0, 255]]]).astype(np.uint8), "LA"
+    )
+    assert decoded(la)[:, :, 0].tolist() == [[255, 10], [255, 10]]
+    # Palette with a transparent index (GIF).
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putdata([0, 1])
+    out = decoded(palette, "GIF", transparency=0)
+    assert out.tolist() == [[list(BACKGROUND), [0, 0, 255]]]
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "CMYK", "YCbCr"])
+def test_colour_modes_become_rgb(mode):
+    image = rgb_image(3).convert(mode)
+    fmt = "JPEG" if mode in ("CMYK", "YCbCr") else "TIFF"
+    out = decoded(image, fmt)
+    assert out.dtype == np.uint8 and out.shape == (40, 48, 3)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(buffer).convert("RGB")))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_are_scaled_never_clipped(extractor, fmt, tmp_path):
+    deep = (np.arange(40 * 48).reshape(40, 48) * 28).astype(np.uint16)
+    out = decoded(Image.fromarray(deep), fmt)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, deep)  # values above 255 kept
+    path = save(tmp_path / f"deep.{fmt.lower()}", Image.fromarray(deep))
+    np.testing.assert_array_equal(
+        extractor.transform([path]), extractor.transform(deep[None])
+    )
+    half = save(tmp_path / f"half.{fmt.lower()}", Image.fromarray(deep // 2))
+    assert not np.allclose(extractor.transform([half]), extractor.transform([path]))
+
+
+def test_32_bit_images():
+    ints = (np.arange(12).reshape(3, 4) * 100_000_000).astype(np.int32)
+    out = decoded(Image.fromarray(ints), "TIFF")
+    np.testing.assert_allclose(out, ints / (2**31 - 1), rtol=1e-6)
+    floats = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(decoded(Image.fromarray(floats), "TIFF"), floats)
+    with pytest.raises(ValueError, match="values in"):
+        decoded(Image.fromarray(floats * 300), "TIFF")
+    with pytest.raises(ValueError, match="negative"):
+        decoded(Image.fromarray(-ints), "TIFF")
+
+
+def test_animations_and_multipage_files_give_the_first_frame():
+    frames = [rgb_image(seed) for seed in range(3)]
+    for fmt in ("GIF", "TIFF", "WEBP"):
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+        with Image.open(buffer) as reopened:
+            assert getattr(reopened, "n_frames", 1) == 3, fmt
+            first = np.asarray(reopened.convert("RGB"))
+        np.testing.assert_array_equal(decode(buffer.getvalue(), None), first)
+
+
+def test_pil_images_are_not_modified():
+    image = rgb_image().convert("RGBA")
+    before = np.asarray(image).copy()
+    to_array(image, None)
+    assert image.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(image), before)
+
+
+# -- bad files -----------------------------------------------------------
+
+
+@pytest.fixture
+def hazards(tmp_path):
+    """A folder of good and bad files: {name: (path, good)}."""
+    good = rgb_image(5)
+    jpeg = io.BytesIO()
+    good.save(jpeg, format="JPEG")
+    png = io.BytesIO()
+    good.save(png, format="PNG")
+    files = {
+        "good.jpg": jpeg.getvalue(),
+        "empty.jpg": b"",
+        "text.jpg": b"This is a text file renamed to .jpg\n" * 20,
+        "truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2],
+        "truncated.png": png.getvalue()[: len(png.getvalue()) // 2],
+        "good.png": png.getvalue(),
+    }
+    ppm = io.BytesIO()
+    good.save(ppm, format="PPM")  # a format Pillow reads, but not an accepted one
+    files["netpbm.jpg"] = ppm.getvalue()
+    paths = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths[name] = str(tmp_path / name)
+    paths["missing.jpg"] = str(tmp_path / "missing.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    paths["folder.jpg"] = str(tmp_path / "folder.jpg")
+    bomb = Image.new("L", (4000, 3000))  # 12 Mpx of zeros: a 12 KB PNG
+    paths["bomb.png"] = save(tmp_path / "bomb.png", bomb)
+    return paths
+
+
+BAD = {
+    "empty.jpg": "empty",
+    "text.jpg": "not an image in an accepted format",
+    "truncated.jpg": "truncated",
+    "truncated.png": "truncated|Truncated|EOF|broken",
+    "netpbm.jpg": "not an image in an accepted format",
+    "missing.jpg": "no such file",
+    "folder.jpg": "directory",
+    "bomb.png": "max_pixels",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_each_bad_file_raises_one_error_naming_row_and_path(extractor, hazards, name):
+    X = [hazards["good.jpg"], hazards["good.png"], hazards[name]]
+    flags = (ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS)
+    with pytest.raises(ImageReadError, match=BAD[name]) as info:
+        make_extractor(max_pixels=1_000_000).fit(X[:1]).transform(X)
+    error = info.value
+    assert (error.index, error.path) == (2, hazards[name])
+    assert f"Image 2 ({hazards[name]!r})" in str(error)
+    assert isinstance(error, OSError) and isinstance(error, ValueError)
+    assert error.__cause__ is not None
+    assert (ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS) == flags
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="root reads any file"
+)
+def test_permission_denied(extractor, tmp_path):
+    path = save(tmp_path / "secret.png", rgb_image())
+    os.chmod(path, 0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        extractor.transform([path])
+
+
+def test_the_pixel_limit_is_checked_before_decoding(hazards, monkeypatch):
+    def fail(*args):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", fail)
+    data = open(hazards["bomb.png"], "rb").read()
+    with pytest.raises(ValueError, match="12,000,000 pixels"):
+        decode(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_on_error_nan_keeps_every_other_row_in_place(hazards, cache):
+    names = sorted(hazards)
+    X = [hazards[n] for n in names] + [None]
+    extractor = make_extractor(on_error="nan", max_pixels=1_000_000, cache=cache)
+    extractor.fit(X)
+    with pytest.warns(UserWarning, match=f"{len(BAD) + 1} of {len(X)} images"):
+        out = extractor.transform(X)
+    failed = {i for i, n in enumerate(names) if n in BAD} | {len(names)}
+    assert {e.index for e in extractor.errors_} == failed
+    assert all(e.path == X[e.index] for e in extractor.errors_)
+    assert set(np.flatnonzero(np.isnan(out).any(axis=1))) == failed
+    for i, name in enumerate(names):
+        if name not in BAD:
+            alone = make_extractor().fit([X[i]]).transform([X[i]])
+            np.testing.assert_allclose(out[i], alone[0], rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():  # the failures were not cached
+        warnings.simplefilter("ignore")
+        assert np.isnan(extractor.transform(X)[sorted(failed)]).all()
+    good = [hazards["good.png"]]
+    extractor.transform(good)
+    assert extractor.errors_ == []
+
+
+def test_a_missing_value_is_an_unreadable_image(extractor, images):
+    with pytest.raises(ImageReadError, match=r"Image 1 could not be read: a missing"):
+        extractor.transform([images[0], float("nan")])
+
+
+# -- streaming -----------------------------------------------------------
+
+
+def test_workers_stay_a_bounded_way_ahead(images, monkeypatch):
+    """Reading runs about one batch ahead of the network, not to the end."""
+    adapter = ListImages([images[0]] * 200, num_workers=2)
+    loaded = []
+    real = ListImages._load
+
+    def counting(self, i):
+        loaded.append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ListImages, "_load", counting)
+    batches = adapter.batches(10)
+    next(batches)
+    assert 10 <= len(loaded) <= 10 + 10 + 2
+    batches.close()
+    assert len(loaded) <= 10 + 10 + 2
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_thousands_of_paths_leak_no_file_handles(tmp_path):
+    path = save(tmp_path / "one.png", rgb_image(size=(16, 16)))
+    paths = [path] * 2000 + [str(tmp_path / "missing.png")]
+    extractor = make_extractor(on_error="nan", batch_size=128).fit(paths[:1])
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.warns(UserWarning):
+        out = extractor.transform(paths)
+    assert np.isfinite(out[:-1]).all()
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_decoding_errors_stop_the_workers(hazards):
+    """An error mid-way ends the call cleanly: no thread keeps running."""
+    import threading
+
+    X = [hazards["good.png"]] * 50 + [hazards["text.jpg"]] + [hazards["good.png"]] * 50
+    adapter = as_images(X, num_workers=3)
+    with pytest.raises(ImageReadError):
+        list(adapter.batches(8))
+    assert not [t for t in threading.enumerate() if t.name.startswith("sktransfer")]
+
+
+# -- properties ----------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = pytest.importorskip("hypothesis.strategies")
+
+MODES = {
+    "L": (np.uint8, ()),
+    "RGB": (np.uint8, (3,)),
+    "RGBA": (np.uint8, (4,)),
+    "I;16": (np.uint16, ()),
+}
+
+
+@st.composite
+def pil_images(draw):
+    mode = draw(st.sampled_from(sorted(MODES)))
+    dtype, channels = MODES[mode]
+    height, width = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**32 - 1))
+    info = np.iinfo(dtype)
+    array = np.random.default_rng(seed).integers(
+        info.min, info.max, (height, width, *channels), dtype=dtype, endpoint=True
+    )
+    image = Image.fromarray(array)
+    assert image.mode == mode
+    return image
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    images=st.lists(pil_images(), min_size=1, max_size=5),
+    batch_size=st.integers(1, 4),
+    num_workers=st.integers(0, 2),
+)
+def test_any_image_in_any_container_gives_the_same_finite_row(
+    images, batch_size, num_workers
+):
+    """PIL images, PNG bytes, decoded arrays and tensors: the same rows,
+    finite, whatever the batch size and the number of workers."""
+    extractor = make_extractor(batch_size=batch_size, num_workers=num_workers)
+    extractor.fit([images[0]])
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    arrays = [to_array(image, None) for image in images]
+    tensors = [torch.from_numpy(np.atleast_3d(a)).permute(2, 0, 1) for a in arrays]
+    reference = extractor.transform(images)
+    assert np.isfinite(reference).all()
+    for X in (encoded, arrays, tensors):
+        np.testing.assert_allclose(extractor.transform(X), reference, atol=1e-5)
+    one_by_one = np.vstack([extractor.transform([image]) for image in images])
+    np.testing.assert_allclose(one_by_one, reference, rtol=1e-5, atol=1e-5)
