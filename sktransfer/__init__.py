@@ -3,6 +3,7 @@
 from sktransfer._backbones import model_names as _model_names
 from sktransfer._cache import EmbeddingCache, default_cache
 from sktransfer._extractor import PretrainedFeatureExtractor
+from sktransfer._finetune import FineTunedClassifier
 from sktransfer._folders import list_images, load_image_folder
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
@@ -11,6 +12,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EmbeddingCache",
+    "FineTunedClassifier",
     "Preprocessing",
     "PretrainedFeatureExtractor",
     "default_cache",

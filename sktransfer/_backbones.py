@@ -27,7 +27,16 @@ from sktransfer import _preprocess
 from sktransfer._families import Family, family_of
 from sktransfer.exceptions import WeightsUnavailableError
 
-__all__ = ["Backbone", "load_backbone", "model_names", "resolve_weights"]
+__all__ = [
+    "Backbone",
+    "cpu_module",
+    "last_linear",
+    "load_backbone",
+    "model_names",
+    "named_preprocessing",
+    "replace_head",
+    "resolve_weights",
+]
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
@@ -100,7 +109,32 @@ def resolve_weights(model_name: str, weights) -> WeightsEnum | Path | None:
     )
 
 
-def _last_linear(module: nn.Module) -> str | None:
+def cpu_module(module: nn.Module) -> nn.Module:
+    """``module`` if all its tensors are on the CPU, else a CPU copy (for
+    pickles, which hold CPU tensors only; the caller's module is untouched)."""
+    if all(t.device.type == "cpu" for t in module.state_dict().values()):
+        return module
+    return copy.deepcopy(module).cpu()
+
+
+def named_preprocessing(model, name: str) -> _preprocess.Preprocessing:
+    """The preprocessing of the weights called ``name`` of ``model``."""
+    if not isinstance(model, str):
+        raise ValueError(
+            "A weights name as 'preprocessing' needs a torchvision model name "
+            f"as 'model'. Got preprocessing={name!r}; pass a dict instead."
+        )
+    resolved = resolve_weights(model, name)
+    if not isinstance(resolved, WeightsEnum):
+        raise ValueError(
+            "The 'preprocessing' parameter must be 'auto', a weights name, a "
+            f"dict or a Preprocessing. Got {name!r}."
+        )
+    return _preprocess.from_weights(resolved)
+
+
+def last_linear(module: nn.Module) -> str | None:
+    """Qualified name of the last ``nn.Linear`` of ``module`` (its head)."""
     name = None
     for qualname, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
@@ -108,7 +142,8 @@ def _last_linear(module: nn.Module) -> str | None:
     return name
 
 
-def _replace_head(module: nn.Module, head: str) -> None:
+def replace_head(module: nn.Module, head: str) -> None:
+    """Replace the submodule ``head`` by ``nn.Identity``, in place."""
     parent, _, leaf = head.rpartition(".")
     owner = module.get_submodule(parent) if parent else module
     setattr(owner, leaf, nn.Identity())
@@ -166,7 +201,7 @@ def _load_state(module: nn.Module, state: Mapping, source: str) -> None:
 def _fit_head_to(module: nn.Module, state: Mapping) -> None:
     """Give ``module`` a head as wide as the checkpoint's (a fine-tuned one may
     have any number of classes); the head is removed afterwards anyway."""
-    head = _last_linear(module)
+    head = last_linear(module)
     if head is None:
         return
     weight = state.get(f"{head}.weight")
@@ -214,10 +249,18 @@ def load_backbone(model, weights, seed: int | None = None) -> Backbone:
 def _load(model, weights) -> Backbone:
     if isinstance(model, nn.Module):
         return _load_custom(model, weights)
+    if hasattr(model, "_sktransfer_backbone"):  # a fitted FineTunedClassifier
+        if not (weights is None or (isinstance(weights, str) and weights == "DEFAULT")):
+            raise ValueError(
+                "A FineTunedClassifier as 'model' brings its own trained weights; "
+                f"leave weights='DEFAULT'. Got weights={weights!r}."
+            )
+        return model._sktransfer_backbone()
     if not isinstance(model, str):
         raise TypeError(
             "The 'model' parameter must be a torchvision model name such as "
-            f"'resnet50' or a torch.nn.Module. Got {type(model).__name__}."
+            "'resnet50', a torch.nn.Module or a fitted FineTunedClassifier. Got "
+            f"{type(model).__name__}."
         )
     _check_model_name(model)
     resolved = resolve_weights(model, weights)
@@ -235,9 +278,9 @@ def _load(model, weights) -> Backbone:
             _load_state(module, state, repr(str(resolved)))
         prep = _preprocess.from_weights(enum_cls.DEFAULT)
         description = None if resolved is None else str(resolved)
-    head = _last_linear(module)
+    head = last_linear(module)
     if head is not None:
-        _replace_head(module, head)
+        replace_head(module, head)
     return Backbone(module.eval(), prep, description, family_of(model), head)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import warnings
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -99,12 +101,31 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def prepare_network(net: torch.nn.Module) -> torch.nn.Module:
+def restore_device(name: str, what: str) -> torch.device:
+    """The device of an unpickled estimator: the CPU, with a warning, if it
+    was fitted on CUDA and none is available here."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            f"This {what} was fitted on CUDA, which is not available here; it "
+            "will run on the CPU.",
+            UserWarning,
+            stacklevel=3,
+        )
+        device = torch.device("cpu")
+    return device
+
+
+_Module = TypeVar("_Module", bound=torch.nn.Module)
+
+
+def prepare_network(net: _Module) -> _Module:
     """Lay out convolution weights channels_last (faster on CPU and GPU)."""
     return net.to(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device`` (nothing for float32)."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -144,7 +165,7 @@ def run_batch(
         batch = batch.to(device, non_blocking=True)
         x = preprocessing.finish(batch) if resized else preprocessing(batch)
         x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             feats = net(x)
         feats = [f.float() for f in feats]
         return feats if split else torch.cat(feats, dim=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Callable
@@ -12,13 +11,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _decode, _engine, _layers, _network, _preprocess
-from sktransfer._backbones import resolve_weights
+from sktransfer._backbones import cpu_module, named_preprocessing
 from sktransfer._cache import (
     EmbeddingCache,
     default_cache,
@@ -43,10 +42,13 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    model : str or torch.nn.Module, default="resnet50"
+    model : str, torch.nn.Module or FineTunedClassifier, default="resnet50"
         A torchvision classification model name (see
-        :func:`sktransfer.list_models`) or a module of your own, which is
-        copied, never modified.
+        :func:`sktransfer.list_models`), a module of your own (copied, never
+        modified), or a fitted :class:`FineTunedClassifier`, whose trained
+        backbone is then used frozen, with its preprocessing ("develop a
+        source model, then reuse it"). Clones share the module or classifier
+        rather than copy it: it is only read.
 
     weights : str, path-like, WeightsEnum or None, default="DEFAULT"
         ``"DEFAULT"``: the best published weights of the model (downloaded to
@@ -248,7 +250,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "model": [str, nn.Module],
+        "model": [str, nn.Module, HasMethods(["_sktransfer_backbone"])],
         "weights": [str, os.PathLike, WeightsEnum, None],
         "layer": [str, list, tuple, None],
         "pooling": [StrOptions(set(_layers.POOLINGS)), None],
@@ -314,19 +316,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
     def _model_label(self) -> str:
         return repr(self.model) if isinstance(self.model, str) else "model"
 
-    def _named_preprocessing(self, name: str) -> _preprocess.Preprocessing:
+    def __sklearn_clone__(self):
+        new = super().__sklearn_clone__()
         if not isinstance(self.model, str):
-            raise ValueError(
-                "A weights name as 'preprocessing' needs a torchvision model name "
-                f"as 'model'. Got preprocessing={name!r}; pass a dict instead."
-            )
-        resolved = resolve_weights(self.model, name)
-        if not isinstance(resolved, WeightsEnum):
-            raise ValueError(
-                "The 'preprocessing' parameter must be 'auto', a weights name, a "
-                f"dict or a Preprocessing. Got {name!r}."
-            )
-        return _preprocess.from_weights(resolved)
+            # A module or a fitted classifier is only read, never modified:
+            # clones share it (sklearn would copy a module and unfit a
+            # classifier).
+            new.model = self.model
+        return new
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -365,7 +362,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         )
         backbone, layers, computed = built.backbone, built.layers, built.computed
         prep = _preprocess.resolve(
-            self.preprocessing, backbone.preprocessing, self._named_preprocessing
+            self.preprocessing,
+            backbone.preprocessing,
+            lambda name: named_preprocessing(self.model, name),
         )
         widths, row, probe = _network.output_widths(built, prep, images, device, dtype)
         self.weights_ = backbone.weights
@@ -566,28 +565,15 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             state["_backbone_state"] = {
                 k: v.detach().cpu() for k, v in net.backbone.state_dict().items()
             }
-        model = state.get("model")
-        if isinstance(model, nn.Module) and any(
-            t.device.type != "cpu" for t in model.state_dict().values()
-        ):
-            state["model"] = copy.deepcopy(model).cpu()  # pickles hold CPU tensors
+        if isinstance(state.get("model"), nn.Module):
+            state["model"] = cpu_module(state["model"])
         if "device_" in state:
             state["device_"] = str(state["device_"])
         return state
 
     def __setstate__(self, state):
-        device = state.get("device_")
-        if device is not None:
-            device = torch.device(device)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                warnings.warn(
-                    "This extractor was fitted on CUDA, which is not available "
-                    "here; it will run on the CPU.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                device = torch.device("cpu")
-            state["device_"] = device
+        if state.get("device_") is not None:
+            state["device_"] = _engine.restore_device(state["device_"], "extractor")
         super().__setstate__(state)
 
     def __sklearn_tags__(self):

@@ -3,9 +3,15 @@
 A family maps a glob of torchvision model names to the names of its *stages*:
 the coarse blocks, in execution order, at whose boundaries a network is
 usually cut (``layer1`` .. ``layer4`` of a ResNet, the encoder blocks of a
-ViT). The registry is a dict filled by the :func:`register_family` decorator;
-models that match no family (including users' own modules) fall back to their
-top-level children.
+ViT). The same stages are the units of fine-tuning: ``trainable_layers=N``
+unfreezes the last N of :meth:`Family.trainable_groups` (a stage, or for a
+ViT the last encoder block together with the final norm). The registry is a
+dict filled by the :func:`register_family` decorator; models that match no
+family (including users' own modules) fall back to their top-level children.
+
+Parameters outside every stage (a ResNet's stem ``conv1``/``bn1``, a ViT's
+patch embedding, a ConvNeXt's norm before the head) are trained only with
+``trainable_layers="all"``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ class Family:
     patterns: tuple[str, ...]
     stages: Callable[[nn.Module], list[str]]
     nhwc: bool = False
+
+    def trainable_groups(self, module: nn.Module) -> list[list[str]]:
+        """The units of ``trainable_layers``, in execution order: one list of
+        module names each (a stage; ViT: its final norm joins the last block)."""
+        groups = [[name] for name in self.stages(module)]
+        if self.name == "vit" and len(groups) > 1:
+            groups[-2:] = [groups[-2] + groups[-1]]
+        return groups
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -58,7 +58,7 @@ def list_images(folder, *, recursive=True) -> np.ndarray:
     ['a.jpg', 'b.png']
     """
     root = _check_folder(folder)
-    paths = []
+    paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if not recursive:

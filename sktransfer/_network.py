@@ -40,6 +40,10 @@ def weights_identity(model, weights, seed) -> str | None:
     a module: a digest of its code and tensors; seeded random weights: the
     seed. Unseeded random weights are never shared.
     """
+    if hasattr(model, "_sktransfer_backbone"):  # a FineTunedClassifier
+        if "network_" not in model.__dict__ and "_network_state" not in model.__dict__:
+            return None  # not fitted: load_backbone says so
+        return f"finetuned|{state_digest(model._network())}"
     if isinstance(model, nn.Module):
         base = state_digest(model)
         if isinstance(weights, str) and weights == "DEFAULT":

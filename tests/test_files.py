@@ -8,6 +8,7 @@ import os
 import pickle
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_every_container_gives_the_rows_of_the_array(extractor, images, tmp_path
         "pathlib paths": [tmp_path / f"{i}.png" for i in range(len(images))],
         "object array": np.asarray(paths, dtype=object),
         "series": pd.Series(paths, index=range(100, 100 + len(paths))),
-        "bytes": [open(p, "rb").read() for p in paths],
+        "bytes": [Path(p).read_bytes() for p in paths],
         "PIL images": [Image.open(p) for p in paths],
     }
     for name, X in containers.items():
@@ -188,7 +189,7 @@ def test_exif_orientation_is_applied(extractor, tmp_path):
             exif=exif.tobytes(),
         ),
     ]
-    a, b = (decode(open(p, "rb").read(), None) for p in paths)
+    a, b = (decode(Path(p).read_bytes(), None) for p in paths)
     assert a.shape == b.shape == (32, 48, 3)
     assert np.abs(a.astype(int) - b).mean() < 3
     rows = extractor.transform(paths)
@@ -329,7 +330,7 @@ def test_each_bad_file_raises_one_error_naming_row_and_path(extractor, hazards, 
     assert f"Image 2 ({hazards[name]!r})" in str(error)
     assert isinstance(error, OSError) and isinstance(error, ValueError)
     assert error.__cause__ is not None
-    assert (ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS) == flags
+    assert flags == (ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS)
 
 
 @pytest.mark.skipif(
@@ -347,7 +348,7 @@ def test_the_pixel_limit_is_checked_before_decoding(hazards, monkeypatch):
         raise AssertionError("decoded")
 
     monkeypatch.setattr(Image.Image, "load", fail)
-    data = open(hazards["bomb.png"], "rb").read()
+    data = Path(hazards["bomb.png"]).read_bytes()
     with pytest.raises(ValueError, match="12,000,000 pixels"):
         decode(data, max_pixels=1_000_000)
 

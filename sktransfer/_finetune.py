@@ -1,0 +1,683 @@
+"""FineTunedClassifier: a new head on a pretrained backbone, trained in sklearn."""
+
+from __future__ import annotations
+
+import copy
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+from torch import nn
+from torchvision.models import WeightsEnum
+from torchvision.transforms import v2 as T
+from tqdm.auto import tqdm
+
+from sktransfer import _decode, _engine, _preprocess
+from sktransfer._backbones import (
+    Backbone,
+    cpu_module,
+    last_linear,
+    load_backbone,
+    named_preprocessing,
+    replace_head,
+)
+from sktransfer._families import family_of
+from sktransfer._inputs import as_images
+
+__all__ = ["FineTunedClassifier"]
+
+_NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
+
+
+class ClassifierNetwork(nn.Module):
+    """A backbone (its old head removed) followed by a new linear head."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def trainable_groups(module: nn.Module, family) -> list[list[str]]:
+    """The family's units of fine-tuning that hold parameters."""
+    return [
+        group
+        for group in family.trainable_groups(module)
+        if any(True for name in group for _ in module.get_submodule(name).parameters())
+    ]
+
+
+def freeze(module: nn.Module, family, trainable_layers) -> int:
+    """Set ``requires_grad`` for ``trainable_layers``; return how many groups
+    are trainable."""
+    groups = trainable_groups(module, family)
+    if trainable_layers == "all":
+        module.requires_grad_(True)
+        return len(groups)
+    if trainable_layers > len(groups):
+        raise ValueError(
+            f"trainable_layers={trainable_layers}, but the model has "
+            f"{len(groups)} stages: {[g[0] for g in groups]}. Use at most "
+            f"{len(groups)}, or 'all'."
+        )
+    module.requires_grad_(False)
+    for group in groups[len(groups) - trainable_layers :]:
+        for name in group:
+            module.get_submodule(name).requires_grad_(True)
+    return trainable_layers
+
+
+class FineTunedClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained network on your classes: new head, last stages.
+
+    The network's classification head (its final ``nn.Linear``) is replaced
+    by a new one with one output per class; the new head and the last
+    ``trainable_layers`` stages of the backbone are trained with AdamW on a
+    cross-entropy loss, the rest stays frozen. Images are preprocessed as the
+    weights expect, as in :class:`PretrainedFeatureExtractor`, and inputs
+    take the same forms (arrays, tensors, paths, PIL images...).
+
+    A fitted classifier can be the ``model`` of a
+    :class:`PretrainedFeatureExtractor`: its trained backbone, frozen, cut at
+    any layer ("develop a source model, then reuse it").
+
+    Read more in the user guide, ``docs/transfer_learning.md``.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="resnet50"
+        A torchvision classification model name (see
+        :func:`sktransfer.list_models`) or a module of your own whose final
+        ``nn.Linear`` is its head. Copied, never modified.
+
+    weights : str, path-like, WeightsEnum or None, default="DEFAULT"
+        The initial weights, as in :class:`PretrainedFeatureExtractor`
+        (``None``: random initialisation, i.e. training from scratch, usually
+        with ``trainable_layers="all"``).
+
+    trainable_layers : int or "all", default=0
+        How much of the backbone is trained: 0 trains the new head only (a
+        linear probe, fitted by gradient descent); N also trains the last N
+        stages (ResNet: ``layer4``, then ``layer3``...; MobileNet,
+        EfficientNet, ConvNeXt: the last blocks of ``features``; ViT: the last
+        encoder blocks, the final norm with the last one); ``"all"`` trains
+        every parameter, the pretrained weights being the initialisation.
+        With 0 and ``augment=False``, the frozen backbone runs once over the
+        images (in eval mode, so without dropout) and the head trains on its
+        outputs: further epochs cost almost nothing.
+        The stages of each family are defined in one place
+        (``sktransfer._families``); for a module of your own they are its
+        top-level children with parameters.
+
+    learning_rate : float, default=1e-3
+        Learning rate of the new head.
+
+    backbone_lr_scale : float, default=0.1
+        The backbone's learning rate is ``learning_rate * backbone_lr_scale``:
+        pretrained weights need smaller steps than a new head.
+
+    weight_decay : float, default=1e-4
+        AdamW's decoupled weight decay.
+
+    max_epochs : int, default=10
+        Number of passes over the training data (fewer with early stopping).
+
+    batch_size : int, default=32
+        Images per optimisation step (and per forward pass in ``predict``).
+
+    early_stopping : bool, default=False
+        Set aside ``validation_fraction`` of the training data (stratified)
+        and stop when its accuracy has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs; the weights of the best epoch are kept.
+        As in :class:`~sklearn.neural_network.MLPClassifier`.
+
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+
+    n_iter_no_change : int, default=3
+        Epochs without improvement before early stopping.
+
+    tol : float, default=1e-4
+        Smallest improvement of the validation accuracy that counts.
+
+    freeze_batchnorm : bool, default=False
+        Batch-norm statistics (running mean and variance) of frozen stages
+        are always kept as pretrained. With True, those of trainable stages
+        are kept too (their scale and shift still train): better for very
+        small batches.
+
+    augment : bool, default=False
+        Light augmentation of training images: a random resized crop (70-100%
+        of the area, aspect 3/4 to 4/3) back to the input size and a random
+        horizontal flip. Leave it off for images where mirroring changes the
+        class (digits, text).
+
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss, as in sklearn's linear models.
+
+    preprocessing : "auto", str, dict or Preprocessing, default="auto"
+        As in :class:`PretrainedFeatureExtractor`.
+
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Mixed-precision training (autocast; weights and optimiser state stay
+        float32). ``"auto"``: bfloat16 on GPUs and CPUs that run it natively,
+        float32 elsewhere. float16 uses a gradient scaler on CUDA.
+
+    num_workers : int or None, default=None
+        Threads reading images given one by one, as in the extractor.
+
+    max_pixels : int or None, default=89_478_485
+        Larger image files are refused before decoding, as in the extractor.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the new head, the shuffling, the validation split, dropout and
+        augmentation through a private generator (torch's global RNG is
+        forked and restored). An int gives the same predictions on the same
+        machine (CPU).
+
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, then MPS, else the CPU.
+
+    verbose : bool, default=True
+        Show a progress bar for each epoch (loss, validation accuracy).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+
+    network_ : torch.nn.Module
+        The trained network (``backbone`` then ``head``), in eval mode.
+
+    preprocessing_ : Preprocessing
+        The preprocessing applied to every batch.
+
+    n_trainable_layers_ : int
+        Number of backbone stages trained.
+
+    n_trainable_params_ : int
+        Number of trained parameters (head included).
+
+    n_iter_ : int
+        Number of epochs run.
+
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+
+    validation_scores_ : list of float or None
+        Validation accuracy after each epoch (early stopping only).
+
+    best_validation_score_ : float or None
+        The best of ``validation_scores_``, whose weights were kept.
+
+    device_ : torch.device
+        The device the network is on.
+
+    precision_ : str
+        The compute precision used, e.g. ``"bfloat16"``.
+
+    See Also
+    --------
+    PretrainedFeatureExtractor : Frozen features for any sklearn estimator.
+
+    Notes
+    -----
+    Training runs in ``train`` mode except for batch-norm layers whose
+    statistics are frozen (see ``freeze_batchnorm``); prediction runs in
+    eval mode under ``torch.inference_mode``. Pickles hold the trained
+    weights as CPU tensors; a classifier trained on CUDA loads on a CPU-only
+    machine with a warning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import FineTunedClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (8, 32, 32, 3), np.uint8)
+    >>> y = [0, 1] * 4
+    >>> clf = FineTunedClassifier(model="resnet18", weights=None, max_epochs=2,
+    ...     preprocessing={"resize_size": 32, "crop_size": 32}, verbose=False,
+    ...     random_state=0).fit(X, y)
+    >>> clf.predict(X[:2]).shape
+    (2,)
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, nn.Module],
+        "weights": [str, os.PathLike, WeightsEnum, None],
+        "trainable_layers": [
+            Interval(Integral, 0, None, closed="left"),
+            StrOptions({"all"}),
+        ],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "freeze_batchnorm": ["boolean"],
+        "augment": ["boolean"],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "preprocessing": [str, dict, _preprocess.Preprocessing],
+        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        model="resnet50",
+        weights="DEFAULT",
+        trainable_layers=0,
+        learning_rate=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        max_epochs=10,
+        batch_size=32,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        tol=1e-4,
+        freeze_batchnorm=False,
+        augment=False,
+        class_weight=None,
+        preprocessing="auto",
+        precision="auto",
+        num_workers=None,
+        max_pixels=_decode.DEFAULT_MAX_PIXELS,
+        random_state=None,
+        device="auto",
+        verbose=True,
+    ):
+        self.model = model
+        self.weights = weights
+        self.trainable_layers = trainable_layers
+        self.learning_rate = learning_rate
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.freeze_batchnorm = freeze_batchnorm
+        self.augment = augment
+        self.class_weight = class_weight
+        self.preprocessing = preprocessing
+        self.precision = precision
+        self.num_workers = num_workers
+        self.max_pixels = max_pixels
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def _images(self, X):
+        return as_images(X, num_workers=self.num_workers, max_pixels=self.max_pixels)
+
+    # -- fitting ------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train the new head and the trainable stages on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths, as for :class:`PretrainedFeatureExtractor`.
+        y : array-like of shape (n_images,)
+            Class labels (any type sklearn accepts for classification).
+
+        Returns
+        -------
+        self : FineTunedClassifier
+            The fitted classifier.
+        """
+        if y is None:
+            raise ValueError(
+                "FineTunedClassifier requires y to be passed, but the target y is None."
+            )
+        y = column_or_1d(y, warn=True)
+        if len(y) == 0:
+            raise ValueError("Found 0 images (y is empty); at least 2 are required.")
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                "The training data must have at least 2 classes; got 1 class: "
+                f"{classes.tolist()}."
+            )
+        images = self._images(X)
+        if len(y) != len(images):
+            raise ValueError(
+                f"X has {len(images)} images but y has {len(y)} labels; they "
+                "must be equal."
+            )
+        self.classes_ = classes
+        device = _engine.resolve_device(self.device)
+        dtype = _engine.resolve_precision(self.precision, device)
+        rng = check_random_state(self.random_state)
+        train, valid = np.arange(len(y)), None
+        if self.early_stopping:
+            train, valid = train_test_split(
+                train,
+                test_size=self.validation_fraction,
+                stratify=encoded,
+                random_state=rng,
+            )
+        seed = int(rng.randint(2**31 - 1))
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            net, prep = self._build(images, device)
+            self.network_, self.preprocessing_ = net, prep
+            self.device_ = device
+            self.precision_ = str(dtype).removeprefix("torch.")
+            self._train(images, encoded, y, train, valid, dtype, seed)
+        return self
+
+    def _build(self, images, device):
+        """The backbone with a new head, frozen as ``trainable_layers`` says."""
+        backbone = load_backbone(self.model, self.weights)
+        module = backbone.module
+        head_name = backbone.head
+        if head_name is None:  # a module of the user's: its last nn.Linear
+            head_name = last_linear(module)
+            if head_name is None:
+                raise ValueError(
+                    "The 'model' module has no nn.Linear layer to replace with a "
+                    "new head. Give it a final nn.Linear classifier."
+                )
+            replace_head(module, head_name)
+        self._head_name = head_name
+        prep = _preprocess.resolve(
+            self.preprocessing,
+            backbone.preprocessing,
+            lambda name: named_preprocessing(self.model, name),
+        )
+        _, probe = images.first()
+        with torch.inference_mode():
+            width = module(prep(probe)).reshape(1, -1).shape[1]
+        family = family_of(self.model if isinstance(self.model, str) else None)
+        self.n_trainable_layers_ = freeze(module, family, self.trainable_layers)
+        net = ClassifierNetwork(module, nn.Linear(width, len(self.classes_)))
+        self.n_trainable_params_ = sum(
+            p.numel() for p in net.parameters() if p.requires_grad
+        )
+        return _engine.prepare_network(net.to(device)), prep
+
+    def _train_mode(self, net: nn.Module) -> None:
+        """Train mode, except batch norms whose statistics are frozen."""
+        net.train()
+        for module in net.modules():
+            if isinstance(module, _NORMS_WITH_STATS) and (
+                self.freeze_batchnorm
+                or not any(p.requires_grad for p in module.parameters(recurse=False))
+            ):
+                module.eval()
+
+    def _train(self, images, encoded, y, train, valid, dtype, seed):
+        net, prep, device = self.network_, self.preprocessing_, self.device_
+        head_params = list(net.head.parameters())
+        backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head_params, "lr": self.learning_rate}]
+        if backbone_params:
+            lr = self.learning_rate * self.backbone_lr_scale
+            groups.append({"params": backbone_params, "lr": lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        weight = None
+        if self.class_weight is not None:
+            weight = torch.as_tensor(
+                compute_class_weight(
+                    self.class_weight, classes=self.classes_, y=y[train]
+                ),
+                dtype=torch.float32,
+                device=device,
+            )
+        loss_fn = nn.CrossEntropyLoss(weight=weight)
+        scaler = torch.amp.GradScaler(
+            device.type, enabled=dtype == torch.float16 and device.type == "cuda"
+        )
+        augment = self._augmentation(prep) if self.augment else None
+        features = None
+        if not backbone_params and augment is None:
+            # Nothing before the head changes: run the frozen backbone once.
+            features = torch.from_numpy(self._embed(images, net.head.in_features))
+        targets = torch.as_tensor(encoded, dtype=torch.long)
+        generator = torch.Generator().manual_seed(seed)
+        self.loss_curve_ = []
+        self.validation_scores_ = [] if valid is not None else None
+        self.best_validation_score_ = None
+        best_state, stale = None, 0
+        self.n_iter_ = 0
+        for epoch in range(self.max_epochs):
+            self._train_mode(net)
+            order = train[torch.randperm(len(train), generator=generator).numpy()]
+            total, seen = 0.0, 0
+            with tqdm(
+                total=len(order),
+                desc=f"Epoch {epoch + 1}/{self.max_epochs}",
+                unit="img",
+                disable=not self.verbose,
+                leave=False,
+            ) as bar:
+                for rows, logits in self._epoch(images, order, features, augment):
+                    loss = loss_fn(logits.float(), targets[rows].to(device))
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    total += loss.item() * len(rows)
+                    seen += len(rows)
+                    bar.update(len(rows))
+                    bar.set_postfix(loss=f"{total / seen:.4f}")
+            self.n_iter_ = epoch + 1
+            self.loss_curve_.append(total / max(seen, 1))
+            if valid is None:
+                continue
+            net.eval()
+            if features is None:
+                logits = self._logits(images, valid)
+            else:
+                with torch.inference_mode():
+                    logits = net.head(features[valid].to(device)).cpu().numpy()
+            score = float(np.mean(logits.argmax(1) == encoded[valid]))
+            self.validation_scores_.append(score)
+            best = self.best_validation_score_
+            stale = 0 if best is None or score > best + self.tol else stale + 1
+            if best is None or score > best:  # as MLPClassifier: keep the best
+                self.best_validation_score_ = score
+                best_state = copy.deepcopy(net.state_dict())
+            if stale >= self.n_iter_no_change:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+
+    def _epoch(self, images, order, features, augment):
+        """Yield ``(rows, logits)`` over one epoch, ``rows`` in ``order``.
+
+        From ``features`` (the frozen backbone's outputs) when given, else
+        from the images through the whole network. A batch of a single
+        image is skipped (batch norm cannot train on one): as with
+        ``drop_last``, shuffling changes which image each epoch.
+        """
+        net, prep = self.network_, self.preprocessing_
+        device, dtype = self.device_, _engine.PRECISIONS[self.precision_]
+        if features is not None:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                yield rows, net.head(features[rows].to(device))
+            return
+        for start, batch in images.batches(self.batch_size, order, prep.geometry):
+            if len(batch) == 1 and len(order) > 1:
+                continue
+            batch = batch.to(device, non_blocking=True)
+            x = prep.finish(batch) if images.resizes else prep(batch)
+            if augment is not None:
+                x = torch.stack([augment(image) for image in x])
+            x = x.contiguous(memory_format=torch.channels_last)
+            with _engine.autocast(device, dtype):
+                logits = net(x)
+            yield order[start : start + len(batch)], logits
+
+    def _embed(self, images, width) -> np.ndarray:
+        """The frozen backbone's outputs for every image (eval mode)."""
+        backbone = self.network_.backbone.eval()
+        out, _ = _engine.extract(
+            lambda x: [backbone(x)],
+            self.preprocessing_,
+            images,
+            n_features=width,
+            batch_size=self.batch_size,
+            device=self.device_,
+            dtype=_engine.PRECISIONS[self.precision_],
+            verbose=self.verbose,
+            desc="Embedding (frozen backbone)",
+        )
+        return out
+
+    @staticmethod
+    def _augmentation(prep):
+        size = prep.crop_size or prep.resize_size
+        if size is None:
+            raise ValueError(
+                "augment=True needs a fixed input size: set "
+                "preprocessing={'crop_size': ...}."
+            )
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+                T.RandomHorizontalFlip(),
+            ]
+        )
+
+    # -- prediction ---------------------------------------------------------
+    def _logits(self, images, indices=None) -> np.ndarray:
+        net = self._network()
+        out, _ = _engine.extract(
+            lambda x: [net(x)],
+            self.preprocessing_,
+            images,
+            n_features=len(self.classes_),
+            batch_size=self.batch_size,
+            device=self.device_,
+            dtype=_engine.PRECISIONS[self.precision_],
+            indices=indices,
+            verbose=False,
+        )
+        return out
+
+    def predict_proba(self, X):
+        """Class probabilities of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_images, n_classes)
+            Probabilities, columns in the order of ``classes_``.
+        """
+        check_is_fitted(self)
+        logits = torch.from_numpy(self._logits(self._images(X))).double()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X):
+        """The most probable class of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_images,)
+            Predicted labels, of the type of ``classes_``.
+        """
+        check_is_fitted(self)
+        return self.classes_[self._logits(self._images(X)).argmax(axis=1)]
+
+    # -- reuse as a backbone ------------------------------------------------
+    def _sktransfer_backbone(self) -> Backbone:
+        """A copy of the trained backbone, for PretrainedFeatureExtractor."""
+        check_is_fitted(
+            self,
+            msg=(
+                "This FineTunedClassifier is not fitted yet: fit it on the source "
+                "task before using it as the 'model' of an extractor."
+            ),
+        )
+        backbone: nn.Module = self._network().backbone
+        module = copy.deepcopy(backbone).cpu().eval()
+        module.requires_grad_(False)
+        family = family_of(self.model if isinstance(self.model, str) else None)
+        description = f"FineTunedClassifier(model={self._model_label()})"
+        return Backbone(
+            module, self.preprocessing_, description, family, self._head_name
+        )
+
+    def _model_label(self) -> str:
+        return repr(self.model) if isinstance(self.model, str) else "module"
+
+    # -- persistence --------------------------------------------------------
+    def _network(self) -> ClassifierNetwork:
+        net = self.__dict__.get("network_")
+        if net is None:
+            state = self.__dict__.pop("_network_state")
+            backbone = load_backbone(self.model, None)
+            if backbone.head is None:
+                replace_head(backbone.module, self._head_name)
+            width = state["head.weight"].shape[1]
+            net = ClassifierNetwork(
+                backbone.module, nn.Linear(width, len(self.classes_))
+            )
+            net.load_state_dict(state)
+            net.requires_grad_(False)
+            net = _engine.prepare_network(net.to(self.device_).eval())
+            self.network_ = net
+        return net
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        net = state.pop("network_", None)
+        if net is not None:
+            state["_network_state"] = {
+                k: v.detach().cpu() for k, v in net.state_dict().items()
+            }
+        if isinstance(state.get("model"), nn.Module):
+            state["model"] = cpu_module(state["model"])
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        if state.get("device_") is not None:
+            state["device_"] = _engine.restore_device(state["device_"], "classifier")
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
+        return tags
