@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _decode, _engine, _layers, _network, _preprocess
-from sktransfer._backbones import cpu_module, named_preprocessing
+from sktransfer._backbones import named_preprocessing
 from sktransfer._cache import (
     EmbeddingCache,
     default_cache,
@@ -26,10 +26,11 @@ from sktransfer._cache import (
     state_digest,
 )
 from sktransfer._inputs import as_images
+from sktransfer._persist import TorchPickleMixin
 from sktransfer.exceptions import ImageReadError
 
 
-class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
+class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimator):
     """Embed images with a frozen pretrained network, cut at any layer.
 
     Images go through the backbone's own preprocessing (resize, centre crop,
@@ -343,7 +344,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
             The fitted extractor.
         """
         images = self._images(X)
-        self.__dict__.pop("_backbone_state", None)  # from an earlier unpickling
+        self.__dict__.pop("_network_state", None)  # from an earlier unpickling
         device = _engine.resolve_device(self.device)
         dtype = _engine.resolve_precision(self.precision, device)
         seed = None
@@ -544,7 +545,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         """The truncated network, rebuilt from the fitted state if needed."""
         net = self.__dict__.get("network_")
         if net is None:
-            state = self.__dict__.get("_backbone_state")
+            state = self.__dict__.get("_network_state")
             net = _network.rebuild(
                 self.model,
                 self.weights_,
@@ -554,27 +555,11 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
                 self.device_,
             )
             self.network_ = net
-            self.__dict__.pop("_backbone_state", None)
+            self.__dict__.pop("_network_state", None)
         return net
 
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: never alter self
-        net = state.pop("network_", None)
-        state.pop("_compiled", None)
-        if net is not None and not self._uses_published_weights():
-            state["_backbone_state"] = {
-                k: v.detach().cpu() for k, v in net.backbone.state_dict().items()
-            }
-        if isinstance(state.get("model"), nn.Module):
-            state["model"] = cpu_module(state["model"])
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
-        return state
-
-    def __setstate__(self, state):
-        if state.get("device_") is not None:
-            state["device_"] = _engine.restore_device(state["device_"], "extractor")
-        super().__setstate__(state)
+    def _tensors_to_pickle(self, net):
+        return None if self._uses_published_weights() else net.backbone.state_dict()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from sktransfer import _decode, _engine, _preprocess
 from sktransfer._backbones import (
     Backbone,
-    cpu_module,
     last_linear,
     load_backbone,
     named_preprocessing,
@@ -31,6 +30,7 @@ from sktransfer._backbones import (
 )
 from sktransfer._families import family_of
 from sktransfer._inputs import as_images
+from sktransfer._persist import TorchPickleMixin
 
 __all__ = ["FineTunedClassifier"]
 
@@ -78,7 +78,7 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
     return trainable_layers
 
 
-class FineTunedClassifier(ClassifierMixin, BaseEstimator):
+class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained network on your classes: new head, last stages.
 
     The network's classification head (its final ``nn.Linear``) is replaced
@@ -658,23 +658,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             self.network_ = net
         return net
 
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        net = state.pop("network_", None)
-        if net is not None:
-            state["_network_state"] = {
-                k: v.detach().cpu() for k, v in net.state_dict().items()
-            }
-        if isinstance(state.get("model"), nn.Module):
-            state["model"] = cpu_module(state["model"])
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
-        return state
-
-    def __setstate__(self, state):
-        if state.get("device_") is not None:
-            state["device_"] = _engine.restore_device(state["device_"], "classifier")
-        super().__setstate__(state)
+    def _tensors_to_pickle(self, net):
+        return net.state_dict()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -400,7 +400,9 @@ class ListImages:
         path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
         what = f"Image {i} ({path!r})" if path is not None else f"Image {i}"
         error = ImageReadError(
-            f"{what} could not be read: {_reason(exc)}.", index=i, path=path
+            f"{what} could not be read: {_reason(exc).rstrip('.')}.",
+            index=i,
+            path=path,
         )
         error.__cause__ = exc
         if self.on_error == "raise":

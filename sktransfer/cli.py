@@ -1,10 +1,17 @@
 """The ``sktransfer`` command.
 
-``sktransfer demo``: a linear probe on scikit-learn's bundled digits (no
-download): a grid search over cut points of a pretrained network and the
-regularisation of logistic regression on their features, next to logistic
-regression on the raw pixels. The embedding cache makes the whole search cost
-one pass through the network.
+``sktransfer demo``: the two ways of transfer on scikit-learn's bundled digits
+(no download). The target task is digits 5-9 with a handful of labels per
+class; the digits are placed at random in a 12x12 canvas, since real objects
+are rarely centred. It compares, on the same held-out images:
+
+- logistic regression on the raw pixels;
+- a network trained from scratch on the few labels;
+- *develop, then reuse*: a source model trained on digits 0-4 (plenty of
+  labels), reused frozen as a feature extractor, with the cut point chosen by
+  a grid search on the few labels;
+- a pretrained ImageNet network, frozen, likewise, when its weights are at
+  hand (a checkpoint, or the torch cache); skipped, and said so, otherwise.
 """
 
 from __future__ import annotations
@@ -17,140 +24,182 @@ import numpy as np
 
 from sktransfer.exceptions import WeightsUnavailableError
 
-DEMO_LAYERS = {
-    "mobilenet_v2": [
-        "features.3",
-        "features.6",
-        "features.10",
-        "features.13",
-        "features.16",
-        None,
-    ],
+PRETRAINED_LAYERS = {
+    "mobilenet_v2": ["features.3", "features.6", "features.10", "features.13", None],
     "resnet18": ["layer1", "layer2", "layer3", None],
     "resnet50": ["layer1", "layer2", "layer3", None],
 }
+SOURCE_MODEL = "resnet18"
+SOURCE_LAYERS = ["layer1", "layer2", "layer3", None]
+CANVAS = 12
+# The digits are grayscale ink on black: one channel, centred on 0.
+SOURCE_PREPROCESSING = {
+    "resize_size": 32,
+    "crop_size": 32,
+    "mean": (0.5,),
+    "std": (0.5,),
+}
 
 
-def _digits_as_images():
+def shifted_digits(limit=None, seed=0):
+    """scikit-learn's 8x8 digits as uint8 images, each at a random place in a
+    12x12 canvas; and their labels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    # 8x8 grayscale, values 0..16 -> uint8 0..255
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    return images, digits.target
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:limit]
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((len(images), CANVAS, CANVAS), np.uint8)
+    for image, place in zip(images, canvas, strict=True):
+        top, left = rng.integers(0, CANVAS - 8 + 1, 2)
+        place[top : top + 8, left : left + 8] = image
+    return canvas, digits.target[:limit]
 
 
-def _search(estimator, param_grid, X, y, cv):
-    from sklearn.model_selection import GridSearchCV
-
-    return GridSearchCV(estimator, param_grid, cv=cv).fit(X, y)
-
-
-def _best_per(search, param):
-    """Best mean test score (and its std) for each value of ``param``."""
-    results = search.cv_results_
-    best = {}
-    for i, params in enumerate(results["params"]):
-        key = str(params[param])
-        mean, std = results["mean_test_score"][i], results["std_test_score"][i]
-        if key not in best or mean > best[key][0]:
-            best[key] = (mean, std, params)
-    return best
-
-
-def _extractor(args, layers):
-    from sktransfer import EmbeddingCache, PretrainedFeatureExtractor
-
-    weights = None if args.weights.lower() == "none" else args.weights
-    return PretrainedFeatureExtractor(
-        model=args.model,
-        weights=weights,
-        preprocessing={"resize_size": args.size, "crop_size": args.size},
-        batch_size=args.batch_size,
-        cache=EmbeddingCache(),
-        cache_layers=layers,  # every cut point of the grid from one pass
-        random_state=0,  # with --weights none: one network for all candidates
-        verbose=not args.quiet,
+def split(y, labels_per_class, seed=0):
+    """Source rows (classes 0-4), and target train/test rows (classes 5-9,
+    ``labels_per_class`` of each class for training)."""
+    rng = np.random.default_rng(seed)
+    source = np.flatnonzero(y < 5)
+    target = np.flatnonzero(y >= 5)
+    train = np.concatenate(
+        [
+            rng.choice(target[y[target] == c], labels_per_class, replace=False)
+            for c in range(5, 10)
+        ]
     )
+    return source, np.sort(train), np.setdiff1d(target, train)
 
 
-def _checked_extractor(args, layers, X):
-    extractor = _extractor(args, layers)
-    try:
-        extractor.fit(X[:1])
-    except WeightsUnavailableError as exc:
-        print(
-            f"\n!! Pretrained weights are not available: {exc}\n!! The demo goes on "
-            "with RANDOM weights (weights=None), so the table below shows an "
-            "untrained network, not transfer learning. Pass --weights PATH to a "
-            "checkpoint to see the real thing.\n"
-        )
-        extractor.set_params(weights=None, random_state=0).fit(X[:1])
-    return extractor
-
-
-def demo(args) -> int:
+def _probe():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X, y = _digits_as_images()
-    X, y = X[: args.limit], y[: args.limit]
-    layers = DEMO_LAYERS.get(args.model, [None])
-    grid_c = [0.1, 1.0]
-    print(
-        f"sktransfer demo: linear probe on scikit-learn's digits ({len(X)} "
-        f"images, 8x8 grayscale, {len(set(y))} classes)"
-    )
-    extractor = _checked_extractor(args, layers, X)
-    print(f"model:   {args.model}")
-    print(f"weights: {extractor.weights_ or 'none: RANDOM initialisation'}")
-    print(
-        f"input:   digits upscaled to {args.size}x{args.size}, normalised with "
-        "the weights' statistics"
-    )
-    print(
-        f"search:  GridSearchCV over {len(layers)} cut points x C in {grid_c}, "
-        f"{args.cv}-fold CV, logistic regression on standardised features\n"
-    )
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    pipe = make_pipeline(extractor, probe)
-    cache = extractor.cache
-    start = time.perf_counter()
-    search = _search(
-        pipe,
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+def _reuse(extractor, layers, X, y, train, test, cv):
+    """Grid search of the cut point (and C) on the training labels; the
+    per-layer CV scores and the test accuracy of the chosen pipeline."""
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    extractor.set_params(cache_layers=layers)  # one pass for the whole grid
+    search = GridSearchCV(
+        make_pipeline(extractor, _probe()),
         {
             "pretrainedfeatureextractor__layer": layers,
-            "pipeline__logisticregression__C": grid_c,
+            "pipeline__logisticregression__C": [0.1, 1.0],
         },
-        X,
-        y,
-        args.cv,
+        cv=cv,
+    ).fit(X[train], y[train])
+    per_layer: dict[str, float] = {}
+    for params, score in zip(
+        search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
+    ):
+        name = str(params["pretrainedfeatureextractor__layer"])
+        per_layer[name] = max(per_layer.get(name, 0.0), score)
+    layer = search.best_params_["pretrainedfeatureextractor__layer"]
+    return layer, per_layer, search.score(X[test], y[test])
+
+
+def _pretrained(args, X):
+    from sktransfer import PretrainedFeatureExtractor
+
+    if args.weights.lower() == "none":
+        print("\n(The pretrained path is skipped: --weights none.)")
+        return None
+    extractor = PretrainedFeatureExtractor(
+        model=args.model,
+        weights=args.weights,
+        preprocessing={"resize_size": args.size, "crop_size": args.size},
+        batch_size=args.batch_size,
+        verbose=not args.quiet,
     )
-    elapsed = time.perf_counter() - start
-    best = _best_per(search, "pretrainedfeatureextractor__layer")
-    print(f"{'features from':<24}{'width':>6}  {'best C':>6}   accuracy (mean ± sd)")
-    print("-" * 60)
-    for layer in layers:
-        mean, std, params = best[str(layer)]
-        width = extractor.set_params(layer=layer).fit(X[:1]).n_features_out_
-        shown = "embedding (layer=None)" if layer is None else layer
-        c = params["pipeline__logisticregression__C"]
-        print(f"{shown:<24}{width:>6}  {c:>6g}   {mean:.3f} ± {std:.3f}")
-    raw = _search(
-        probe, {"logisticregression__C": grid_c}, X.reshape(len(X), -1), y, args.cv
-    )
-    mean = raw.cv_results_["mean_test_score"][raw.best_index_]
-    std = raw.cv_results_["std_test_score"][raw.best_index_]
-    c = raw.best_params_["logisticregression__C"]
-    print(f"{'raw pixels':<24}{X[0].size:>6}  {c:>6g}   {mean:.3f} ± {std:.3f}")
-    fits = len(search.cv_results_["params"]) * args.cv + 1
+    try:
+        return extractor.fit(X[:1])
+    except WeightsUnavailableError as exc:
+        print(
+            f"\n!! The pretrained path is SKIPPED: no {args.model} weights here "
+            f"({exc}).\n!! Pass --weights PATH to a checkpoint, or run once online."
+        )
+        return None
+
+
+def _row(name, choice, accuracy):
+    print(f"{name:<46}{choice:<16}{accuracy}")
+
+
+def demo(args) -> int:
+    from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+
+    start = time.perf_counter()
+    X, y = shifted_digits(args.limit)
+    source, train, test = split(y, args.labels)
+    cv = min(args.cv, args.labels)
     print(
-        f"\n{fits} fits of the pipeline in {elapsed:.1f} s; the embedding cache "
-        f"computed {len(cache) // len(layers)} images x {len(layers)} cut points "
-        "once (a grid search without it runs every image through the network "
-        f"about {fits} times)."
+        "sktransfer demo: transfer learning on scikit-learn's digits, each placed "
+        f"at random in a {CANVAS}x{CANVAS} canvas\n"
+        f"source task: digits 0-4, {len(source)} labelled images\n"
+        f"target task: digits 5-9, {args.labels} labelled images per class "
+        f"({len(train)}), tested on the other {len(test)}\n"
     )
+    common = dict(
+        model=SOURCE_MODEL,
+        weights=None,
+        trainable_layers="all",
+        preprocessing=SOURCE_PREPROCESSING,
+        learning_rate=3e-3,
+        random_state=0,
+        verbose=not args.quiet,
+    )
+    print(f"Developing the source model ({SOURCE_MODEL} from scratch on 0-4)...")
+    developed = FineTunedClassifier(
+        **common, max_epochs=args.source_epochs, batch_size=64
+    ).fit(X[source], y[source])
+    print("Training from scratch on the target labels...")
+    scratch = FineTunedClassifier(
+        **common, max_epochs=args.scratch_epochs, batch_size=16
+    ).fit(X[train], y[train])
+    print("Grid searches over cut points...")
+    raw = _probe().fit(X[train].reshape(len(train), -1), y[train])
+    reused = PretrainedFeatureExtractor(model=developed, verbose=False)
+    reuse = _reuse(reused, SOURCE_LAYERS, X, y, train, test, cv)
+    pretrained = _pretrained(args, X)
+    imagenet = None
+    if pretrained is not None:
+        layers = PRETRAINED_LAYERS.get(args.model, [None])
+        imagenet = _reuse(pretrained, layers, X, y, train, test, cv)
+
+    header = "method (target task: digits 5-9)"
+    print(f"\n{header:<46}{'cut point (CV)':<16}test accuracy")
+    print("-" * 75)
+    raw_acc = raw.score(X[test].reshape(len(test), -1), y[test])
+    _row("raw pixels + logistic regression", "-", f"{raw_acc:.3f}")
+    _row(
+        f"{SOURCE_MODEL} trained from scratch on the labels",
+        "-",
+        f"{scratch.score(X[test], y[test]):.3f}",
+    )
+    _row("source model (0-4), frozen + logistic reg.", str(reuse[0]), f"{reuse[2]:.3f}")
+    name = f"ImageNet {args.model}, frozen + logistic reg."
+    if imagenet is not None:
+        _row(name, str(imagenet[0]), f"{imagenet[2]:.3f}")
+    else:
+        _row(name, "skipped", "no weights")
+    print(
+        f"\ncut points of the source model, {cv}-fold CV accuracy on the "
+        f"{len(train)} labels: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in reuse[1].items())
+    )
+    if imagenet is not None:
+        print(f"weights of the ImageNet model: {pretrained.weights_}")
+        print(
+            f"cut points of {args.model}, {cv}-fold CV accuracy: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in imagenet[1].items())
+        )
+    print(f"\nwhole demo: {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -159,20 +208,25 @@ def main(argv=None) -> int:
         prog="sktransfer", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="linear probe on the digits, per cut point")
-    p.add_argument("--model", default="mobilenet_v2", help="torchvision model name")
+    p = sub.add_parser("demo", help="develop-then-reuse and pretrained transfer")
+    p.add_argument(
+        "--model", default="mobilenet_v2", help="pretrained torchvision model"
+    )
     p.add_argument(
         "--weights",
         default="DEFAULT",
-        help="'DEFAULT', a weights name, a checkpoint path, or 'none' (random)",
+        help="pretrained weights: 'DEFAULT', a name, a checkpoint, or 'none' (skip)",
     )
-    p.add_argument("--size", type=int, default=64, help="input side in pixels")
+    p.add_argument("--size", type=int, default=64, help="pretrained input side")
+    p.add_argument("--labels", type=int, default=10, help="target labels per class")
     p.add_argument("--cv", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--source-epochs", type=int, default=10)
+    p.add_argument("--scratch-epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--limit", type=int, default=None, help="use only the first N digits"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     return demo(args)
 

@@ -2,81 +2,71 @@
 
 import urllib.error
 
+import pytest
 import torch
 
-from sktransfer.cli import main
+from sktransfer.cli import main, shifted_digits, split
+
+QUICK = ["--limit", "500", "--labels", "5", "--cv", "2", "--quiet"]
+QUICK += ["--source-epochs", "1", "--scratch-epochs", "1"]
 
 
-def _scores(out):
-    """First word of each table row mapped to its mean accuracy."""
-    return {
-        line.split()[0]: float(line.split("±")[0].split()[-1])
-        for line in out.splitlines()
-        if "±" in line and "accuracy" not in line
-    }
+def _accuracies(out):
+    """First word of each row of the table mapped to its test accuracy."""
+    rows = {}
+    for line in out.splitlines():
+        words = line.split()
+        if words and words[0] in ("raw", "resnet18", "source", "ImageNet"):
+            try:
+                rows[words[0]] = float(words[-1])
+            except ValueError:
+                rows[words[0]] = words[-1]
+    return rows
 
 
-def test_demo_prints_table_and_states_weights(capsys):
-    """The demo prints one row per cut point plus raw pixels, naming the weights."""
-    assert (
-        main(
-            [
-                "demo",
-                "--weights",
-                "none",
-                "--size",
-                "32",
-                "--cv",
-                "2",
-                "--limit",
-                "300",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "weights: none: RANDOM initialisation" in out
-    for row in ("features.3", "features.13", "embedding (layer=None)", "raw pixels"):
-        assert row in out
-    assert 0.8 < _scores(out)["raw"] <= 1.0  # logistic regression on raw digits
-    assert "computed 300 images x 6 cut points once" in out
+def test_the_data_of_the_demo():
+    X, y = shifted_digits()
+    assert X.shape == (1797, 12, 12) and X.dtype.name == "uint8"
+    assert (X.reshape(len(X), -1).max(1) > 0).all()  # every digit is in view
+    source, train, test = split(y, 10)
+    assert set(y[source]) == {0, 1, 2, 3, 4}
+    assert len(train) == 50 and set(y[train]) == {5, 6, 7, 8, 9}
+    assert not set(train) & set(test) and len(test) == (y >= 5).sum() - 50
 
 
-def test_demo_says_loudly_when_pretrained_weights_are_missing(
-    capsys, tmp_path, monkeypatch
-):
-    """Offline without a cached file, the demo says so and labels random weights."""
+def test_demo_prints_the_transfer_table_offline(capsys, tmp_path, monkeypatch):
+    """Offline without weights, the demo runs the develop-then-reuse story and
+    says loudly that the pretrained path is skipped."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    assert main(["demo", "--size", "32", "--cv", "2", "--limit", "100", "--quiet"]) == 0
+    assert main(["demo", "--size", "32", *QUICK]) == 0
     out = capsys.readouterr().out
-    assert "Pretrained weights are not available" in out
-    assert "weights: none: RANDOM initialisation" in out
+    assert "The pretrained path is SKIPPED" in out
+    rows = _accuracies(out)
+    assert rows["ImageNet"] == "weights"  # "skipped ... no weights"
+    for name in ("raw", "resnet18", "source"):
+        assert 0.0 <= rows[name] <= 1.0
+    assert "cut points of the source model" in out
 
 
-def test_demo_with_real_weights_beats_raw_pixels(capsys, shared_weights):
-    """With the real checkpoint, a mid-level cut point beats raw pixels."""
-    assert (
-        main(
-            [
-                "demo",
-                "--weights",
-                str(shared_weights),
-                "--limit",
-                "600",
-                "--cv",
-                "3",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+@pytest.mark.parametrize("weights", ["none", "NONE"])
+def test_demo_can_skip_the_pretrained_path(capsys, weights):
+    assert main(["demo", "--weights", weights, *QUICK]) == 0
+    assert "skipped: --weights none" in capsys.readouterr().out
+
+
+def test_demo_shows_transfer_helping(capsys, shared_weights):
+    """With the real checkpoint: both kinds of transfer beat raw pixels and
+    training from scratch on the few labels, by a wide margin."""
+    args = ["demo", "--weights", str(shared_weights), "--quiet"]
+    assert main([*args, "--source-epochs", "4", "--scratch-epochs", "10"]) == 0
     out = capsys.readouterr().out
-    rows = _scores(out)
-    assert f"weights: {shared_weights}" in out
-    assert rows["features.13"] > rows["raw"]
+    rows = _accuracies(out)
+    assert f"weights of the ImageNet model: {shared_weights}" in out
+    for transfer in ("source", "ImageNet"):
+        assert rows[transfer] > rows["raw"] + 0.2, out
+        assert rows[transfer] > rows["resnet18"] + 0.2, out

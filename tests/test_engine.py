@@ -161,6 +161,6 @@ def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
     extractor = make(tiny_cnn, device="cuda").fit(images)
     state = extractor.__getstate__()
-    assert all(t.device.type == "cpu" for t in state["_backbone_state"].values())
+    assert all(t.device.type == "cpu" for t in state["_network_state"].values())
     restored = pickle.loads(pickle.dumps(extractor))
     assert_array_equal(restored.transform(images), extractor.transform(images))

@@ -247,7 +247,7 @@ def test_pickle_holds_cpu_tensors_and_no_network(tiny_cnn, images):
     extractor = make(tiny_cnn).fit(images)
     state = extractor.__getstate__()
     assert "network_" not in state
-    assert all(t.device.type == "cpu" for t in state["_backbone_state"].values())
+    assert all(t.device.type == "cpu" for t in state["_network_state"].values())
     restored = pickle.loads(pickle.dumps(extractor))
     assert "network_" not in vars(restored)
     assert_array_equal(restored.transform(images), extractor.transform(images))

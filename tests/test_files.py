@@ -307,6 +307,67 @@ def hazards(tmp_path):
     return paths
 
 
+@pytest.fixture
+def good_hazards(tmp_path):
+    """Readable files that need care: {name: (path, the pixels they hold)}."""
+    upright = rgb_image(6, size=(48, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = np.dstack([np.asarray(upright), np.tile([0, 128, 255], (32, 16))])
+    alpha = rgba[..., 3:] / 255
+    composite = np.round(alpha * rgba[..., :3] + (1 - alpha) * np.array(BACKGROUND))
+    deep = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)
+    frames = [rgb_image(seed).quantize(16).convert("RGB") for seed in (7, 8)]
+    cmyk = io.BytesIO()
+    upright.convert("CMYK").save(cmyk, format="JPEG")
+    (tmp_path / "cmyk.jpg").write_bytes(cmyk.getvalue())
+    return {
+        "rotated.png": (
+            save(
+                tmp_path / "rotated.png",
+                upright.transpose(Image.Transpose.ROTATE_90),
+                exif=exif.tobytes(),
+            ),
+            np.asarray(upright),
+        ),
+        "rgba.png": (
+            save(tmp_path / "rgba.png", Image.fromarray(rgba.astype(np.uint8))),
+            composite.astype(np.uint8),
+        ),
+        "deep.tif": (save(tmp_path / "deep.tif", Image.fromarray(deep)), deep),
+        "animated.gif": (
+            save(
+                tmp_path / "animated.gif",
+                frames[0],
+                save_all=True,
+                append_images=frames[1:],
+            ),
+            np.asarray(frames[0]),
+        ),
+        "cmyk.jpg": (
+            str(tmp_path / "cmyk.jpg"),
+            np.asarray(Image.open(cmyk).convert("RGB")),
+        ),
+    }
+
+
+def test_a_folder_of_every_hazard_gives_the_right_rows_or_errors(hazards, good_hazards):
+    """Good files give the rows of the pixels they hold (rotated, composited,
+    16-bit, first frame...); bad ones NaN rows and errors, in place."""
+    X = [hazards[n] for n in sorted(hazards)] + [p for p, _ in good_hazards.values()]
+    extractor = make_extractor(on_error="nan", max_pixels=1_000_000).fit(X[-1:])
+    with pytest.warns(UserWarning, match=f"{len(BAD)} of {len(X)} images"):
+        out = extractor.transform(X)
+    bad = {i for i, n in enumerate(sorted(hazards)) if n in BAD}
+    assert {e.index for e in extractor.errors_} == bad
+    for i, row in enumerate(out):
+        assert np.isnan(row).all() == (i in bad)
+    rows = {X[i]: out[i] for i in range(len(X))}
+    for name, (path, pixels) in good_hazards.items():
+        expected = extractor.transform(pixels[None])[0]
+        np.testing.assert_allclose(rows[path], expected, rtol=1e-5, err_msg=name)
+
+
 BAD = {
     "empty.jpg": "empty",
     "text.jpg": "not an image in an accepted format",

@@ -1,0 +1,46 @@
+"""Pickling estimators that hold a torch network."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sktransfer._backbones import cpu_module
+from sktransfer._engine import restore_device
+
+__all__ = ["TorchPickleMixin"]
+
+
+class TorchPickleMixin:
+    """Pickles of an estimator whose fitted network lives in ``network_``.
+
+    The module itself is never pickled: ``_tensors_to_pickle(net)`` gives the
+    CPU tensors to keep (stored as ``_network_state``), or None when the
+    parameters alone rebuild the network (published weights); the
+    estimator's ``_network()`` rebuilds it on first use. A module given as
+    ``model`` is pickled on the CPU, and a CUDA-fitted estimator loaded where
+    CUDA is missing runs on the CPU, with a warning.
+    """
+
+    def _tensors_to_pickle(self, net: nn.Module) -> dict | None:
+        raise NotImplementedError
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # type: ignore[misc]  # a copy
+        net = state.pop("network_", None)
+        state.pop("_compiled", None)
+        if net is not None:
+            tensors = self._tensors_to_pickle(net)
+            if tensors is not None:
+                state["_network_state"] = {
+                    k: v.detach().cpu() for k, v in tensors.items()
+                }
+        if isinstance(state.get("model"), nn.Module):
+            state["model"] = cpu_module(state["model"])
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        if state.get("device_") is not None:
+            state["device_"] = restore_device(state["device_"], type(self).__name__)
+        super().__setstate__(state)  # type: ignore[misc]
