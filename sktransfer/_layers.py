@@ -8,10 +8,12 @@ standard embedding, since the classification head has been removed.
 
 from __future__ import annotations
 
+import copy
 import difflib
 
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import (
     create_feature_extractor,
     get_graph_node_names,
@@ -107,8 +109,25 @@ def pool(t: torch.Tensor, how: str | None, nhwc: bool = False) -> torch.Tensor:
     return torch.cat([t.mean(dims), t.amax(dims)], dim=1)  # avgmax
 
 
+def _fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of an eval-mode ``module`` with each batch norm that follows a
+    convolution folded into it (one layer fewer to run: 5-20% faster on CPU),
+    or ``module`` itself if it cannot be traced. ``module`` is not changed."""
+    # (A deep copy of a traced module comes back in train mode: eval() again.)
+    copied = copy.deepcopy(module).eval()
+    try:
+        return fuse(copied, inplace=True, no_trace=isinstance(copied, fx.GraphModule))
+    except Exception:  # torch.fx raises many kinds of errors on untraceable code
+        return module
+
+
 class FeatureNet(nn.Module):
-    """A backbone cut at ``layers``, returning each layer's pooled output."""
+    """A backbone cut at ``layers``, returning each layer's pooled output.
+
+    ``backbone`` keeps the original weights (what pickles store); ``body``
+    runs: the backbone, cut by ``create_feature_extractor`` where needed, with
+    batch norms folded into the preceding convolutions.
+    """
 
     def __init__(self, backbone, layers, pooling, nhwc=False, names=None):
         super().__init__()
@@ -125,10 +144,14 @@ class FeatureNet(nn.Module):
             self.body = create_feature_extractor(
                 backbone, return_nodes={k: k for k in dict.fromkeys(self.keys)}
             )
-        self.eval()  # inference only: dropout off, batch-norm statistics frozen
+        self.eval()  # folding needs eval mode
+        self.body = _fold_batchnorm(self.body if self.body is not None else backbone)
+        self.eval()  # inference only: dropout off (the folded copy starts in train)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = {None: self.backbone(x)} if self.body is None else self.body(x)
+        out = self.body(x)
+        if not isinstance(out, dict):  # the plain embedding
+            out = {None: out}
         feats = []
         for key, name in zip(self.keys, self.layers, strict=True):
             value = out[key]

@@ -98,8 +98,9 @@ def test_out_of_memory_with_one_image_is_a_clear_error(tiny_cnn, images):
     """If even one image does not fit, the error says what to do."""
     extractor = make(tiny_cnn, batch_size=4).fit(images)
     memory = _SmallMemory(limit=0, error=torch.OutOfMemoryError("CUDA out of memory."))
-    # the fitted network is shared with clones (a memo): remove the hook after
-    stem = extractor.network_.backbone.stem
+    # the fitted network is shared with clones (a memo): remove the hook after;
+    # what runs is `body` (batch norms folded), not `backbone` (what is saved)
+    stem = extractor.network_.body.get_submodule("stem.0")
     with (
         stem.register_forward_pre_hook(memory),
         pytest.raises(RuntimeError, match="single image") as info,
@@ -113,7 +114,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(tiny_cnn, images):
     """An unrelated RuntimeError propagates unchanged, without retries."""
     extractor = make(tiny_cnn, batch_size=4).fit(images)
     memory = _SmallMemory(limit=0, error=RuntimeError("shape mismatch"))
-    stem = extractor.network_.backbone.stem
+    stem = extractor.network_.body.get_submodule("stem.0")
     with (
         stem.register_forward_pre_hook(memory),
         pytest.raises(RuntimeError, match="shape mismatch"),

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torchvision
 from numpy.testing import assert_allclose
 
 from sktransfer import list_layers, list_models
@@ -75,3 +76,41 @@ def test_swin_feature_maps_are_pooled_channels_first():
         verbose=False,
     ).fit(X)
     assert extractor.n_features_out_ == 96
+
+
+def test_batch_norms_are_folded_with_the_same_result():
+    """What runs has no batch norm left after convolutions; rows are unchanged
+    and the saved backbone keeps its own layers."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from sktransfer._layers import FeatureNet
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = torch.nn.Identity()
+    for module in model.modules():  # statistics far from 0 and 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.rand(3, 3, 64, 64)
+    for layers in ([None], ["layer2", None]):
+        net = FeatureNet(model, layers, "avg")
+        called = {n.target for n in net.body.graph.nodes if n.op == "call_module"}
+        kinds = {type(net.body.get_submodule(t)) for t in called}
+        assert torch.nn.BatchNorm2d not in kinds and torch.nn.Conv2d in kinds
+        assert not net.body.training
+        reference = create_feature_extractor(
+            model, {"layer2": "layer2", "flatten": "flatten"}
+        )
+        with torch.inference_mode():
+            ours = net(x)
+            theirs = reference(x)
+        expected = (
+            [theirs["flatten"]]
+            if layers == [None]
+            else [theirs["layer2"].mean((2, 3)), theirs["flatten"]]
+        )
+        for a, b in zip(ours, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.backbone.modules())
