@@ -658,9 +658,6 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             self.network_ = net
         return net
 
-    def _tensors_to_pickle(self, net):
-        return net.state_dict()
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False

@@ -22,7 +22,8 @@ class TorchPickleMixin:
     """
 
     def _tensors_to_pickle(self, net: nn.Module) -> dict | None:
-        raise NotImplementedError
+        """The tensors a pickle keeps: by default the whole network's."""
+        return net.state_dict()
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # type: ignore[misc]  # a copy
