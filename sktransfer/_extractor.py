@@ -29,6 +29,20 @@ from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
 from sktransfer.exceptions import ImageReadError
 
+#: Parameters that both estimators take, with the same meaning.
+SHARED_CONSTRAINTS: dict = {
+    "model": [str, nn.Module],
+    "weights": [str, os.PathLike, WeightsEnum, None],
+    "preprocessing": [str, dict, _preprocess.Preprocessing],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+    "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+    "random_state": ["random_state"],
+    "device": [str, torch.device],
+    "verbose": ["verbose"],
+}
+
 
 class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimator):
     """Embed images with a frozen pretrained network, cut at any layer.
@@ -251,22 +265,14 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     """
 
     _parameter_constraints: dict = {
+        **SHARED_CONSTRAINTS,
         "model": [str, nn.Module, HasMethods(["_sktransfer_backbone"])],
-        "weights": [str, os.PathLike, WeightsEnum, None],
         "layer": [str, list, tuple, None],
         "pooling": [StrOptions(set(_layers.POOLINGS)), None],
-        "preprocessing": [str, dict, _preprocess.Preprocessing],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "nan"})],
         "cache": [str, os.PathLike, EmbeddingCache, None],
         "cache_layers": [StrOptions({"stages"}), list, tuple, None],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "compile": ["boolean"],
-        "random_state": ["random_state"],
-        "device": [str, torch.device],
-        "verbose": ["verbose"],
     }
 
     def __init__(

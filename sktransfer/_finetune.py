@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -16,7 +15,6 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
-from torchvision.models import WeightsEnum
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
@@ -28,6 +26,7 @@ from sktransfer._backbones import (
     named_preprocessing,
     replace_head,
 )
+from sktransfer._extractor import SHARED_CONSTRAINTS
 from sktransfer._families import family_of
 from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
@@ -254,8 +253,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "model": [str, nn.Module],
-        "weights": [str, os.PathLike, WeightsEnum, None],
+        **SHARED_CONSTRAINTS,
         "trainable_layers": [
             Interval(Integral, 0, None, closed="left"),
             StrOptions({"all"}),
@@ -264,7 +262,6 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -272,13 +269,6 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         "freeze_batchnorm": ["boolean"],
         "augment": ["boolean"],
         "class_weight": [dict, StrOptions({"balanced"}), None],
-        "preprocessing": [str, dict, _preprocess.Preprocessing],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
-        "random_state": ["random_state"],
-        "device": [str, torch.device],
-        "verbose": ["verbose"],
     }
 
     def __init__(

@@ -35,8 +35,9 @@ class TinyCNN(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-def transform_in_fresh_process(extractor, X, folder, env=None):
-    """Pickle ``extractor``, transform ``X`` in a new Python process, return rows."""
+def transform_in_fresh_process(extractor, X, folder, env=None, method="transform"):
+    """Pickle ``extractor`` (any estimator), call ``method`` on ``X`` in a new
+    Python process, return its result."""
     import pickle
     import subprocess
     import sys
@@ -46,9 +47,11 @@ def transform_in_fresh_process(extractor, X, folder, env=None):
     code = (
         "import pickle, sys, numpy as np; d = sys.argv[1];"
         "e = pickle.load(open(d + '/model.pkl', 'rb'));"
-        "np.save(d + '/out.npy', e.transform(np.load(d + '/X.npy')))"
+        "np.save(d + '/out.npy', getattr(e, sys.argv[2])(np.load(d + '/X.npy')))"
     )
-    subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-c", code, str(folder), method], check=True, env=env
+    )
     return np.load(folder / "out.npy")
 
 

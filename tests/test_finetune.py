@@ -2,8 +2,6 @@
 
 import copy
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer._families import family_of
 from sktransfer._finetune import freeze, trainable_groups
 
-from .conftest import SMALL, TinyCNN
+from .conftest import SMALL, TinyCNN, transform_in_fresh_process
 
 SMALL_GRAY = {**SMALL, "mean": (0.5,), "std": (0.5,)}
 
@@ -265,15 +263,8 @@ def test_pickle_keeps_trained_weights_in_a_fresh_process(toy, tmp_path):
     X, y = toy
     clf = resnet(trainable_layers="all").fit(X, y)
     expected = clf.predict_proba(X)
-    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(clf))
-    np.save(tmp_path / "X.npy", X)
-    code = (
-        "import pickle, sys, numpy as np; d = sys.argv[1];"
-        "c = pickle.load(open(d + '/clf.pkl', 'rb'));"
-        "np.save(d + '/out.npy', c.predict_proba(np.load(d + '/X.npy')))"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-6)
+    out = transform_in_fresh_process(clf, X, tmp_path, method="predict_proba")
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
     state = pickle.loads(pickle.dumps(clf)).__getstate__()
     tensors = state["_network_state"].values()
     assert all(t.device.type == "cpu" for t in tensors)
