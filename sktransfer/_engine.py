@@ -144,6 +144,18 @@ def _cudnn_autotune(device: torch.device):
     )
 
 
+# On the CPU, the network runs on blocks of about this many 224x224 images
+# whatever the batch size: a block's activations stay in the caches and below
+# the C allocator's threshold for fresh, page-faulting memory (ResNet-18 bf16
+# on 2 cores: 126 img/s in blocks of 16, 94 in one block of 64).
+CPU_BLOCK_PIXELS = 16 * 224 * 224
+
+
+def cpu_block(height: int, width: int) -> int:
+    """Images per block on the CPU for inputs of this size."""
+    return max(1, CPU_BLOCK_PIXELS // max(1, height * width))
+
+
 def run_batch(
     net,
     preprocessing,
@@ -157,18 +169,31 @@ def run_batch(
 
     The features of all layers come concatenated, or as a list with ``split``.
     ``resized``: the batch has been through ``preprocessing.geometry``
-    already (image by image, by the input adapter).
+    already (image by image, by the input adapter). On the CPU the batch runs
+    in blocks (:func:`cpu_block`).
     """
     with torch.inference_mode():
-        if device.type == "cuda" and batch.device.type == "cpu":
-            batch = batch.pin_memory()
-        batch = batch.to(device, non_blocking=True)
-        x = preprocessing.finish(batch) if resized else preprocessing(batch)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            feats = net(x)
-        feats = [f.float() for f in feats]
+        if device.type == "cpu":
+            block = cpu_block(*preprocessing.output_size(*batch.shape[-2:]))
+            parts = [
+                _forward(net, preprocessing, part, device, dtype, resized)
+                for part in batch.split(block)
+            ]
+            feats = [torch.cat(layer) for layer in zip(*parts, strict=True)]
+        else:
+            feats = _forward(net, preprocessing, batch, device, dtype, resized)
         return feats if split else torch.cat(feats, dim=1)
+
+
+def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
+    if device.type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory()
+    batch = batch.to(device, non_blocking=True)
+    x = preprocessing.finish(batch) if resized else preprocessing(batch)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        feats = net(x)
+    return [f.float() for f in feats]
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -1,0 +1,172 @@
+"""Convolutions fused with their activations and residual adds (CPU speed)."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from numpy.testing import assert_allclose
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from sktransfer._fusion import ConvPointwise, fuse_pointwise, operator_works
+from sktransfer._layers import FeatureNet
+
+needs_onednn = pytest.mark.skipif(
+    not operator_works(), reason="oneDNN's fused convolution is not available"
+)
+
+
+def _model(name):
+    """A torchvision model with random weights and batch-norm statistics far
+    from 0 and 1 (so that folding them matters)."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def _fused(net):
+    return [m for m in net.body.modules() if isinstance(m, ConvPointwise)]
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("name", "activations", "residual"),
+    [
+        ("resnet18", {"relu"}, True),  # conv+relu, conv+add+relu
+        ("mobilenet_v2", {"hardtanh", None}, True),  # ReLU6; add without act
+        ("mobilenet_v3_small", {"hardswish", "relu"}, True),
+        ("efficientnet_b0", {"swish"}, False),  # SiLU; residuals pass a
+        # stochastic-depth module (identity at inference) and stay unfused
+    ],
+)
+def test_fused_network_computes_the_model(name, activations, residual):
+    """Each family's fusions: float32 rows equal the eager model's; bfloat16
+    rows stay as close to them as bf16 autocast of the eager model does."""
+    model = _model(name)
+    net = FeatureNet(model, [None], "avg").to(memory_format=torch.channels_last)
+    fused = _fused(net)
+    assert activations <= {m.activation and m.activation[0] for m in fused}
+    assert any(m.residual for m in fused) == residual
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+        (ours,) = net(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            (low,) = net(x)
+            eager_low = model(x).float()
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    scale = expected.abs().max()
+    assert (low - expected).abs().max() / scale < 3 * max(
+        (eager_low - expected).abs().max() / scale, 0.01
+    )
+    assert not torch.equal(low, ours)  # bf16 really ran in bf16
+
+
+@needs_onednn
+def test_cut_points_inside_a_fusion_keep_their_values():
+    """A requested node in the middle of conv -> add -> relu is not fused
+    away: its value is the eager one."""
+    model = _model("resnet18")
+    model.fc = nn.Identity()
+    layers = ["layer1.0.bn1", "layer1.0.add", "layer2", None]
+    net = FeatureNet(model, layers, "avg")
+    reference = create_feature_extractor(
+        model, {k: k for k in ["layer1.0.bn1", "layer1.0.add", "layer2", "flatten"]}
+    )
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ours = net(x)
+        theirs = reference(x)
+    expected = [theirs[k].mean((2, 3)) for k in layers[:3]] + [theirs["flatten"]]
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert len(_fused(net)) > 5  # the other convolutions are still fused
+
+
+def test_modules_with_hooks_are_left_alone():
+    """A convolution or activation with a hook of its own is not fused, so the
+    hook still runs."""
+    model = _model("resnet18")
+    seen = []
+    model.conv1.register_forward_hook(lambda m, i, o: seen.append("conv1"))
+    model.layer1[0].relu.register_forward_pre_hook(lambda m, i: seen.append("relu"))
+    net = FeatureNet(model, [None], "avg")
+    assert type(net.body.get_submodule("conv1")) is nn.Conv2d
+    assert type(net.body.get_submodule("layer1.0.conv1")) is nn.Conv2d
+    assert isinstance(net.body.get_submodule("layer2.0.conv1"), ConvPointwise)
+    with torch.inference_mode():
+        net(torch.rand(1, 3, 32, 32))
+    assert "conv1" in seen and "relu" in seen
+
+
+class _Shared(nn.Module):
+    """One convolution called twice, followed by different operations."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + self.conv(x)
+
+
+def test_a_module_called_twice_is_not_fused():
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(_Shared().eval())
+    x = torch.randn(2, 3, 8, 8)
+    expected = gm(x)
+    assert fuse_pointwise(gm) == 0
+    torch.testing.assert_close(gm(x), expected)
+
+
+@needs_onednn
+def test_fused_module_with_autograd_runs_the_eager_computation():
+    """With gradients on (or off the CPU) the module computes the same
+    function in plain PyTorch, so it still trains and moves."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+    module = ConvPointwise(conv, ("relu", ()), residual=True)
+    x, other = torch.randn(2, 4, 9, 9), torch.randn(2, 8, 5, 5)
+    with torch.inference_mode():
+        fused = module(x, other)
+    eager = module(x, other)
+    assert eager.requires_grad
+    torch.testing.assert_close(eager.detach(), fused, rtol=1e-5, atol=1e-5)
+    eager.sum().backward()
+    assert conv.weight.grad is not None
+
+
+@needs_onednn
+def test_operator_check_is_not_fooled_by_autocast():
+    """The one-off check of oneDNN's operator runs in float32 even when first
+    asked under bf16 autocast (else a fresh process would never fuse)."""
+    operator_works.cache_clear()
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert operator_works()
+
+
+def test_cpu_blocks_give_the_rows_of_one_block(monkeypatch, tiny_cnn, images):
+    """On the CPU a batch runs in blocks of a few images; rows are unchanged."""
+    from sktransfer import PretrainedFeatureExtractor, _engine
+
+    extractor = PretrainedFeatureExtractor(
+        model=tiny_cnn,
+        batch_size=6,
+        preprocessing={"resize_size": 32, "crop_size": 32},
+        precision="float32",
+        cache=None,
+        verbose=False,
+    ).fit(images)
+    whole = extractor.transform(images)
+    sizes = []
+    stem = extractor.network_.body.get_submodule("stem.0")
+    monkeypatch.setattr(_engine, "CPU_BLOCK_PIXELS", 4 * 32 * 32)
+    with stem.register_forward_pre_hook(lambda m, i: sizes.append(len(i[0]))):
+        blocks = extractor.transform(images)
+    assert sizes == [4, 2]
+    assert_allclose(blocks, whole, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(blocks).all()
