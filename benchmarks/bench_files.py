@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_throughput import (  # noqa: E402
     IMG2VEC_MODELS,
     headless,
-    measure,
+    measure_all,
     seed_weights,
 )
 
@@ -142,10 +142,7 @@ def throughput(args, device):
                 contenders[f"sktransfer {label}"] = sktransfer(
                     name, device, args.batch_size, precision, paths
                 )
-            rates = {
-                label: measure(run, paths, args.repeats)
-                for label, run in contenders.items()
-            }
+            rates = measure_all(contenders, paths, args.repeats)
             ours = rates["sktransfer (default)"]
             for label, rate in rates.items():
                 ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"

@@ -17,10 +17,11 @@ time). Weights: a seeded random state dict, saved in a temporary
 ``TORCH_HOME`` under the file names of the models' DEFAULT weights, so that
 every contender loads the very same tensors offline (img2vec always asks for
 DEFAULT weights). Each contender runs once to warm up, then ``--repeats``
-times; the median is reported in images per second, with the ratio of
-sktransfer to each peer. On CUDA, the fraction of ResNet-50's physical limit
-(``shared/PERFORMANCE.md``: ~75k img/s by memory traffic on an H100) is
-printed too.
+times, interleaved (each contender once per round, so that a slow spell of
+a shared machine falls on all alike); the median is reported in images per
+second, with the ratio of sktransfer to each peer. On CUDA, the fraction of
+ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
+traffic on an H100) is printed too.
 
 Run: ``.venv/bin/python benchmarks/bench_throughput.py [--models resnet18
 resnet50 --n 256 --device auto]``. Needs ``pip install -e ".[benchmarks]"``
@@ -113,16 +114,23 @@ def sktransfer(name, device, batch_size, precision="auto"):
     return extractor.transform
 
 
-def measure(run, X, repeats):
-    run(X[: min(len(X), 16)])  # warm up (allocators, kernels, cuDNN autotuning)
-    times = []
+def measure_all(contenders, X, repeats):
+    """Images per second of each contender: the median of ``repeats`` runs.
+
+    The runs are interleaved (round after round, each contender once per
+    round), so a slower spell of a shared machine falls on all alike.
+    """
+    for run in contenders.values():
+        run(X[: min(len(X), 16)])  # warm up (allocators, kernels, cuDNN autotuning)
+    times: dict = {label: [] for label in contenders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run(X)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return len(X) / statistics.median(times)
+        for label, run in contenders.items():
+            start = time.perf_counter()
+            run(X)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[label].append(time.perf_counter() - start)
+    return {label: len(X) / statistics.median(t) for label, t in times.items()}
 
 
 def main():
@@ -168,10 +176,7 @@ def main():
             contenders["sktransfer (default)"] = sktransfer(
                 name, device, args.batch_size
             )
-            rates = {
-                label: measure(run, X, args.repeats)
-                for label, run in contenders.items()
-            }
+            rates = measure_all(contenders, X, args.repeats)
             ours = rates["sktransfer (default)"]
             for label, rate in rates.items():
                 ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"
