@@ -63,7 +63,8 @@ def _generic(name: str, scalars: tuple):
 @functools.cache
 def operator_works() -> bool:
     """Whether oneDNN's fused convolution exists here and computes
-    ``relu(conv(x) + other)`` as eager PyTorch does (checked once)."""
+    ``relu(conv(x) + other)`` with a packed weight as eager PyTorch does
+    (checked once)."""
     try:
         conv = torch.ops.mkldnn._convolution_pointwise
         gen = torch.Generator().manual_seed(0)
@@ -73,7 +74,12 @@ def operator_works() -> bool:
         )
         geometry = ([1, 1], [2, 2], [1, 1], 1)  # padding, stride, dilation, groups
         with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-            fused = conv.binary(x, other, w, b, *geometry, "add", 1.0, "relu", [], "")
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w, *geometry, [1, 4, 12, 12]
+            )  # packed for another input size, as blocks of other sizes use it
+            fused = conv.binary(
+                x, other, packed, b, *geometry, "add", 1.0, "relu", [], ""
+            )
             eager = F.relu(F.conv2d(x, w, b, 2, 1) + other)
         return bool(torch.allclose(fused, eager, rtol=1e-4, atol=1e-5))
     except Exception:  # missing, or another signature in another version
@@ -105,7 +111,7 @@ class ConvPointwise(nn.Module):
         self.groups = conv.groups
         self.activation = activation
         self.residual = residual
-        self._cast: dict = {}  # dtype -> (weight, bias) in that dtype
+        self._packed: dict = {}  # (dtype, weight address) -> (weight, bias)
 
     def extra_repr(self) -> str:
         act = self.activation[0] if self.activation else "none"
@@ -131,18 +137,27 @@ class ConvPointwise(nn.Module):
         )
         return dtype if dtype in _FUSED_DTYPES else None
 
-    def _parameters_in(self, dtype: torch.dtype):
-        if dtype == self.weight.dtype:
-            return self.weight, self.bias
+    def _parameters_in(self, dtype: torch.dtype, x: torch.Tensor):
+        """The weight in ``dtype``, packed in oneDNN's blocked layout for
+        inputs like ``x`` (it serves any other input too, only a little
+        slower), and the bias in ``dtype``: made once, not at every call as
+        autocast does."""
         key = (dtype, self.weight.data_ptr())
-        if key not in self._cast:  # once: not at every call, as autocast does
-            self._cast = {
-                key: (
-                    self.weight.detach().to(dtype),
-                    None if self.bias is None else self.bias.detach().to(dtype),
-                )
-            }
-        return self._cast[key]
+        if key not in self._packed:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.detach().to(dtype),
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+                list(x.shape),
+            )
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            self._packed = {key: (weight, bias)}
+        return self._packed[key]
+
+    def __getstate__(self):  # oneDNN's tensors neither copy nor pickle
+        return {**self.__dict__, "_packed": {}}
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None):
         dtype = self._compute_dtype(x)
@@ -159,7 +174,7 @@ class ConvPointwise(nn.Module):
         return y
 
     def _fused(self, x, other, dtype):
-        weight, bias = self._parameters_in(dtype)
+        weight, bias = self._parameters_in(dtype, x)
         name, scalars = self.activation or ("none", ())
         conv = torch.ops.mkldnn._convolution_pointwise
         geometry = (self.padding, self.stride, self.dilation, self.groups)

@@ -141,6 +141,27 @@ def test_fused_module_with_autograd_runs_the_eager_computation():
 
 
 @needs_onednn
+def test_packed_weights_serve_other_sizes_and_copies():
+    """Weights packed for one input size give the same rows for other sizes;
+    a network that has run still deep-copies and pickles."""
+    import copy
+    import pickle
+
+    model = _model("resnet18")
+    model.fc = nn.Identity()
+    x = torch.rand(5, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        for first, second in [(x[:4], x), (x, x[:1]), (x[:2, :, :48, :40], x)]:
+            net = FeatureNet(model, [None], "avg")
+            net(first)  # packs the weights for this size
+            (ours,) = net(second)
+            (fresh,) = FeatureNet(model, [None], "avg")(second)
+            torch.testing.assert_close(ours, fresh, rtol=0, atol=0)
+        for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+            torch.testing.assert_close(twin(x)[0], fresh, rtol=0, atol=0)
+
+
+@needs_onednn
 def test_operator_check_is_not_fooled_by_autocast():
     """The one-off check of oneDNN's operator runs in float32 even when first
     asked under bf16 autocast (else a fresh process would never fuse)."""
