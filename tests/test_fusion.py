@@ -8,7 +8,12 @@ from numpy.testing import assert_allclose
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from sktransfer._fusion import ConvPointwise, fuse_pointwise, operator_works
+from sktransfer._fusion import (
+    ConvPointwise,
+    StemMaxPool,
+    fuse_pointwise,
+    operator_works,
+)
 from sktransfer._layers import FeatureNet
 
 needs_onednn = pytest.mark.skipif(
@@ -191,3 +196,31 @@ def test_cpu_blocks_give_the_rows_of_one_block(monkeypatch, tiny_cnn, images):
     assert sizes == [4, 2]
     assert_allclose(blocks, whole, rtol=1e-5, atol=1e-6)
     assert np.isfinite(blocks).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("size", [(8, 6), (7, 10), (2, 2), (1, 4)])
+def test_stem_max_pool_equals_max_pool(dtype, size):
+    """The separable bf16 max-pool gives exactly ATen's values, NaN and
+    infinities included, for even and odd sizes and both layouts."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, *size).to(dtype)
+    x[0, 0, 0, 0], x[1, 1, -1, -1], x[2, 2, 0, -1] = float("nan"), float("inf"), -1e4
+    pool = StemMaxPool()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y = x.contiguous(memory_format=layout)
+        with torch.inference_mode():
+            torch.testing.assert_close(
+                pool(y), torch.nn.functional.max_pool2d(y, 3, 2, 1), rtol=0, atol=0,
+                equal_nan=True,
+            )  # fmt: skip
+
+
+def test_only_the_stem_max_pool_is_replaced():
+    model = _model("resnet18")
+    net = FeatureNet(model, [None], "avg")
+    assert isinstance(net.body.get_submodule("maxpool"), StemMaxPool)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.MaxPool2d(3, 1, 1))
+    gm = torch.fx.symbolic_trace(other.eval())
+    fuse_pointwise(gm)
+    assert [type(m) for m in gm.children()][1:] == [nn.MaxPool2d, nn.MaxPool2d]
