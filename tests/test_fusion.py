@@ -164,6 +164,15 @@ def test_packed_weights_serve_other_sizes_and_copies():
             torch.testing.assert_close(ours, fresh, rtol=0, atol=0)
         for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
             torch.testing.assert_close(twin(x)[0], fresh, rtol=0, atol=0)
+        # packed for the largest batch so far: a one-image probe (fit's) is
+        # followed by a repacking for the first larger batch
+        net = FeatureNet(model, [None], "avg")
+        conv = net.body.get_submodule("layer1.0.conv1")
+        seen = []
+        for batch in (x[:1], x[:3], x[:2]):
+            net(batch)
+            seen.append([v[2] for v in conv._packed.values()])
+        assert seen == [[1], [3], [3]]
 
 
 @needs_onednn
