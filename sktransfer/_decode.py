@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 from PIL import (  # noqa: F401  (importing a plugin registers its format)
     BmpImagePlugin,
     GifImagePlugin,
@@ -47,6 +48,8 @@ __all__ = [
     "EXTENSIONS",
     "FORMATS",
     "decode",
+    "decode_jpegs_on",
+    "device_decodable",
     "read_bytes",
     "to_array",
 ]
@@ -92,6 +95,43 @@ def decode(data: bytes, max_pixels: int | None) -> np.ndarray:
     formats = [name for name in FORMATS if name in Image.OPEN]  # WebP is optional
     with Image.open(io.BytesIO(data), formats=formats) as image:
         return to_array(image, max_pixels)
+
+
+def device_decodable(data: bytes, max_pixels: int | None) -> bool:
+    """Whether an accelerator's JPEG decoder gives these bytes the pixels that
+    :func:`decode` would: a plain JPEG (not MPO), RGB or grayscale (not CMYK),
+    upright (no EXIF rotation to apply), within ``max_pixels``. Only the
+    header is read; anything else is left to :func:`decode`."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            width, height = image.size
+            return (
+                image.format == "JPEG"
+                and image.mode in ("RGB", "L")
+                and image.getexif().get(_ORIENTATION, 1) == 1
+                and (max_pixels is None or width * height <= max_pixels)
+            )
+    except Exception:  # not a JPEG, or a broken one: decode() says why
+        return False
+
+
+def decode_jpegs_on(datas: list[bytes], device) -> list:
+    """Decode JPEG files (checked by :func:`device_decodable`) on ``device``
+    in one call (nvJPEG on CUDA), as ``(3, H, W)`` uint8 tensors there.
+
+    Raises RuntimeError if any of them fails: the caller decodes them again
+    with :func:`decode`, which says which and why.
+    """
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for TorchCodec's; they
+        # still work, and none of TorchCodec is a dependency of ours.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
 def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:

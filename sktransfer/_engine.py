@@ -7,11 +7,14 @@ It knows nothing of sklearn.
 
 Speed, in order of value (``shared/PERFORMANCE.md``): large batches; uint8
 batches to the device, resized and normalised there; reduced precision
-(bf16 autocast) where the hardware has it; channels_last; on CUDA, pinned
+(bf16 autocast) where the hardware has it; channels_last. On CUDA: pinned
 host memory and non-blocking copies both ways, so the host prepares batch
-k+1 while the device computes batch k, and cuDNN autotuning. Out of memory,
-the batch is halved and retried (down to one image) and the result is
-unchanged.
+k+1 while the device computes batch k; cuDNN autotuning; JPEG files decoded
+by nvJPEG, a batch at a time. On the CPU: batch norms folded and
+convolutions fused with their activations and residual adds (``_layers``,
+``_fusion``), and batches run in blocks of a few images that stay in cache.
+Out of memory, the batch is halved and retried (down to one image) and the
+result is unchanged.
 """
 
 from __future__ import annotations
@@ -232,7 +235,9 @@ def extract(
         _cudnn_autotune(device),
         tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
     ):
-        for start, batch in images.batches(batch_size, indices, preprocessing.geometry):
+        decode_on = device if on_cuda else None  # nvJPEG for JPEG files
+        batches = images.batches(batch_size, indices, preprocessing.geometry, decode_on)
+        for start, batch in batches:
             offset = 0
             while offset < len(batch):
                 chunk = batch[offset : offset + size]

@@ -252,13 +252,14 @@ class ArrayImages:
         return 0, self._batch(slice(0, 1))
 
     def batches(
-        self, batch_size: int, indices=None, geometry=None
+        self, batch_size: int, indices=None, geometry=None, decode_device=None
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, batch)`` with batches of at most ``batch_size``.
 
         With ``indices``, only those rows, in that order; ``start`` then
-        counts positions in ``indices``. ``geometry`` is ignored: the caller
-        resizes whole batches (``resizes`` is False).
+        counts positions in ``indices``. ``geometry`` and ``decode_device``
+        are ignored: the caller resizes whole batches (``resizes`` is False)
+        on its device.
         """
         n = len(self) if indices is None else len(indices)
         for start in range(0, n, batch_size):
@@ -309,6 +310,39 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ValueError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+class _Encoded:
+    """A JPEG left undecoded for the device's decoder: its row and bytes."""
+
+    __slots__ = ("data", "row")
+
+    def __init__(self, row: int, data: bytes):
+        self.row, self.data = row, data
+
+
+def _stacked_runs(images: Iterable, batch_size: int) -> Iterator:
+    """Stack consecutive ``(position, image)`` pairs of equal shape, dtype
+    and device into batches of at most ``batch_size``; an image of None
+    (unreadable) ends a run and is never yielded. Yields ``(start, batch)``.
+    """
+    run: list[torch.Tensor] = []
+    start = 0
+    for position, image in images:
+        if run and (
+            image is None
+            or len(run) == batch_size
+            or (image.dtype, image.shape, image.device)
+            != (run[0].dtype, run[0].shape, run[0].device)
+        ):
+            yield start, torch.stack(run)
+            run = []
+        if image is not None:
+            if not run:
+                start = position
+            run.append(image)
+    if run:
+        yield start, torch.stack(run)
 
 
 class ListImages:
@@ -409,15 +443,17 @@ class ListImages:
             raise error from exc
         self.errors[i] = error
 
-    def _load(self, i: int) -> torch.Tensor:
-        """Image ``i`` as a ``(C, H, W)`` tensor (may share the caller's data)."""
+    def _load(self, i: int, data: bytes | None = None) -> torch.Tensor:
+        """Image ``i`` as a ``(C, H, W)`` tensor (may share the caller's data).
+
+        ``data``: the bytes of a path or bytes element, if already read."""
         kind, item = self._kinds[i], self.items[i]
         if kind == "array":
             return self._arrays[i]._batch(slice(0, 1))[0]
-        if kind == "path":
-            array = _decode.decode(_decode.read_bytes(item), self.max_pixels)
-        elif kind == "bytes":
-            array = _decode.decode(bytes(item), self.max_pixels)
+        if kind in ("path", "bytes"):
+            if data is None:
+                data = _decode.read_bytes(item) if kind == "path" else bytes(item)
+            array = _decode.decode(data, self.max_pixels)
         elif kind == "pil":
             array = _decode.to_array(item, self.max_pixels)
         else:  # "missing": recorded as an error when checked
@@ -425,18 +461,47 @@ class ListImages:
         tensor = torch.from_numpy(array)
         return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
-    def _prepared(self, i: int, geometry: Callable | None) -> torch.Tensor | None:
-        """Image ``i`` loaded and resized, or None if it failed (recorded)."""
+    def _prepared(
+        self, i: int, geometry: Callable | None, data=None, on_device=False
+    ) -> torch.Tensor | _Encoded | None:
+        """Image ``i`` loaded and resized, or None if it failed (recorded).
+
+        With ``on_device``, a JPEG that the device can decode comes back
+        undecoded (:class:`_Encoded`) for :meth:`_decoded_on`.
+        """
         if i in self.errors:
             return None
         try:
-            image = self._load(i)
+            if on_device and self._kinds[i] in ("path", "bytes"):
+                item = self.items[i]
+                data = _decode.read_bytes(item) if self._kinds[i] == "path" else item
+                if _decode.device_decodable(data, self.max_pixels):
+                    return _Encoded(i, bytes(data))
+            image = self._load(i, data)
         except Exception as exc:  # Pillow raises many types for bad files
             if self._kinds[i] == "array":
                 raise
             self._fail(i, exc)
             return None
         return image if geometry is None else geometry(image[None])[0]
+
+    def _decoded_on(self, device, pending: list, geometry: Callable | None):
+        """Decode the JPEGs of ``pending`` ((position, _Encoded) pairs) on
+        ``device`` in one call and yield ``(position, image or None)``.
+
+        If the device's decoder fails on any of them, each is decoded again
+        by Pillow, which raises or records the error of a bad file.
+        """
+        try:
+            decoded = _decode.decode_jpegs_on([e.data for _, e in pending], device)
+        except RuntimeError:
+            decoded = [None] * len(pending)
+        for (position, encoded), image in zip(pending, decoded, strict=True):
+            if image is None:
+                image = self._prepared(encoded.row, geometry, encoded.data)
+            elif geometry is not None:
+                image = geometry(image[None])[0]
+            yield position, image
 
     def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
         """``map(fn, rows)`` in order, on worker threads, at most ``ahead``
@@ -460,8 +525,8 @@ class ListImages:
     def first(self) -> tuple[int, torch.Tensor]:
         """The first readable image, as a batch of one, and its row."""
         for i in range(len(self)):
-            image = self._prepared(i, None)
-            if image is not None:
+            image = self._prepared(i, None)  # (decoded here: not on_device)
+            if isinstance(image, torch.Tensor):
                 return i, image[None]
         raise ImageReadError(
             f"None of the {len(self)} images could be read; the first error: "
@@ -469,7 +534,7 @@ class ListImages:
         )
 
     def batches(
-        self, batch_size: int, indices=None, geometry=None
+        self, batch_size: int, indices=None, geometry=None, decode_device=None
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, batch)``: runs of at most ``batch_size`` images.
 
@@ -479,25 +544,35 @@ class ListImages:
         that order; ``start`` then counts positions in ``indices``.
         Unreadable images (``on_error="nan"``) end a run; their positions
         are never yielded.
+
+        ``decode_device``: where JPEG files and bytes that it can decode to
+        Pillow's pixels (:func:`~sktransfer._decode.device_decodable`) are
+        decoded, a batch at a time, and then resized (nvJPEG on CUDA); the
+        worker threads only read them. Their batches are on that device.
         """
         rows = range(len(self)) if indices is None else [int(i) for i in indices]
-        run: list[torch.Tensor] = []
-        start = 0
-        prepared = self._map(lambda i: self._prepared(i, geometry), rows, batch_size)
-        for position, image in enumerate(prepared):
-            if run and (
-                image is None
-                or len(run) == batch_size
-                or (image.dtype, image.shape) != (run[0].dtype, run[0].shape)
-            ):
-                yield start, torch.stack(run)
-                run = []
-            if image is not None:
-                if not run:
-                    start = position
-                run.append(image)
-        if run:
-            yield start, torch.stack(run)
+        on_device = decode_device is not None
+        prepared = self._map(
+            lambda i: self._prepared(i, geometry, on_device=on_device), rows, batch_size
+        )
+
+        def images():  # (position, image or None), all decoded
+            pending: list = []  # JPEGs waiting for the device's decoder
+            for position, image in enumerate(prepared):
+                if isinstance(image, _Encoded):
+                    pending.append((position, image))
+                    if len(pending) == batch_size:
+                        yield from self._decoded_on(decode_device, pending, geometry)
+                        pending = []
+                    continue
+                if pending:  # (they come before this image)
+                    yield from self._decoded_on(decode_device, pending, geometry)
+                    pending = []
+                yield position, image
+            if pending:
+                yield from self._decoded_on(decode_device, pending, geometry)
+
+        yield from _stacked_runs(images(), batch_size)
 
     def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
         """The image part of each cache key (None for unreadable images).

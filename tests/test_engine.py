@@ -165,3 +165,32 @@ def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     assert all(t.device.type == "cpu" for t in state["_network_state"].values())
     restored = pickle.loads(pickle.dumps(extractor))
     assert_array_equal(restored.transform(images), extractor.transform(images))
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
+    """On CUDA, JPEG files are decoded by nvJPEG in batches; the rows stay
+    those of the CPU's decoding (decoders differ by a level or so)."""
+    from PIL import Image
+
+    from sktransfer import _decode
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        image = rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(image).save(paths[-1], quality=95)
+    calls = []
+    original = _decode.decode_jpegs_on
+    monkeypatch.setattr(
+        _decode,
+        "decode_jpegs_on",
+        lambda datas, device: calls.append(device.type) or original(datas, device),
+    )
+    params = dict(weights=None, random_state=0, precision="float32", batch_size=4)
+    gpu = make("resnet18", device="cuda", **params).fit(paths)
+    cpu = make("resnet18", device="cpu", **params).fit(paths)
+    assert_allclose(gpu.transform(paths), cpu.transform(paths), rtol=0.05, atol=0.02)
+    assert calls and set(calls) == {"cuda"}

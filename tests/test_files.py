@@ -452,9 +452,9 @@ def test_workers_stay_a_bounded_way_ahead(images, monkeypatch):
     loaded = []
     real = ListImages._load
 
-    def counting(self, i):
+    def counting(self, i, data=None):
         loaded.append(i)
-        return real(self, i)
+        return real(self, i, data)
 
     monkeypatch.setattr(ListImages, "_load", counting)
     batches = adapter.batches(10)
@@ -541,3 +541,73 @@ def test_any_image_in_any_container_gives_the_same_finite_row(
         np.testing.assert_allclose(extractor.transform(X), reference, atol=1e-5)
     one_by_one = np.vstack([extractor.transform([image]) for image in images])
     np.testing.assert_allclose(one_by_one, reference, rtol=1e-5, atol=1e-5)
+
+
+def _device_jpegs(tmp_path):
+    """JPEGs the device decoder takes (RGB, grayscale, different sizes), and
+    files it must leave to Pillow (PNG, EXIF-rotated JPEG, CMYK JPEG)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gray = Image.fromarray(np.asarray(rgb_image(3)).mean(2).astype(np.uint8))
+    images = {
+        "a.jpg": (rgb_image(1, size=(48, 40)), {}),
+        "b.jpg": (rgb_image(2, size=(30, 52)), {}),
+        "gray.jpg": (gray, {}),
+        "c.png": (rgb_image(4), {}),
+        "rotated.jpg": (rgb_image(5), {"exif": exif.tobytes()}),
+        "cmyk.jpg": (rgb_image(6).convert("CMYK"), {}),
+        "d.jpg": (rgb_image(7, size=(40, 40)), {"progressive": True}),
+    }
+    return [save(tmp_path / name, im, **kw) for name, (im, kw) in images.items()]
+
+
+@pytest.mark.parametrize("crop", [32, None])
+def test_jpegs_decoded_on_the_device_give_pillows_rows(tmp_path, monkeypatch, crop):
+    """The decode-on-device path (nvJPEG on CUDA; here torchvision's decoder on
+    the CPU, the same code) gives the pixels and batches of the Pillow path;
+    only plain upright RGB/grayscale JPEGs take it."""
+    from sktransfer import _decode
+    from sktransfer._preprocess import Preprocessing
+
+    paths = _device_jpegs(tmp_path)
+    geometry = Preprocessing(36, crop, None, None).geometry
+    calls = []
+    original = _decode.decode_jpegs_on
+
+    def counting(datas, device):
+        calls.append(len(datas))
+        return original(datas, device)
+
+    monkeypatch.setattr(_decode, "decode_jpegs_on", counting)
+    items = paths + [Path(paths[0]).read_bytes()]  # bytes take it too
+    expected = list(ListImages(items).batches(3, None, geometry))
+    ours = list(
+        ListImages(items).batches(3, None, geometry, decode_device=torch.device("cpu"))
+    )
+    assert [start for start, _ in ours] == [start for start, _ in expected]
+    for (_, a), (_, b) in zip(ours, expected, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert (a.int() - b.int()).abs().max() <= 1  # libjpeg-turbo in both
+    assert sum(calls) == 5  # a, b, gray, d and the bytes; not png/rotated/cmyk
+    indices = [6, 0, 2]
+    subset = ListImages(items).batches(2, indices, geometry, torch.device("cpu"))
+    pillow = ListImages(items).batches(2, indices, geometry)
+    assert [(s, len(b)) for s, b in subset] == [(s, len(b)) for s, b in pillow]
+
+
+def test_a_jpeg_the_device_cannot_decode_falls_back_to_pillow(tmp_path, hazards):
+    """A broken JPEG in a device batch: the batch is decoded again by Pillow,
+    which names the bad file (raise) or skips its row (nan)."""
+    from sktransfer._preprocess import Preprocessing
+
+    geometry = Preprocessing(32, 32, None, None).geometry
+    good = _device_jpegs(tmp_path)[:2]
+    items = [good[0], hazards["truncated.jpg"], good[1]]
+    cpu = torch.device("cpu")
+    with pytest.raises(ImageReadError) as info:
+        list(ListImages(items).batches(4, None, geometry, cpu))
+    assert info.value.index == 1
+    lenient = ListImages(items, on_error="nan")
+    batches = list(lenient.batches(4, None, geometry, cpu))
+    assert [(start, len(batch)) for start, batch in batches] == [(0, 1), (2, 1)]
+    assert list(lenient.errors) == [1]
