@@ -148,10 +148,9 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         Compute precision of the network (autocast; inputs, pooling and
         outputs stay float32). ``"auto"``: bfloat16 on CUDA GPUs that support
         it (else float16) and on CPUs with bf16 instructions (AVX512-BF16,
-        AMX), float32 elsewhere. bfloat16 changes embeddings by about 1% of
+        AMX), float32 elsewhere. bfloat16 changes embeddings by 0.3-4% of
         their norm and, in our measurements, not downstream accuracy (see
-        ``benchmarks/RESULTS.md``); use ``"float32"`` for bit-for-bit CPU
-        results.
+        ``docs/speed.md``); use ``"float32"`` for bit-for-bit CPU results.
 
     compile : bool, default=False
         Compile the network with ``torch.compile`` on first use, for long

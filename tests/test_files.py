@@ -611,3 +611,17 @@ def test_a_jpeg_the_device_cannot_decode_falls_back_to_pillow(tmp_path, hazards)
     batches = list(lenient.batches(4, None, geometry, cpu))
     assert [(start, len(batch)) for start, batch in batches] == [(0, 1), (2, 1)]
     assert list(lenient.errors) == [1]
+
+
+def test_jpegs_over_the_pixel_limit_never_reach_the_device_decoder(tmp_path):
+    """The pixel limit is checked from the header before the device decoder
+    sees a file: the Pillow path then refuses it as a bomb."""
+    from sktransfer._decode import device_decodable
+
+    path = _device_jpegs(tmp_path)[0]  # 48x40 = 1920 pixels
+    data = Path(path).read_bytes()
+    assert device_decodable(data, None) and device_decodable(data, 1920)
+    assert not device_decodable(data, 1919)
+    images = ListImages([path], max_pixels=1919)
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        list(images.batches(2, None, None, torch.device("cpu")))
