@@ -23,6 +23,11 @@ second, with the ratio of sktransfer to each peer. On CUDA, the fraction of
 ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
 traffic on an H100) is printed too.
 
+``embetter`` (0.9.1) is not among the contenders: its ``TimmEncoder`` calls
+``timm.create_model(name, pretrained=True)`` in its constructor, which
+downloads the weights from the Hugging Face Hub, and it has no option for
+local weights, so it does not run offline.
+
 Run: ``.venv/bin/python benchmarks/bench_throughput.py [--models resnet18
 resnet50 --n 256 --device auto]``. Needs ``pip install -e ".[benchmarks]"``
 for img2vec (skipped with a note when it is not installed).
