@@ -26,6 +26,7 @@ float32 array for deep grayscale images.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -122,8 +123,6 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
     Raises RuntimeError if any of them fails: the caller decodes them again
     with :func:`decode`, which says which and why.
     """
-    import warnings
-
     from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]

@@ -177,7 +177,8 @@ def run_batch(
     """
     with torch.inference_mode():
         if device.type == "cpu":
-            block = cpu_block(*preprocessing.output_size(*batch.shape[-2:]))
+            size = batch.shape[-2:]  # (the adapter has resized it already)
+            block = cpu_block(*(size if resized else preprocessing.output_size(*size)))
             parts = [
                 _forward(net, preprocessing, part, device, dtype, resized)
                 for part in batch.split(block)
