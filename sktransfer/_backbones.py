@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import io
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -25,11 +26,13 @@ from torchvision.models import WeightsEnum
 
 from sktransfer import _preprocess
 from sktransfer._families import Family, family_of
+from sktransfer._identity import content_digest, remember_file_digest
 from sktransfer.exceptions import WeightsUnavailableError
 
 __all__ = [
     "Backbone",
     "cpu_module",
+    "hub_path",
     "last_linear",
     "load_backbone",
     "model_names",
@@ -150,12 +153,37 @@ def replace_head(module: nn.Module, head: str) -> None:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a checkpoint file, loaded with ``weights_only=True``.
+
+    The bytes are read once: their digest is remembered as the file's
+    identity (``_identity``), so the network is identified by what was
+    loaded, not by a second read. Every failure names the file.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"The 'weights' parameter names the checkpoint {str(path)!r}, which "
             "does not exist or is not a file."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        data = f.read()
+        after = os.fstat(f.fileno())
+    remember_file_digest(path, before, after, content_digest(data))
+    expected = (
+        "Expected a state_dict saved with torch.save(model.state_dict(), path) "
+        "(read with torch.load(..., weights_only=True))."
+    )
+    if not data:
+        raise ValueError(f"The checkpoint {str(path)!r} is empty (0 bytes). {expected}")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zipfile and torch raise many types
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise ValueError(
+            f"The checkpoint {str(path)!r} ({len(data):,} bytes) could not be "
+            f"read ({type(exc).__name__}: {first_line}). It is truncated, not a "
+            f"torch checkpoint, or holds objects other than tensors. {expected}"
+        ) from exc
     if isinstance(state, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in state and isinstance(state[key], Mapping):
@@ -212,13 +240,14 @@ def _fit_head_to(module: nn.Module, state: Mapping) -> None:
         setattr(owner, leaf, nn.Linear(weight.shape[1], weight.shape[0]))
 
 
-def _hub_path(weights: WeightsEnum) -> Path:
+def hub_path(weights: WeightsEnum) -> Path:
+    """Where torch.hub keeps (or would keep) the file of published weights."""
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def _load_published(model_name: str, weights: WeightsEnum) -> nn.Module:
-    cached = _hub_path(weights)
+    cached = hub_path(weights)
     try:
         return torchvision.models.get_model(model_name, weights=weights)
     except OSError as exc:  # URLError, timeouts, refused connections

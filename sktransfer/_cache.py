@@ -5,50 +5,91 @@ cache cannot live on an instance: :class:`EmbeddingCache` objects are shared
 (``copy.deepcopy`` and ``clone`` return the same object) and the process-wide
 default one is what ``cache="memory"`` uses. Entries are keyed by
 
-- the *configuration*: the network (model and weights, or a digest of the
-  weights' tensors when they are not published ones), the preprocessing and
-  the pooling,
+- the *configuration*: a digest of what the network computes (its code,
+  settings and tensors, ``_identity.module_digest``), the preprocessing, the
+  pooling and the numerics (dtype, and for reduced precisions the device and
+  kernel family, ``_identity.numerics``),
 - the layer,
-- the *image*: a digest of its pixels, dtype and shape (never ``id()`` or
-  position),
+- the *image*: a digest of the bytes that were decoded, or of the pixels,
+  dtype and shape of an array (never ``id()``, a path or a position),
 
 so changing any of them is a miss, not a stale hit. Memory is bounded by an
 LRU over bytes; a directory adds a persistent layer that other processes
 (``GridSearchCV(n_jobs>1)``) and later sessions share.
+
+A reused vector must be the one a recomputation would give, so the directory
+trusts nothing it reads: each entry carries its length and a checksum of its
+key and contents, and an entry that fails the check (empty after a power
+loss, truncated, overwritten, of another width) is a miss that is recomputed
+and rewritten, with one warning. Writes go to a temporary file that is
+flushed to disk (``fsync``) before it is renamed into place, so readers see a
+whole entry or none. A directory that cannot be written still serves its
+hits; misses are then computed and not stored, with one warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from sktransfer._identity import digest
 
 __all__ = [
     "EmbeddingCache",
+    "check_cache_parameter",
     "default_cache",
-    "digest",
     "directory_cache",
-    "state_digest",
 ]
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
 
+# The entry format: magic, length n (uint64), n float32 (little endian), and
+# a 16-byte blake2b of the key, the header and the values.
+_MAGIC = b"SKTEMB01"
+_HEADER = struct.Struct("<8sQ")
+_SUM = 16
+#: Sub-folder of a cache directory for this entry format.
+FORMAT_DIR = "v2"
 
-def digest(*parts) -> str:
-    """A short hex digest of bytes-like or str parts."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        if isinstance(part, str):
-            part = part.encode()
-        h.update(part)
-        h.update(b"\x00")
-    return h.hexdigest()
+
+def _checksum(key: tuple, payload: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=_SUM)
+    h.update(repr(key).encode())
+    h.update(payload)
+    return h.digest()
+
+
+def encode_entry(key: tuple, value: np.ndarray) -> bytes:
+    """The bytes of a directory entry holding ``value`` (1-D float32)."""
+    payload = _HEADER.pack(_MAGIC, len(value)) + value.astype("<f4").tobytes()
+    return payload + _checksum(key, payload)
+
+
+def decode_entry(key: tuple, data: bytes, width: int | None) -> np.ndarray:
+    """The vector of a directory entry; ValueError saying why if it is bad."""
+    if len(data) < _HEADER.size + _SUM:
+        raise ValueError(f"{len(data)} bytes, shorter than any entry")
+    magic, n = _HEADER.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("not an entry of this format")
+    if len(data) != _HEADER.size + 4 * n + _SUM:
+        raise ValueError(f"{len(data)} bytes for {n} values (truncated?)")
+    payload, checksum = data[:-_SUM], data[-_SUM:]
+    if checksum != _checksum(key, payload):
+        raise ValueError("the checksum does not match (overwritten?)")
+    if width is not None and n != width:
+        raise ValueError(f"{n} values where {width} were expected")
+    value = np.frombuffer(payload, dtype="<f4", offset=_HEADER.size).astype(np.float32)
+    value.setflags(write=False)
+    return value
 
 
 class EmbeddingCache:
@@ -60,10 +101,18 @@ class EmbeddingCache:
         Memory bound of the in-memory LRU; the least recently used vectors
         are dropped past it. 0 keeps nothing in memory.
     directory : str or path-like, default=None
-        If given, every vector is also written there (one ``.npy`` file per
-        image, layer and configuration, written atomically) and read back on
-        a memory miss: a cache shared by processes and sessions, unbounded
-        (delete the directory to clear it).
+        If given, every vector is also written there (one file per image,
+        layer and configuration, verified by a checksum when read, written
+        atomically and durably) and read back on a memory miss: a cache
+        shared by processes and sessions, unbounded (delete the directory to
+        clear it). ``~`` is expanded.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Lookups answered, and not answered, since the cache was made.
+    repaired : int
+        Directory entries that failed their check and were recomputed.
 
     Examples
     --------
@@ -78,12 +127,22 @@ class EmbeddingCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0. Got {max_bytes}.")
         self.max_bytes = int(max_bytes)
-        self.directory = None if directory is None else Path(directory)
+        self.directory = None
+        if directory is not None:
+            self.directory = Path(os.path.expanduser(os.fspath(directory)))
+            if self.directory.exists() and not self.directory.is_dir():
+                raise ValueError(
+                    f"The cache directory {str(self.directory)!r} is a file, not "
+                    "a directory. Pass a directory path (it is created if "
+                    "missing)."
+                )
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
         self.hits = 0
         self.misses = 0
+        self.repaired = 0
 
     # Shared, never copied: clones of an estimator must see the same cache.
     def __deepcopy__(self, memo):
@@ -117,22 +176,30 @@ class EmbeddingCache:
 
     def _path(self, key: tuple) -> Path:
         config, layer, image = key
-        return self.directory / config / digest(str(layer)) / f"{image}.npy"
+        assert self.directory is not None
+        layer_dir = digest(str(layer))
+        return self.directory / FORMAT_DIR / config / layer_dir / f"{image}.emb"
 
-    def get(self, key: tuple) -> np.ndarray | None:
-        """The vector stored under ``(config, layer, image)``, or None."""
+    def _warn_once(self, kind: str, message: str) -> None:
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+    def get(self, key: tuple, width: int | None = None) -> np.ndarray | None:
+        """The vector stored under ``(config, layer, image)``, or None.
+
+        ``width``: the expected length; an entry of another length is a miss.
+        """
         with self._lock:
             value = self._entries.get(key)
-            if value is not None:
+            if value is not None and (width is None or len(value) == width):
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return value
         if self.directory is not None:
-            path = self._path(key)
-            try:
-                value = np.load(path, allow_pickle=False)
-            except (OSError, ValueError):
-                value = None
+            value = self._read(key, width)
             if value is not None:
                 self._remember(key, value)
                 with self._lock:
@@ -142,22 +209,73 @@ class EmbeddingCache:
             self.misses += 1
         return None
 
+    def _read(self, key: tuple, width: int | None) -> np.ndarray | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_once(
+                "unreadable",
+                f"The embedding cache entry {str(path)!r} cannot be read "
+                f"({type(exc).__name__}: {exc}); it is recomputed. Further "
+                "unreadable entries are recomputed without a warning.",
+            )
+            return None
+        try:
+            return decode_entry(key, data, width)
+        except ValueError as exc:
+            with self._lock:
+                self.repaired += 1
+            self._warn_once(
+                "damaged",
+                f"The embedding cache entry {str(path)!r} is damaged ({exc}); "
+                "it is recomputed and rewritten. Further damaged entries are "
+                "repaired without a warning; see the cache's `repaired` count.",
+            )
+            return None
+
     def put(self, key: tuple, value: np.ndarray) -> None:
         """Store a vector (a copy) under ``(config, layer, image)``."""
-        value = np.array(value, dtype=np.float32, copy=True)
-        value.setflags(write=False)
-        self._remember(key, value)
-        if self.directory is not None:
-            path = self._path(key)
+        self.put_many([(key, value)])
+
+    def put_many(self, items) -> None:
+        """Store ``(key, vector)`` pairs; the directory's files are written
+        atomically and flushed to disk, with one ``fsync`` per folder."""
+        folders: set[Path] = set()
+        for key, value in items:
+            value = np.array(value, dtype=np.float32, copy=True).reshape(-1)
+            value.setflags(write=False)
+            self._remember(key, value)
+            if self.directory is not None and self._write(key, value):
+                folders.add(self._path(key).parent)
+        for folder in folders:
+            _fsync_directory(folder)
+
+    def _write(self, key: tuple, value: np.ndarray) -> bool:
+        path = self._path(key)
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, value, allow_pickle=False)
-                os.replace(tmp, path)  # atomic: readers never see half a file
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        except OSError as exc:
+            self._warn_once(
+                "read-only",
+                f"The embedding cache directory {str(self.directory)!r} cannot "
+                f"be written ({type(exc).__name__}: {exc}). Its entries are "
+                "still used; new embeddings are computed but not stored there.",
+            )
+            return False
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(encode_entry(key, value))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it visible
+            os.replace(tmp, path)  # atomic: readers never see half a file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return True
 
     def _remember(self, key: tuple, value: np.ndarray) -> None:
         if value.nbytes > self.max_bytes:
@@ -190,42 +308,60 @@ _DIRECTORIES_LOCK = threading.Lock()
 
 
 def directory_cache(path) -> EmbeddingCache:
-    """The process-wide cache backed by directory ``path`` (one per path)."""
-    key = os.path.abspath(os.fspath(path))
+    """The process-wide cache backed by directory ``path`` (one per path;
+    ``~`` is expanded)."""
+    key = os.path.abspath(os.path.expanduser(os.fspath(path)))
     with _DIRECTORIES_LOCK:
         if key not in _DIRECTORIES:
             _DIRECTORIES[key] = EmbeddingCache(_DEFAULT.max_bytes, key)
         return _DIRECTORIES[key]
 
 
-def _code_parts(code):
-    """Stable parts of a code object and the code objects nested in it."""
-    yield code.co_code
-    yield repr((code.co_names, code.co_varnames)).encode()
-    for const in code.co_consts:
-        if hasattr(const, "co_code"):
-            yield from _code_parts(const)
-        else:
-            yield repr(const).encode()
+def _fsync_directory(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
 
 
-def state_digest(module) -> str:
-    """A digest of what a module computes: code, parameter names and values.
+_MEMORY_WORDS = ("memory",)
 
-    Covers, for each submodule, its class and the bytecode of its ``forward``
-    (so a class redefined in a notebook is another network), and every
-    tensor of the state dict.
+
+def check_cache_parameter(cache) -> None:
+    """Check the ``cache`` parameter of an estimator (at fit).
+
+    A string is ``"memory"`` or a directory path: a bare word that is not
+    ``"memory"`` (``"None"``, ``"Memory"``, ``"disk"``) is taken for a typo,
+    not silently made into a folder of that name.
     """
-    h = hashlib.blake2b(digest_size=16)
-    for name, sub in module.named_modules():
-        cls = type(sub)
-        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}".encode())
-        forward = getattr(cls.forward, "__code__", None)
-        if forward is not None:
-            for part in _code_parts(forward):
-                h.update(part)
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+    if cache is None or isinstance(cache, EmbeddingCache):
+        return
+    if isinstance(cache, str) and cache in _MEMORY_WORDS:
+        return
+    text = os.fspath(cache)
+    expanded = os.path.expanduser(text)
+    bare = isinstance(cache, str) and not (
+        os.sep in text
+        or (os.altsep and os.altsep in text)
+        or text.startswith(("~", "."))
+    )
+    if bare:
+        raise ValueError(
+            "The 'cache' parameter must be 'memory', None, an EmbeddingCache, or "
+            f"the path of a directory. Got {cache!r}, a bare word, which would "
+            "create a folder of that name in the working directory. For a "
+            f"folder there, write './{text}'; for no cache, cache=None (not "
+            "the string)."
+        )
+    if os.path.exists(expanded) and not os.path.isdir(expanded):
+        raise ValueError(
+            f"The 'cache' parameter names {text!r}, which is a file, not a "
+            "directory. Pass a directory path (it is created if missing)."
+        )

@@ -26,6 +26,7 @@ float32 array for deep grayscale images.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -51,6 +52,8 @@ __all__ = [
     "decode",
     "decode_jpegs_on",
     "device_decodable",
+    "check_file_size",
+    "max_file_bytes",
     "read_bytes",
     "to_array",
 ]
@@ -82,10 +85,31 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _FLOAT_SLACK = 0.01
 
 
-def read_bytes(path) -> bytes:
-    """The file's content; the file is closed before this returns."""
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest image file read for a pixel limit: 8 bytes a pixel (a
+    16-bit RGBA image, uncompressed) plus 1 MiB of metadata; None: no bound."""
+    return None if max_pixels is None else 8 * max_pixels + (1 << 20)
+
+
+def check_file_size(size: int, max_pixels: int | None) -> None:
+    """Refuse a file too large to hold an image within ``max_pixels``."""
+    bound = max_file_bytes(max_pixels)
+    if bound is not None and size > bound:
+        raise ValueError(
+            f"the file is {size:,} bytes, more than an image of "
+            f"max_pixels={max_pixels:,} can take ({bound:,} bytes); it is not "
+            "read. If it is a genuine image, raise max_pixels"
+        )
+
+
+def read_bytes(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """The file's content, refused unread if it is larger than an image of
+    ``max_pixels`` can be; the file is closed before this returns."""
     with open(path, "rb") as f:
-        data = f.read()
+        check_file_size(os.fstat(f.fileno()).st_size, max_pixels)
+        bound = max_file_bytes(max_pixels)
+        data = f.read() if bound is None else f.read(bound + 1)
+    check_file_size(len(data), max_pixels)  # (it grew while being read)
     if not data:
         raise ValueError("the file is empty (0 bytes)")
     return data
@@ -133,8 +157,20 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
         return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
+def _check_open(image: Image.Image) -> None:
+    # Read without Pillow's ``im`` property, which asserts on images that
+    # are not loaded yet; a closed image holds a DeferredError there.
+    core = image.__dict__.get("_im", image.__dict__.get("im"))
+    if type(core).__name__ == "DeferredError":
+        raise ValueError(
+            "the PIL image is closed (image.close() or a `with` block ended "
+            "before it was passed); pass an open image, or the file's path"
+        )
+
+
 def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:
     """The pixels of a PIL image by the rules of this module (a new array)."""
+    _check_open(image)
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(

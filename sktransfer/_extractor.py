@@ -5,43 +5,28 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torchvision.models import WeightsEnum
 
 from sktransfer import _decode, _engine, _layers, _network, _preprocess
 from sktransfer._backbones import named_preprocessing
 from sktransfer._cache import (
     EmbeddingCache,
+    check_cache_parameter,
     default_cache,
-    digest,
     directory_cache,
-    state_digest,
 )
+from sktransfer._common import SHARED_CONSTRAINTS, all_or_nothing, check_numerics
+from sktransfer._identity import digest, numerics
 from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
 from sktransfer.exceptions import ImageReadError
-
-#: Parameters that both estimators take, with the same meaning.
-SHARED_CONSTRAINTS: dict = {
-    "model": [str, nn.Module],
-    "weights": [str, os.PathLike, WeightsEnum, None],
-    "preprocessing": [str, dict, _preprocess.Preprocessing],
-    "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
-    "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-    "random_state": ["random_state"],
-    "device": [str, torch.device],
-    "verbose": ["verbose"],
-}
 
 
 class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimator):
@@ -352,8 +337,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self : PretrainedFeatureExtractor
             The fitted extractor.
         """
+        with all_or_nothing(self):
+            return self._fit(X)
+
+    def _fit(self, X):
+        check_cache_parameter(self.cache)
         images = self._images(X)
-        self.__dict__.pop("_network_state", None)  # from an earlier unpickling
         device = _engine.resolve_device(self.device)
         dtype = _engine.resolve_precision(self.precision, device)
         seed = None
@@ -385,22 +374,27 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.preprocessing_ = prep
         self.device_ = device
         self.precision_ = str(dtype).removeprefix("torch.")
+        self.numerics_ = numerics(device, dtype)
         self.batch_size_ = self.batch_size
         self.errors_: list[ImageReadError] = []
         self.network_ = built.net
         self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
-        self.cache_key_ = digest(
-            built.identity or state_digest(backbone.module),
-            repr(prep),
-            str(self.pooling),
-            self.precision_,
-        )
-        if store is not None and probe is not None:  # the probe's work is kept
-            image = images.digests([row])[0]
-            for name, vector in zip(computed, probe, strict=True):
-                store.put((self.cache_key_, name, image), vector)
+        self.cache_key_ = digest(built.identity, repr(prep), str(self.pooling))
+        self.__dict__.pop("_network_state", None)  # from an earlier unpickling
+        image = images.decoded_digest(row)  # of the bytes the probe decoded
+        if store is not None and probe is not None and image is not None:
+            config = self._cache_config(dtype)  # the probe's work is kept
+            store.put_many(
+                ((config, name, image), vector)
+                for name, vector in zip(computed, probe, strict=True)
+            )
         return self
+
+    def _cache_config(self, dtype) -> str:
+        """The configuration part of cache keys: ``cache_key_`` and the
+        numerics of this machine (rows of other kernels never answer)."""
+        return digest(self.cache_key_, numerics(self.device_, dtype))
 
     def transform(self, X):
         """Embed each image as one row.
@@ -418,6 +412,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         """
         check_is_fitted(self)
         images = self._images(X)
+        check_numerics(self)
         store = self._cache_store()
         if store is None:
             out = self._select(self._compute(images))
@@ -484,15 +479,23 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         return compiled[1]
 
     def _transform_cached(self, images, store) -> np.ndarray:
-        keys = images.digests()
+        """Rows from the cache where it has them, computed (and stored) for
+        the others.
+
+        Each computed row is stored under the digest of what was decoded
+        for it (``decoded_digest``), never under the digest of an earlier
+        read of its file: another writer may have replaced the file since.
+        """
+        config = self._cache_config(_engine.PRECISIONS[self.precision_])
+        widths = dict(zip(self.layers_, self.n_features_per_layer_, strict=True))
         out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
         missing = []
-        for i, image in enumerate(keys):
+        for i, image in enumerate(images.digests()):
             if image is None:  # unreadable (on_error="nan"): stays NaN
                 continue
             parts = []
             for layer in self.layers_:
-                part = store.get((self.cache_key_, layer, image))
+                part = store.get((config, layer, image), widths[layer])
                 if part is None:
                     missing.append(i)
                     break
@@ -502,13 +505,14 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         if missing:
             computed = self._compute(images, np.asarray(missing))
             bounds = self._bounds()
+            entries = []
             for row, i in enumerate(missing):
-                if i in images.errors:
+                image = images.decoded_digest(i)
+                if i in images.errors or image is None:
                     continue
                 for name, (start, stop) in bounds.items():
-                    store.put(
-                        (self.cache_key_, name, keys[i]), computed[row, start:stop]
-                    )
+                    entries.append(((config, name, image), computed[row, start:stop]))
+            store.put_many(entries)
             out[missing] = self._select(computed)
         return out
 
@@ -518,6 +522,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             return cache
         if isinstance(cache, str) and cache == "memory":
             return default_cache()
+        check_cache_parameter(cache)
         return directory_cache(cache)
 
     def get_feature_names_out(self, input_features=None):

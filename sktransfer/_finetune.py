@@ -26,8 +26,9 @@ from sktransfer._backbones import (
     named_preprocessing,
     replace_head,
 )
-from sktransfer._extractor import SHARED_CONSTRAINTS
+from sktransfer._common import SHARED_CONSTRAINTS, all_or_nothing, check_numerics
 from sktransfer._families import family_of
+from sktransfer._identity import numerics
 from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
 
@@ -340,6 +341,10 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self : FineTunedClassifier
             The fitted classifier.
         """
+        with all_or_nothing(self):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         if y is None:
             raise ValueError(
                 "FineTunedClassifier requires y to be passed, but the target y is None."
@@ -380,6 +385,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             self.network_, self.preprocessing_ = net, prep
             self.device_ = device
             self.precision_ = str(dtype).removeprefix("torch.")
+            self.numerics_ = numerics(device, dtype)
             self._train(images, encoded, y, train, valid, dtype, seed)
         return self
 
@@ -402,9 +408,10 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             backbone.preprocessing,
             lambda name: named_preprocessing(self.model, name),
         )
-        _, probe = images.first()
+        _, probe = images.first(prep.geometry)
         with torch.inference_mode():
-            width = module(prep(probe)).reshape(1, -1).shape[1]
+            x = prep.finish(probe) if images.resizes else prep(probe)
+            width = module(x).reshape(1, -1).shape[1]
         family = family_of(self.model if isinstance(self.model, str) else None)
         self.n_trainable_layers_ = freeze(module, family, self.trainable_layers)
         net = ClassifierNetwork(module, nn.Linear(width, len(self.classes_)))
@@ -562,6 +569,8 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     # -- prediction ---------------------------------------------------------
     def _logits(self, images, indices=None) -> np.ndarray:
         net = self._network()
+        if indices is None:  # (a prediction, not a validation pass in fit)
+            check_numerics(self)
         out, _ = _engine.extract(
             lambda x: [net(x)],
             self.preprocessing_,

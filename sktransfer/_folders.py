@@ -31,7 +31,8 @@ def list_images(folder, *, recursive=True) -> np.ndarray:
 
     Image files are those with the extension of an accepted format (JPEG,
     PNG, WebP, BMP, TIFF, GIF; any case). Hidden files and folders (names
-    starting with ``.``) are skipped. The paths are not opened here: a
+    starting with ``.``) are skipped. Links to folders are followed, but no
+    folder is listed twice, so a link loop ends. The paths are not opened here: a
     file that turns out not to be an image is reported by ``transform``.
 
     Parameters
@@ -58,13 +59,29 @@ def list_images(folder, *, recursive=True) -> np.ndarray:
     ['a.jpg', 'b.png']
     """
     root = _check_folder(folder)
+    return np.asarray(sorted(_walk(root, recursive, set())), dtype=object)
+
+
+def _walk(root: Path, recursive: bool, seen: set) -> list[str]:
+    """Image paths under ``root``, following links to folders, but never
+    into a folder already listed (``seen`` holds their device and inode):
+    a link loop (``cat/loop -> ..``) ends, and each folder is listed once."""
     paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if not recursive:
-            dirnames[:] = []
+        here = os.stat(dirpath)
+        seen.add((here.st_dev, here.st_ino))
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:  # a dangling link
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                kept.append(name)
+        dirnames[:] = kept if recursive else []
         paths.extend(os.path.join(dirpath, f) for f in filenames if _is_image_name(f))
-    return np.asarray(sorted(paths), dtype=object)
+    return paths
 
 
 def load_image_folder(folder):
@@ -117,9 +134,15 @@ def load_image_folder(folder):
             "subfolder per class, each holding that class's images; for a "
             "flat folder of images use list_images."
         )
+    # Folders are listed once over the whole tree: a link from one class
+    # folder to another (or to the root) never labels the other's images.
+    seen = {
+        (st.st_dev, st.st_ino)
+        for st in map(os.stat, [root, *(root / label for label in classes)])
+    }
     X, y = [], []
     for label in classes:
-        paths = list_images(root / label)
+        paths = sorted(_walk(root / label, True, seen))
         if len(paths) == 0:
             raise FileNotFoundError(
                 f"The class folder {str(root / label)!r} has no image files "

@@ -32,7 +32,7 @@ import math
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
@@ -41,7 +41,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sktransfer import _decode
-from sktransfer._cache import digest
+from sktransfer._identity import digest
 from sktransfer.exceptions import ImageReadError
 
 __all__ = ["ArrayImages", "ListImages", "as_images", "default_num_workers"]
@@ -84,6 +84,13 @@ def as_images(
             "images or their paths, e.g. X['path'], or an array of shape "
             "(n_images, height, width, channels)."
         )
+    if isinstance(X, (set, frozenset, dict, Mapping, Iterator)):
+        what = "generator or iterator" if isinstance(X, Iterator) else "set or mapping"
+        raise TypeError(
+            f"Expected a batch of images in a fixed order, got a {what} "
+            f"({_describe(X)}), whose rows could not be matched to the output's. "
+            "Pass a list, e.g. list(X), or an array."
+        )
     if isinstance(X, (str, bytes, os.PathLike, Image.Image)):
         raise TypeError(
             f"Expected a batch of images, got a single {_describe(X)}: "
@@ -106,7 +113,8 @@ def as_images(
                 array = None  # ragged: images of different sizes, one by one
             if array is not None and array.dtype != object:
                 return ArrayImages(array, channels_last=True)
-    elif hasattr(X, "iloc"):  # a pandas Series: by position, whatever its index
+    elif hasattr(X, "iloc") or _is_pandas_index(X):
+        # a pandas Series or Index: by position, whatever its index
         items = list(X.to_numpy(dtype=object))
     elif isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 1:
         items = list(X)
@@ -121,6 +129,10 @@ def as_images(
             f"Could not read {_describe(X)} as an array of images: {exc}"
         ) from exc
     return ArrayImages(array, channels_last=True)
+
+
+def _is_pandas_index(X) -> bool:
+    return type(X).__module__.startswith("pandas") and hasattr(X, "to_numpy")
 
 
 def image_digest(image, channels_last: bool) -> str:
@@ -177,6 +189,8 @@ class ArrayImages:
                 f"{tuple(data.shape)} (tabular data?). Pass images as a {kind} "
                 f"of shape {layout} or (n, H, W) for grayscale."
             )
+        if data.ndim == 3 and self.row is None:
+            self._refuse_single_image(data)
         if data.ndim > 4:
             raise ValueError(
                 f"Expected a {kind} of shape {layout} or (n, H, W); got "
@@ -209,6 +223,28 @@ class ArrayImages:
             )
         if is_float:
             self._check_float_values()
+
+    def _refuse_single_image(self, data) -> None:
+        """A 3-D batch whose colour axis is where one image's would be: one
+        image without its batch axis, or a batch of grayscale images? Never
+        guessed."""
+        shape = tuple(data.shape)
+        if self.channels_last and shape[2] in (3, 4):
+            raise ValueError(
+                f"Got one numpy array of shape {shape}: one {shape[0]}x{shape[1]} "
+                f"image with {shape[2]} channels, or {shape[0]} grayscale images "
+                f"{shape[2]} pixels wide? For one image, add the batch axis: "
+                f"X[None] (shape {(1, *shape)}). For grayscale images, add the "
+                f"channel axis: X[..., None] (shape {(*shape, 1)})."
+            )
+        if not self.channels_last and shape[0] in (3, 4):
+            raise ValueError(
+                f"Got one torch tensor of shape {shape}: one {shape[1]}x{shape[2]} "
+                f"image with {shape[0]} channels, or {shape[0]} grayscale images? "
+                f"For one image, add the batch axis: X[None] (shape "
+                f"{(1, *shape)}). For grayscale images, add the channel axis: "
+                f"X[:, None] (shape {(shape[0], 1, *shape[1:])})."
+            )
 
     def _check_float_values(self) -> None:
         for start in range(0, len(self), _CHECK_ROWS):
@@ -247,9 +283,16 @@ class ArrayImages:
             return int(shape[1]), int(shape[2])
         return int(shape[2]), int(shape[3])
 
-    def first(self) -> tuple[int, torch.Tensor]:
-        """The first image, as a batch of one, and its row (0)."""
+    def first(self, geometry=None) -> tuple[int, torch.Tensor]:
+        """The first image, as a batch of one, and its row (0).
+
+        ``geometry`` is ignored: the caller resizes (``resizes`` is False).
+        """
         return 0, self._batch(slice(0, 1))
+
+    def decoded_digest(self, i: int) -> str | None:
+        """The image part of the cache key of row ``i``."""
+        return self.digests([i])[0]
 
     def batches(
         self, batch_size: int, indices=None, geometry=None, decode_device=None
@@ -382,6 +425,8 @@ class ListImages:
         self.on_error = on_error
         self.errors: dict[int, ImageReadError] = {}
         self._arrays: dict[int, ArrayImages] = {}
+        # The digest of what was decoded for each row (see decoded_digest).
+        self._decoded: dict[int, str] = {}
         self._kinds = [self._check(i, item) for i, item in enumerate(items)]
 
     def __len__(self) -> int:
@@ -399,6 +444,11 @@ class ListImages:
                     self._fail(i, IsADirectoryError(item))
                 elif not stat.S_ISREG(mode):
                     self._fail(i, ValueError("not a regular file"))
+                else:
+                    try:
+                        _decode.check_file_size(os.stat(item).st_size, self.max_pixels)
+                    except ValueError as exc:
+                        self._fail(i, exc)
             return "path"
         if isinstance(item, (bytes, bytearray, memoryview)):
             return "bytes"
@@ -452,14 +502,33 @@ class ListImages:
             return self._arrays[i]._batch(slice(0, 1))[0]
         if kind in ("path", "bytes"):
             if data is None:
-                data = _decode.read_bytes(item) if kind == "path" else bytes(item)
+                data = self._read(i)
+            self._decoded[i] = digest(_decode.DECODER_TAG, data)
             array = _decode.decode(data, self.max_pixels)
         elif kind == "pil":
             array = _decode.to_array(item, self.max_pixels)
+            self._decoded[i] = image_digest(array, True)
         else:  # "missing": recorded as an error when checked
             raise ValueError(f"image {i} is missing")
         tensor = torch.from_numpy(array)
         return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+    def _read(self, i: int) -> bytes:
+        """The encoded bytes of a path or bytes element (files: read whole,
+        within the size bound of ``max_pixels``)."""
+        item = self.items[i]
+        if self._kinds[i] == "path":
+            return _decode.read_bytes(item, self.max_pixels)
+        return bytes(item)
+
+    def decoded_digest(self, i: int) -> str | None:
+        """The image part of the cache key of what row ``i`` was computed
+        from: the digest of the bytes that were decoded (not of a second
+        read of the file, which another writer may have changed since), or
+        of the pixels of an in-memory image. None if it was not decoded."""
+        if self._kinds[i] == "array":
+            return self._arrays[i].digests()[0]
+        return self._decoded.get(i)
 
     def _prepared(
         self, i: int, geometry: Callable | None, data=None, on_device=False
@@ -473,17 +542,18 @@ class ListImages:
             return None
         try:
             if on_device and self._kinds[i] in ("path", "bytes"):
-                item = self.items[i]
-                data = _decode.read_bytes(item) if self._kinds[i] == "path" else item
+                data = self._read(i)
                 if _decode.device_decodable(data, self.max_pixels):
-                    return _Encoded(i, bytes(data))
+                    self._decoded[i] = digest(_decode.DECODER_TAG, data)
+                    return _Encoded(i, data)
             image = self._load(i, data)
+            # (inside the try: a size that cannot be resized is a row error)
+            return image if geometry is None else geometry(image[None])[0]
         except Exception as exc:  # Pillow raises many types for bad files
             if self._kinds[i] == "array":
                 raise
             self._fail(i, exc)
             return None
-        return image if geometry is None else geometry(image[None])[0]
 
     def _decoded_on(self, device, pending: list, geometry: Callable | None):
         """Decode the JPEGs of ``pending`` ((position, _Encoded) pairs) on
@@ -500,7 +570,11 @@ class ListImages:
             if image is None:
                 image = self._prepared(encoded.row, geometry, encoded.data)
             elif geometry is not None:
-                image = geometry(image[None])[0]
+                try:
+                    image = geometry(image[None])[0]
+                except ValueError as exc:  # a size that cannot be resized
+                    self._fail(encoded.row, exc)
+                    image = None
             yield position, image
 
     def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
@@ -522,10 +596,13 @@ class ListImages:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def first(self) -> tuple[int, torch.Tensor]:
-        """The first readable image, as a batch of one, and its row."""
+    def first(self, geometry=None) -> tuple[int, torch.Tensor]:
+        """The first readable image, as a batch of one, and its row.
+
+        The image has been through ``geometry`` (as in :meth:`batches`).
+        """
         for i in range(len(self)):
-            image = self._prepared(i, None)  # (decoded here: not on_device)
+            image = self._prepared(i, geometry)  # (decoded here: not on_device)
             if isinstance(image, torch.Tensor):
                 return i, image[None]
         raise ImageReadError(
@@ -592,7 +669,7 @@ class ListImages:
         try:
             if kind == "pil":
                 return image_digest(_decode.to_array(item, self.max_pixels), True)
-            data = _decode.read_bytes(item) if kind == "path" else bytes(item)
+            data = self._read(i)
         except Exception as exc:
             self._fail(i, exc)
             return None

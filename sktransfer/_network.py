@@ -20,10 +20,11 @@ from sktransfer import _engine, _layers
 from sktransfer._backbones import (
     Backbone,
     _check_model_name,
+    hub_path,
     load_backbone,
     resolve_weights,
 )
-from sktransfer._cache import state_digest
+from sktransfer._identity import file_digest, module_digest
 from sktransfer._memo import Memo
 
 __all__ = ["Built", "build", "output_widths", "rebuild", "weights_identity"]
@@ -34,18 +35,22 @@ _WIDTHS = Memo(size=64)
 
 
 def weights_identity(model, weights, seed) -> str | None:
-    """Identify a network's weights without loading them (None: unique).
+    """Identify a network's weights by content, before loading them.
 
-    Published weights: their name; a checkpoint: its path, size and mtime;
-    a module: a digest of its code and tensors; seeded random weights: the
-    seed. Unseeded random weights are never shared.
+    Published weights: their name and the digest of the cached file (or
+    ``absent``); a checkpoint: the digest of its bytes; a module or a fitted
+    classifier: :func:`~sktransfer._identity.module_digest` (code, settings,
+    hooks, tensors); seeded random weights: the model and the seed (in one
+    process, the same seed gives the same tensors). None: not shareable
+    (unseeded random weights, or a specification that ``load_backbone``
+    will refuse with a clear error).
     """
     if hasattr(model, "_sktransfer_backbone"):  # a FineTunedClassifier
         if "network_" not in model.__dict__ and "_network_state" not in model.__dict__:
             return None  # not fitted: load_backbone says so
-        return f"finetuned|{state_digest(model._network())}"
+        return f"finetuned|{module_digest(model._network())}"
     if isinstance(model, nn.Module):
-        base = state_digest(model)
+        base = module_digest(model)
         if isinstance(weights, str) and weights == "DEFAULT":
             return base
     elif isinstance(model, str):
@@ -58,23 +63,17 @@ def weights_identity(model, weights, seed) -> str | None:
     if isinstance(model, str) and not isinstance(weights, os.PathLike):
         resolved = resolve_weights(model, weights)
         if isinstance(resolved, WeightsEnum):
-            return f"{base}|{type(resolved).__name__}.{resolved.name}"
+            name = f"{type(resolved).__name__}.{resolved.name}"
+            try:
+                content = file_digest(hub_path(resolved))
+            except OSError:
+                content = "absent"  # downloaded by load_backbone
+            return f"{base}|{name}|{content}"
         weights = resolved
     try:
-        stat = os.stat(weights)
+        return f"{base}|file|{file_digest(weights)}"
     except (OSError, TypeError):
         return None  # a missing file: load_backbone says what is wrong
-    return f"{base}|{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _hook_ids(module: nn.Module) -> tuple:
-    """Ids of a module tree's forward hooks: part of in-process memo keys."""
-    return tuple(
-        id(hook)
-        for sub in module.modules()
-        for registry in (sub._forward_hooks, sub._forward_pre_hooks)
-        for hook in registry.values()
-    )
 
 
 @dataclass
@@ -85,8 +84,8 @@ class Built:
     layers: list  # the requested cut points
     computed: list  # every cut point the network outputs, in order
     net: nn.Module
-    identity: str | None  # weights identity (None: unshareable)
-    key: tuple | None  # memo key of ``net``
+    identity: str  # digest of what the backbone computes (code, settings, tensors)
+    key: tuple | None  # memo key of ``net`` (None: not shared)
 
 
 def _listed(value) -> list:
@@ -99,16 +98,18 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     ``taps`` are further cut points to compute in the same pass (for the
     cache): None, ``"stages"``, or a list.
     """
-    identity = weights_identity(model, weights, seed)
-    memo_id = identity
-    if isinstance(model, nn.Module) and identity is not None:
-        memo_id = f"{identity}|hooks{_hook_ids(model)}"
+    memo_id = weights_identity(model, weights, seed)
     backbone_key = None if memo_id is None else (memo_id, str(device))
     loaded = _BACKBONES.get(backbone_key)
     if loaded is None:
         backbone = load_backbone(model, weights, seed)
+        # Shared only under the identity of what was loaded: a file replaced
+        # between the identification and the loading is not shared at all.
+        if memo_id is not None and weights_identity(model, weights, seed) != memo_id:
+            memo_id = None
+        backbone_key = None if memo_id is None else (memo_id, str(device))
+        loaded = {"backbone": backbone, "digest": module_digest(backbone.module)}
         backbone.module.to(device)
-        loaded = {"backbone": backbone}
         _BACKBONES.put(backbone_key, loaded)
     backbone = loaded["backbone"]
     names = None
@@ -143,7 +144,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
         ).to(device)
         net = _engine.prepare_network(net)
         _NETWORKS.put(key, net)
-    return Built(backbone, layers, computed, net, identity, key)
+    return Built(backbone, layers, computed, net, loaded["digest"], key)
 
 
 def output_widths(built: Built, prep, images, device, dtype):
@@ -154,13 +155,17 @@ def output_widths(built: Built, prep, images, device, dtype):
     the probe image (the first readable one) and its features (None when no
     probe ran).
     """
-    row, image = images.first()
-    size = prep.output_size(*image.shape[-2:])
+    row, image = images.first(prep.geometry)
+    size = tuple(image.shape[-2:])
+    if not images.resizes:
+        size = prep.output_size(*size)
     key = None if built.key is None else (built.key, size, dtype)
     widths = _WIDTHS.get(key)
     if widths is not None:
         return widths, row, None
-    feats = _engine.run_batch(built.net, prep, image, device, dtype, split=True)
+    feats = _engine.run_batch(
+        built.net, prep, image, device, dtype, split=True, resized=images.resizes
+    )
     widths = [f.shape[1] for f in feats]
     _WIDTHS.put(key, widths)
     return widths, row, [f[0].cpu().numpy() for f in feats]

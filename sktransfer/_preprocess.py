@@ -19,6 +19,12 @@ __all__ = ["Preprocessing", "default_preprocessing", "from_weights", "resolve"]
 
 _INTERPOLATIONS = {"nearest", "bilinear", "bicubic"}
 
+#: The most pixels a resize may produce (before the crop), unless the image
+#: already has more: an image of 20000x1 pixels passes any pixel limit, but
+#: resizing its short side to 256 would ask for 1.3 G pixels (several GB).
+#: 2**24 pixels allow aspect ratios up to about 250:1 at a 256-pixel side.
+MAX_RESIZED_PIXELS = 1 << 24
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -73,15 +79,34 @@ class Preprocessing:
                 f"The preprocessing 'std' must be positive. Got {self.std!r}."
             )
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of an image of this size after the resize (before the crop)."""
+        if self.resize_size is None:
+            return height, width
+        short, long = sorted((height, width))
+        new_long = int(self.resize_size * long / short)
+        if height <= width:
+            return self.resize_size, new_long
+        return new_long, self.resize_size
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ValueError if resizing an image of this size would produce
+        more than :data:`MAX_RESIZED_PIXELS` pixels (and more than it has)."""
+        new_height, new_width = self.resized_size(height, width)
+        pixels = new_height * new_width
+        if pixels > max(MAX_RESIZED_PIXELS, height * width):
+            ratio = max(height, width) / max(1, min(height, width))
+            raise ValueError(
+                f"the image is {width}x{height} pixels (aspect ratio "
+                f"{ratio:.0f}:1); resizing its shorter side to {self.resize_size} "
+                f"would make it {new_width}x{new_height} = {pixels:,} pixels, more "
+                f"than the {MAX_RESIZED_PIXELS:,} allowed. Crop or pad it to a "
+                "less extreme shape first"
+            )
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the network input for an image of this size."""
-        if self.resize_size is not None:
-            short, long = sorted((height, width))
-            new_long = int(self.resize_size * long / short)
-            if height <= width:
-                height, width = self.resize_size, new_long
-            else:
-                height, width = new_long, self.resize_size
+        height, width = self.resized_size(height, width)
         if self.crop_size is not None:
             height = width = self.crop_size
         return height, width
@@ -102,6 +127,7 @@ class Preprocessing:
         uint16 becomes float in [0, 1]; uint8 stays uint8 unless resized
         with a filter other than bilinear. May return a view of ``batch``.
         """
+        self.check_size(*batch.shape[-2:])
         if batch.dtype == torch.uint16:  # few kernels support uint16
             batch = batch.to(torch.float32).div_(65535.0)
         if self.resize_size is not None:

@@ -16,6 +16,25 @@ SHARED_WEIGHTS = (
 SMALL = {"resize_size": 32, "crop_size": 32}
 
 
+def assert_same_rows(actual, expected, rtol=1e-5):
+    """The rows of a recomputation, to float32 rounding: each row within
+    ``rtol`` of its norm, NaN rows NaN in both.
+
+    On some CPUs (this project's AMD EPYC machines) oneDNN picks float32
+    convolution kernels by the number of images in a batch, so one image's
+    row depends on the batch it arrives in, by 1e-7 to 1e-6 of its norm
+    (ResNet-50). A wrong row (a stale cache hit, another network) is off by
+    tens of percent.
+    """
+    actual, expected = np.atleast_2d(actual), np.atleast_2d(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    ok = ~np.isnan(expected).any(axis=1)
+    error = np.linalg.norm(actual[ok] - expected[ok], axis=1)
+    scale = np.maximum(np.linalg.norm(expected[ok], axis=1), 1e-30)
+    assert (error <= rtol * scale).all(), f"relative error {(error / scale).max()}"
+
+
 class TinyCNN(nn.Module):
     """A small convolutional network with named stages and a linear head."""
 

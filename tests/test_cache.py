@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 
 from sktransfer import EmbeddingCache, PretrainedFeatureExtractor, default_cache
 
-from .conftest import SMALL
+from .conftest import SMALL, assert_same_rows
 
 GRID_LAYERS = ["stem", "block1", "block2", None]
 
@@ -50,8 +50,8 @@ def test_cached_rows_equal_uncached(counted, images):
     cached = make(model, EmbeddingCache(), layer=["block1", None]).fit(images)
     before = counter.count
     first, second = cached.transform(images), cached.transform(images)
-    assert_array_equal(first, fresh)
-    assert_array_equal(second, fresh)
+    assert_same_rows(first, fresh)
+    assert_same_rows(second, fresh)
     assert counter.count - before == len(images)  # the second call is all hits
 
 
@@ -64,7 +64,7 @@ def test_cache_hits_across_clones_and_subsets(counted, images):
     other = clone(make(model, cache)).fit(images[:1])
     before = counter.count
     order = [5, 0, 3, 3]
-    assert_array_equal(other.transform(images[order]), expected[order])
+    assert_same_rows(other.transform(images[order]), expected[order])
     assert counter.count == before  # all hits
 
 
@@ -86,7 +86,7 @@ def test_changes_invalidate_entries(counted, images, change):
     changed = make(model, cache).set_params(**change).fit(images)
     out = changed.transform(images)
     assert counter.count - before == len(images)  # fit's probe + transform
-    assert_array_equal(out, changed.set_params(cache=None).transform(images))
+    assert_same_rows(out, changed.set_params(cache=None).transform(images))
 
 
 def test_changed_image_is_a_miss(counted, images):
@@ -155,7 +155,7 @@ def test_concurrent_transforms_share_one_cache(counted, images):
     for thread in threads:
         thread.join()
     for result in results:
-        assert_array_equal(result, expected)
+        assert_same_rows(result, expected)
 
 
 def test_disk_cache_survives_the_memory_layer(counted, images, tmp_path):
@@ -163,11 +163,11 @@ def test_disk_cache_survives_the_memory_layer(counted, images, tmp_path):
     model, counter = counted
     extractor = make(model, str(tmp_path)).fit(images)
     expected = extractor.transform(images)
-    assert len(list(tmp_path.rglob("*.npy"))) == len(images)
+    assert len(list(tmp_path.rglob("*.emb"))) == len(images)
     fresh = EmbeddingCache(directory=tmp_path)  # what another process would build
     other = make(model, fresh).fit(images[:1])
     before = counter.count
-    assert_array_equal(other.transform(images), expected)
+    assert_same_rows(other.transform(images), expected)
     assert counter.count == before  # served from the files
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -265,7 +265,7 @@ def test_redefined_module_class_is_another_network(images):
     second.load_state_dict(first.state_dict())
     b = make(second, cache).fit(images).transform(images)
     assert not np.allclose(a, b)
-    assert_array_equal(b, make(second, None).fit(images).transform(images))
+    assert_same_rows(b, make(second, None).fit(images).transform(images))
 
 
 def test_parallel_grid_search_shares_the_disk_cache(labelled, tmp_path):
@@ -288,4 +288,4 @@ def test_parallel_grid_search_shares_the_disk_cache(labelled, tmp_path):
     ).fit(X, y)
     assert len(search.cv_results_["params"]) == 2
     # one file per image and computed layer, whichever process wrote it
-    assert len(list(tmp_path.rglob("*.npy"))) == 2 * len(X)
+    assert len(list(tmp_path.rglob("*.emb"))) == 2 * len(X)

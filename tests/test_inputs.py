@@ -110,7 +110,7 @@ def test_supported_dtypes_scale_alike(extractor):
 
 def test_grayscale_equals_repeated_rgb(extractor):
     """(n, H, W) and (n, H, W, 1) images equal their 3-channel repetition."""
-    gray = np.random.default_rng(2).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    gray = np.random.default_rng(2).integers(0, 256, (5, 16, 16), dtype=np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     expected = extractor.transform(rgb)
     assert_allclose(extractor.transform(gray), expected, rtol=1e-5, atol=1e-6)

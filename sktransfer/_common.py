@@ -1,0 +1,70 @@
+"""What both estimators share: their common parameters, and fitting that is
+all or nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from numbers import Integral
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from sktransfer import _engine, _preprocess
+from sktransfer._identity import numerics
+
+__all__ = ["SHARED_CONSTRAINTS", "all_or_nothing", "check_numerics"]
+
+#: Parameters that both estimators take, with the same meaning.
+SHARED_CONSTRAINTS: dict = {
+    "model": [str, nn.Module],
+    "weights": [str, os.PathLike, WeightsEnum, None],
+    "preprocessing": [str, dict, _preprocess.Preprocessing],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+    "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+    "random_state": ["random_state"],
+    "device": [str, torch.device],
+    "verbose": ["verbose"],
+}
+
+
+@contextlib.contextmanager
+def all_or_nothing(estimator):
+    """Restore ``estimator``'s attributes if the block fails (Ctrl-C too).
+
+    ``fit`` builds new objects rather than changing the fitted ones, so a
+    shallow snapshot of ``__dict__`` is enough: a failed refit leaves the
+    estimator exactly as it was, fitted or not, never half-fitted.
+    """
+    saved = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(saved)
+        raise
+
+
+def check_numerics(estimator) -> None:
+    """Warn when a fitted estimator computes in reduced precision with other
+    kernels than at fit (a pickle, a shared model, a cluster of other
+    machines): its outputs may shift by a few percent."""
+    dtype = _engine.PRECISIONS[estimator.precision_]
+    here = numerics(estimator.device_, dtype)
+    fitted = estimator.__dict__.get("numerics_", here)
+    if dtype != torch.float32 and here != fitted:
+        name = type(estimator).__name__
+        warnings.warn(
+            f"This {name} was fitted with precision={estimator.precision_!r} on "
+            f"{fitted!r} and now runs on {here!r}. Reduced-precision kernels "
+            "round differently, so its outputs may shift by a few percent from "
+            "those of the machine it was fitted on. For outputs that agree "
+            "across machines, fit it with precision='float32'.",
+            UserWarning,
+            stacklevel=3,
+        )
