@@ -32,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import PretrainedFeatureExtractor
+from sktransfer._identity import cpu_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/weights"
 WEIGHTS = SHARED / "mobilenet_v2_imagenet.pth"
@@ -46,12 +47,13 @@ def main():
     digits = load_digits()
     X = np.round(digits.images * (255 / 16)).astype(np.uint8)
     y = digits.target
-    print(f"digits at {args.size}px, photos at 224px, CPU")
+    cpu = cpu_model()
+    print(f"digits at {args.size}px, photos at 224px, CPU: {cpu}")
     print(
-        "| model | precision | layer | rel. diff median / max | 5-fold accuracy "
-        "| right in fp32 only / here only | img/s |"
+        "| CPU | model | precision | layer | rel. diff median / max | 5-fold "
+        "accuracy | right in fp32 only / here only | img/s |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     tops = {}
     for name in args.models:
         real = name == "mobilenet_v2"
@@ -90,7 +92,8 @@ def main():
                     exact_emb, axis=1
                 )
                 print(
-                    f"| {label_model} | {precision} | {label} | {np.median(diff):.4f}"
+                    f"| {cpu} | {label_model} | {precision} | {label} | "
+                    f"{np.median(diff):.4f}"
                     f" / {diff.max():.4f} | {right.mean():.4f} | "
                     f"{(exact_right & ~right).sum()} / {(right & ~exact_right).sum()}"
                     f" | {rate:.0f} |"
@@ -98,7 +101,7 @@ def main():
             if real:
                 tops[precision] = classify_photos(common)
     for precision, top in tops.items():
-        print(f"mobilenet_v2, {precision}: sample photos classified as {top}")
+        print(f"{cpu}, mobilenet_v2, {precision}: sample photos classified as {top}")
 
 
 def classify_photos(common) -> str:

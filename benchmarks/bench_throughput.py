@@ -8,9 +8,10 @@ and on the same device:
   replaced by ``nn.Identity``, in float32 under ``torch.inference_mode``.
 - ``img2vec``: ``img2vec_pytorch.Img2Vec.get_vec`` on a list of PIL images per
   batch (its documented use), float32.
-- ``sktransfer``: ``PretrainedFeatureExtractor(...).transform`` with default
-  settings (``precision="auto"``: bfloat16 where the hardware has it);
-  ``sktransfer-fp32`` is the same with ``precision="float32"``.
+- ``sktransfer float32`` and ``sktransfer bfloat16``:
+  ``PretrainedFeatureExtractor(...).transform`` with ``precision="float32"``
+  (the default on CPUs) and ``"bfloat16"`` (the opt-in speed mode on CPUs,
+  the default on CUDA). The ratios are those of the default on the device.
 
 Data: ``--n`` random uint8 images of 256x256x3 (content does not change the
 time). Weights: a seeded random state dict, saved in a temporary
@@ -19,7 +20,10 @@ every contender loads the very same tensors offline (img2vec always asks for
 DEFAULT weights). Each contender runs once to warm up, then ``--repeats``
 times, interleaved (each contender once per round, so that a slow spell of
 a shared machine falls on all alike); the median is reported in images per
-second, with the ratio of sktransfer to each peer. On CUDA, the fraction of
+second, with the ratio of sktransfer's default to each peer. The header names the CPU
+and the last lines give the hardware's limit measured in the same run: a
+4096x4096 matrix product in float32 and bfloat16, in TFLOP/s. On CUDA, the
+fraction of
 ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
 traffic on an H100) is printed too.
 
@@ -35,7 +39,6 @@ for img2vec (skipped with a note when it is not installed).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -148,15 +151,16 @@ def main():
     args = parser.parse_args()
 
     from sktransfer._engine import resolve_device, resolve_precision
+    from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)
+    default = str(resolve_precision("auto", device)).removeprefix("torch.")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(
-        f"# {time.strftime('%Y-%m-%d')} | {platform.machine()} | "
+        f"# {time.strftime('%Y-%m-%d')} | CPU {cpu_model()} | "
         f"{torch.get_num_threads()} CPU threads | GPU: {gpu} | torch "
         f"{torch.__version__} | torchvision {torchvision.__version__} | python "
-        f"{sys.version.split()[0]} | device {device} | auto precision: "
-        f"{str(resolve_precision('auto', device)).removeprefix('torch.')}"
+        f"{sys.version.split()[0]} | device {device} | auto precision: {default}"
     )
     X = np.random.default_rng(0).integers(0, 256, (args.n, 256, 256, 3), np.uint8)
     with tempfile.TemporaryDirectory() as home:
@@ -175,16 +179,17 @@ def main():
                     )
                 except ImportError:
                     print(f"| {name} | img2vec_pytorch | not installed | |")
-            contenders["sktransfer fp32"] = sktransfer(
-                name, device, args.batch_size, "float32"
-            )
-            contenders["sktransfer (default)"] = sktransfer(
-                name, device, args.batch_size
-            )
+            for precision in ("float32", "bfloat16"):
+                contenders[f"sktransfer {precision}"] = sktransfer(
+                    name, device, args.batch_size, precision
+                )
             rates = measure_all(contenders, X, args.repeats)
-            ours = rates["sktransfer (default)"]
+            mine = f"sktransfer {default}"
+            ours = rates[mine]
             for label, rate in rates.items():
-                ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"
+                ratio = "" if label == mine else f"{ours / rate:.2f}x"
+                if label == mine:
+                    label += " (default)"
                 print(f"| {name} | {label} | {rate:,.1f} | {ratio} |")
             if device.type == "cuda" and name in LIMIT_IMG_S:
                 print(
@@ -192,6 +197,22 @@ def main():
                     f"| {ours / LIMIT_IMG_S[name]:.1%} | |"
                 )
             sys.stdout.flush()
+    for dtype in (torch.float32, torch.bfloat16):
+        print(f"matmul 4096x4096 {dtype}: {matmul_tflops(dtype, device):.2f} TFLOP/s")
+
+
+def matmul_tflops(dtype, device, n=4096, repeats=5) -> float:
+    """The hardware's limit for this dtype: the best of a large matmul."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
 
 
 if __name__ == "__main__":

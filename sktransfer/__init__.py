@@ -7,14 +7,17 @@ from sktransfer._finetune import FineTunedClassifier
 from sktransfer._folders import list_images, load_image_folder
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
+from sktransfer.exceptions import ImageReadError, WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EmbeddingCache",
     "FineTunedClassifier",
+    "ImageReadError",
     "Preprocessing",
     "PretrainedFeatureExtractor",
+    "WeightsUnavailableError",
     "default_cache",
     "list_images",
     "list_layers",

@@ -32,6 +32,7 @@ from sktransfer.exceptions import WeightsUnavailableError
 __all__ = [
     "Backbone",
     "cpu_module",
+    "check_weights",
     "hub_path",
     "last_linear",
     "load_backbone",
@@ -246,20 +247,53 @@ def hub_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def _unavailable(model_name: str, weights: WeightsEnum, exc) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"Could not download the weights {weights} for {model_name!r} "
+        f"({type(exc).__name__}: {exc}). torch looks for them at "
+        f"{str(hub_path(weights))!r} (set TORCH_HOME to move the cache). Either "
+        f"copy the file from {weights.url} there, or pass a local state_dict "
+        "checkpoint as weights='/path/to/checkpoint.pth'."
+    )
+
+
+#: Published weights that could not be had in this process (the file the
+#: torch cache lacks -> the error), so that the next clone fails at once.
+_UNAVAILABLE: dict[Path, WeightsUnavailableError] = {}
+
+
 def _load_published(model_name: str, weights: WeightsEnum) -> nn.Module:
-    cached = hub_path(weights)
     try:
         return torchvision.models.get_model(model_name, weights=weights)
     except OSError as exc:  # URLError, timeouts, refused connections
-        if cached.exists():
+        if hub_path(weights).exists():
             raise
-        raise WeightsUnavailableError(
-            f"Could not download the weights {weights} for {model_name!r} "
-            f"({type(exc).__name__}: {exc}). torch looks for them at "
-            f"{str(cached)!r} (set TORCH_HOME to move the cache). Either copy "
-            f"the file from {weights.url} there, or pass a local state_dict "
-            "checkpoint as weights='/path/to/checkpoint.pth'."
-        ) from exc
+        error = _unavailable(model_name, weights, exc)
+        _UNAVAILABLE[hub_path(weights)] = error
+        raise error from exc
+
+
+def check_weights(model, weights) -> None:
+    """Raise :class:`WeightsUnavailableError` at once if these published
+    weights already could not be had in this process and are still not in
+    the torch cache.
+
+    Called when an estimator is cloned (no network, a ``stat`` at most): a
+    grid search whose fits need weights that cannot be downloaded stops at
+    the second candidate, in the parent, with the clear message, instead of
+    failing every fit. Anything else is left to ``fit``.
+    """
+    if not _UNAVAILABLE or not isinstance(model, str) or weights is None:
+        return
+    try:
+        resolved = resolve_weights(model, weights)
+    except (ValueError, TypeError):
+        return
+    if isinstance(resolved, WeightsEnum):
+        path = hub_path(resolved)
+        error = _UNAVAILABLE.get(path)
+        if error is not None and not path.exists():
+            raise WeightsUnavailableError(str(error))
 
 
 def load_backbone(model, weights, seed: int | None = None) -> Backbone:

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import _decode, _engine, _layers, _network, _preprocess
-from sktransfer._backbones import named_preprocessing
+from sktransfer._backbones import check_weights, named_preprocessing
 from sktransfer._cache import (
     EmbeddingCache,
     check_cache_parameter,
@@ -112,14 +112,19 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         array of the wrong shape) always raise.
 
     cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
-        Where pooled vectors are kept for reuse, keyed by image content,
-        network, weights, preprocessing, pooling and layer: ``"memory"`` is the
-        process-wide LRU (1 GiB, see :func:`sktransfer.default_cache`), shared
-        by every clone, so a grid search or cross-validation embeds each image
-        once; a directory path adds a persistent on-disk layer shared across
-        processes (``GridSearchCV(n_jobs>1)``) and sessions; an
+        Where pooled vectors are kept for reuse, keyed by content: the bytes
+        or pixels of the image, what the network computes (code, settings,
+        weights), the preprocessing, the pooling, the numerics (dtype, and
+        for reduced precisions the device and kernels) and the layer.
+        ``"memory"`` is the process-wide LRU (1 GiB, see
+        :func:`sktransfer.default_cache`), shared by every clone, so a grid
+        search or cross-validation embeds each image once; a directory path
+        (``~`` expanded; path-like accepted) adds a persistent on-disk layer
+        shared across processes (``GridSearchCV(n_jobs>1)``) and sessions,
+        whose entries are checksummed: a damaged one is recomputed; an
         :class:`~sktransfer.EmbeddingCache` sets your own bound; ``None``
-        turns caching off.
+        turns caching off. Any other bare word (``"None"``, ``"Memory"``) is
+        refused as a likely typo. See ``docs/reliability.md``.
 
     cache_layers : list, "stages" or None, default=None
         Further cut points to compute in the same forward pass and store in
@@ -131,19 +136,20 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Compute precision of the network (autocast; inputs, pooling and
-        outputs stay float32). ``"auto"``: bfloat16 on CUDA GPUs that support
-        it (else float16) and on CPUs with bf16 instructions (AVX512-BF16,
-        AMX), float32 elsewhere. bfloat16 changes embeddings by 0.3-4% of
-        their norm and, in our measurements, not downstream accuracy (see
-        ``docs/speed.md``); use ``"float32"`` for bit-for-bit CPU results.
+        outputs stay float32). ``"auto"``: float32 on CPUs and MPS, whose
+        rows agree across machines; bfloat16 on CUDA GPUs that support it
+        (else float16). ``"bfloat16"`` is the CPU's opt-in speed mode (on
+        CPUs with AVX512-BF16 or AMX): it moves rows by a few percent of
+        their norm, differently on different CPUs, and did not change
+        downstream accuracy in our measurements (see ``docs/speed.md``).
+        float32 on CUDA runs without TF32.
 
     compile : bool, default=False
         Compile the network with ``torch.compile`` on first use, for long
-        jobs on a GPU (about 1.8x for CNNs at large batch, published
-        figures), after a compilation of seconds to minutes. On the CPU the
-        default engine already fuses what compilation would (convolutions
-        with their activations and residual adds): ResNet-18 ran at 219
-        img/s compiled against 238 not, after 12 s of compilation.
+        jobs on a GPU, after a compilation of seconds to minutes. On the CPU
+        the default engine already fuses what compilation would
+        (convolutions with their activations and residual adds); see
+        ``docs/speed.md``.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the random initialisation of ``weights=None`` (through a
@@ -183,7 +189,14 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         Number of output features (their sum).
 
     precision_ : str
-        The compute precision used, e.g. ``"bfloat16"``.
+        The compute precision used, e.g. ``"float32"``.
+
+    numerics_ : str
+        What produced the rows at fit, as far as it changes their digits:
+        ``"float32"`` on any CPU; for reduced precisions also the device,
+        kernel family and torch version, e.g.
+        ``"bfloat16-cpu-avx512bf16-torch2.14.1"``. Transforming in reduced
+        precision where the numerics differ warns that rows may shift.
 
     batch_size_ : int
         The batch size actually used by the last ``transform``: smaller than
@@ -201,8 +214,10 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         The layers of ``computed_layers_`` that are only stored in the cache.
 
     cache_key_ : str
-        Digest of the network, weights, preprocessing and pooling: the part
-        of every cache key that is not the image or the layer.
+        Digest of what the network computes (code, settings, weights), the
+        preprocessing and the pooling: with the numerics of the machine that
+        runs it, the part of every cache key that is not the image or the
+        layer.
 
     errors_ : list of ImageReadError
         The images of the last ``transform`` that could not be read, whose
@@ -312,6 +327,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         return repr(self.model) if isinstance(self.model, str) else "model"
 
     def __sklearn_clone__(self):
+        check_weights(self.model, self.weights)  # offline: fail once, not per fit
         new = super().__sklearn_clone__()
         if not isinstance(self.model, str):
             # A module or a fitted classifier is only read, never modified:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from sktransfer import _decode, _engine, _preprocess
 from sktransfer._backbones import (
     Backbone,
+    check_weights,
     last_linear,
     load_backbone,
     named_preprocessing,
@@ -171,8 +172,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Mixed-precision training (autocast; weights and optimiser state stay
-        float32). ``"auto"``: bfloat16 on GPUs and CPUs that run it natively,
-        float32 elsewhere. float16 uses a gradient scaler on CUDA.
+        float32). ``"auto"``: float32 on CPUs and MPS; bfloat16 on CUDA GPUs
+        that support it, else float16 (with a gradient scaler).
+        ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16 or AMX.
 
     num_workers : int or None, default=None
         Threads reading images given one by one, as in the extractor.
@@ -225,7 +227,12 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         The device the network is on.
 
     precision_ : str
-        The compute precision used, e.g. ``"bfloat16"``.
+        The compute precision used, e.g. ``"float32"``.
+
+    numerics_ : str
+        What produced the model's outputs at fit (dtype, and for reduced
+        precisions the device and kernels); predicting in reduced precision
+        where they differ warns that outputs may shift.
 
     See Also
     --------
@@ -323,6 +330,10 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
 
     def _images(self, X):
         return as_images(X, num_workers=self.num_workers, max_pixels=self.max_pixels)
+
+    def __sklearn_clone__(self):
+        check_weights(self.model, self.weights)  # offline: fail once, not per fit
+        return super().__sklearn_clone__()
 
     # -- fitting ------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import inspect
 import os
+import platform
 import re
 import threading
 import types
@@ -267,6 +268,22 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     found = set(re.findall(r"\b[a-z0-9_]+\b", text))
     return frozenset(flag for flag in _KERNEL_FLAGS if flag in found)
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name and bf16 kernel family, for reports and
+    benchmarks, e.g. ``"AMD EPYC (avx512bf16)"``."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({cpu_kernels()})"
 
 
 @functools.cache

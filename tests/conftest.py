@@ -1,5 +1,7 @@
 """Shared fixtures: small images, a tiny CNN, the real ImageNet checkpoint."""
 
+import shutil
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,31 @@ def digits_images():
 
     digits = load_digits()
     return np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
+
+
+@pytest.fixture
+def hub_with_real_weights(shared_weights, tmp_path, monkeypatch):
+    """A temporary TORCH_HOME whose hub cache holds the real MobileNetV2 file,
+    where torchvision expects MobileNet_V2_Weights.IMAGENET1K_V1."""
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(shared_weights, cache / "mobilenet_v2-b0353104.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path, request):
+    """No network: downloads fail, and their URLs are recorded in the list
+    returned. TORCH_HOME is an empty folder, unless the test also asks for
+    ``hub_with_real_weights``."""
+    if "hub_with_real_weights" not in request.fixturenames:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    attempts = []
+
+    def download(url, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return attempts

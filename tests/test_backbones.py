@@ -1,6 +1,5 @@
 """Weights: names, checkpoints, the offline error, the real ImageNet file."""
 
-import shutil
 import urllib.error
 
 import numpy as np
@@ -42,6 +41,37 @@ def test_unknown_weights_and_models_suggest_names():
     X = np.zeros((1, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=r"Did you mean 'resnet50'.*list_models"):
         PretrainedFeatureExtractor(model="resnet5O").fit(X)
+
+
+def test_offline_grid_search_stops_at_once(offline):
+    """Offline without the weights, a grid search stops after its first
+    failed fit, with the clear error and one download attempt; a clone does
+    no network I/O."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    from sktransfer import FineTunedClassifier
+
+    X = np.zeros((10, 32, 32, 3), np.uint8)
+    y = [0, 1] * 5
+    pipe = make_pipeline(
+        PretrainedFeatureExtractor(model="mobilenet_v2", verbose=False),
+        LogisticRegression(),
+    )
+    grid = {"pretrainedfeatureextractor__layer": ["features.6", None]}
+    from sklearn.base import clone
+
+    clone(pipe)
+    assert not offline  # cloning is cheap: it downloads nothing
+    with pytest.raises(WeightsUnavailableError, match="mobilenet_v2"):
+        GridSearchCV(pipe, grid, cv=2).fit(X, y)
+    assert len(offline) == 1
+    with pytest.raises(WeightsUnavailableError, match="resnet18"):
+        GridSearchCV(
+            FineTunedClassifier(model="resnet18"), {"max_epochs": [1, 2]}, cv=2
+        ).fit(X, y)
+    assert len(offline) == 2
 
 
 def test_offline_without_cache_raises_clear_error(tmp_path, monkeypatch):
@@ -129,17 +159,6 @@ def _china():
     from sklearn.datasets import load_sample_images
 
     return load_sample_images().images[0][None]  # (1, 427, 640, 3) uint8
-
-
-@pytest.fixture
-def hub_with_real_weights(shared_weights, tmp_path, monkeypatch):
-    """A temporary TORCH_HOME whose hub cache holds the real MobileNetV2 file,
-    where torchvision expects MobileNet_V2_Weights.IMAGENET1K_V1."""
-    cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    shutil.copy(shared_weights, cache / "mobilenet_v2-b0353104.pth")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    return tmp_path
 
 
 def test_real_checkpoint_file_and_hub_cache_agree(

@@ -53,6 +53,41 @@ def test_demo_prints_the_transfer_table_offline(capsys, tmp_path, monkeypatch):
     assert "cut points of the source model" in out
 
 
+def test_demo_uses_the_imagenet_weights_at_hand(capsys, hub_with_real_weights, offline):
+    """DEFAULT (IMAGENET1K_V2) is not cached and cannot be downloaded, but
+    IMAGENET1K_V1 is in the cache: the demo uses it and says so."""
+    assert main(["demo", "--size", "32", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "using MobileNet_V2_Weights.IMAGENET1K_V1, the ImageNet weights" in out
+    assert "weights of the ImageNet model: MobileNet_V2_Weights.IMAGENET1K_V1" in out
+    assert isinstance(_accuracies(out)["ImageNet"], float)
+    assert "SKIPPED" not in out and "another CPU can give slightly different" in out
+
+
+def test_help_describes_the_commands_and_every_option(capsys):
+    """`sktransfer --help` says what the commands do; every option of
+    `sktransfer demo --help` has a help text and shows its default."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "demo   transfer learning on scikit-learn's digits" in out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in (
+        "--model",
+        "--weights",
+        "--size",
+        "--labels",
+        "--cv",
+        "--source-epochs",
+        "--scratch-epochs",
+        "--batch-size",
+    ):
+        text = out.split(f"{option} ")[-1]
+        assert "(default:" in text.split("--")[0], option
+
+
 @pytest.mark.parametrize("weights", ["none", "NONE"])
 def test_demo_can_skip_the_pretrained_path(capsys, weights):
     assert main(["demo", "--weights", weights, *QUICK]) == 0

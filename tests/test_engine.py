@@ -52,7 +52,7 @@ def test_precision_is_part_of_the_cache_key(images, tiny_cnn):
     low = make(tiny_cnn, cache=cache, precision="bfloat16").fit(images)
     assert exact.numerics_ == "float32" and low.numerics_.startswith("bfloat16-cpu")
     assert not np.array_equal(exact.transform(images), low.transform(images))
-    assert_array_equal(exact.transform(images), make(tiny_cnn).fit_transform(images))
+    assert_same_rows(exact.transform(images), make(tiny_cnn).fit_transform(images))
 
 
 def test_network_weights_are_channels_last(tiny_cnn, images):
@@ -194,3 +194,39 @@ def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
     cpu = make("resnet18", device="cpu", **params).fit(paths)
     assert_allclose(gpu.transform(paths), cpu.transform(paths), rtol=0.05, atol=0.02)
     assert calls and set(calls) == {"cuda"}
+
+
+def test_reduced_precision_rows_of_other_kernels_never_answer(
+    images, tiny_cnn, monkeypatch
+):
+    """bf16 rows cached on one CPU kind are a miss on another, whose
+    transform warns that rows may shift; float32 rows are shared and silent."""
+    import warnings
+
+    from sktransfer import EmbeddingCache, _identity
+
+    cache = EmbeddingCache()
+    low = make(tiny_cnn, cache=cache, precision="bfloat16").fit(images)
+    exact = make(tiny_cnn, cache=cache, precision="float32").fit(images)
+    low.transform(images), exact.transform(images)
+    hits = cache.hits
+    monkeypatch.setattr(_identity, "cpu_kernels", lambda: "amx")  # "another CPU"
+    with pytest.warns(UserWarning, match="may shift by a few percent") as record:
+        low.transform(images)
+    assert len(record) == 1 and "precision='float32'" in str(record[0].message)
+    assert cache.hits == hits  # every row recomputed: no hit across kernels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact.transform(images)
+    assert cache.hits == hits + len(images)  # float32 rows are shared
+    assert exact.numerics_ == "float32"
+    assert low.numerics_ != _identity.numerics(torch.device("cpu"), torch.bfloat16)
+
+
+def test_pickled_reduced_precision_warns_on_other_kernels(images, tiny_cnn):
+    """A bf16 extractor unpickled where the kernels differ warns at transform."""
+    low = make(tiny_cnn, precision="bfloat16").fit(images)
+    restored = pickle.loads(pickle.dumps(low))
+    restored.numerics_ = "bfloat16-cpu-amx-torch2.14.1"  # fitted on a Xeon
+    with pytest.warns(UserWarning, match="fitted with precision='bfloat16'"):
+        restored.transform(images)

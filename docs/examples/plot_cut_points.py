@@ -3,8 +3,9 @@
 A grid search over every stage boundary of an ImageNet MobileNetV2 (plus its
 final embedding) and the regularisation C of a logistic regression, on
 scikit-learn's bundled 8x8 digits. ``cache_layers="stages"`` taps all cut
-points in the same forward pass, so the 20 x 3 x 5 = 300 fits of the search
-run each image through the network once.
+points in the same forward pass, so the 19 x 3 x 5 + 1 = 286 fits of the
+search (``features.1`` to ``features.18`` and the embedding, 3 values of C,
+5 folds, and the refit) run each image through the network once.
 
 Run: ``.venv/bin/python docs/examples/plot_cut_points.py [--weights PATH]``
 Writes ``docs/images/cut_points.png``.
