@@ -10,11 +10,20 @@ in one process, on the same files, with the same weights, on the same device:
 - ``img2vec``: Pillow images opened from the files, a batch at a time, given
   to ``img2vec_pytorch.Img2Vec.get_vec`` (its documented use);
 - ``sktransfer``: ``PretrainedFeatureExtractor(...).transform(paths)`` with
-  default settings (decoding on worker threads, ``precision="auto"``), and
-  the same with ``precision="float32"``.
+  default settings (decoding on worker threads, float32 on CPUs, large
+  JPEGs decoded reduced), and the same with ``precision="bfloat16"``.
 
 The files are ``--n`` generated photos-like JPEGs (smooth colour fields with
 grain, quality 90) of ``--size`` pixels, 500x375 by default, each different.
+
+Big photos (``--megapixels M``, e.g. 12 or 24): the files are made from
+scikit-learn's two sample photographs instead, cropped, flipped, recoloured,
+tiled 2x2 and upscaled to M megapixels (4:3) with fine grain added back
+(:func:`make_photos`), quality 90. The contenders are then the plain loop,
+img2vec, sktransfer's default (reduced decoding) and sktransfer with
+``reduced_decoding=False``; a last row gives sktransfer's default on
+``--n`` 0.2-megapixel files (500x375) for comparison. With ``--memory N``,
+the memory child runs on N such photos, with and without reduced decoding.
 Weights are seeded random tensors saved where torch looks for the DEFAULT
 weights (see ``bench_throughput.py``), so every contender loads the same
 tensors offline. The embedding cache is off. Each contender runs once to warm
@@ -32,7 +41,6 @@ resnet50 --n 256]`` or ``.venv/bin/python benchmarks/bench_files.py
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -64,6 +72,40 @@ def make_jpegs(folder: Path, n: int, size=(500, 375), seed=0) -> list[str]:
         field = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
         grain = rng.normal(0, 6, (height, width, 3))
         pixels = np.clip(np.asarray(field) + grain, 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def make_photos(folder: Path, n: int, megapixels: float, seed=0) -> list[str]:
+    """Write ``n`` different photo-like JPEGs of about ``megapixels`` MP (4:3)
+    made from scikit-learn's sample photos; return their paths."""
+    from sklearn.datasets import load_sample_images
+
+    sources = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    height = width * 3 // 4
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        tiles = []
+        for _ in range(4):
+            photo = sources[rng.integers(len(sources))]
+            left, top = rng.integers(0, 200), rng.integers(0, 120)
+            tile = photo.crop((left, top, left + 400, top + 300))
+            if rng.random() < 0.5:
+                tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            gain = rng.uniform(0.7, 1.3, 3)
+            tile = np.clip(np.asarray(tile, np.float32) * gain, 0, 255)
+            tiles.append(tile.astype(np.uint8))
+        mosaic = np.concatenate(
+            [np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)]
+        )
+        big = Image.fromarray(mosaic).resize((width, height), Image.Resampling.BICUBIC)
+        grain = rng.normal(0, 5, (height, width, 1)).astype(np.float32)
+        pixels = np.clip(np.asarray(big, np.float32) + grain, 0, 255).astype(np.uint8)
         path = folder / f"{i:05d}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(str(path))
@@ -104,7 +146,7 @@ def img2vec(name, device, batch_size):
     return run
 
 
-def sktransfer(name, device, batch_size, precision, paths):
+def sktransfer(name, device, batch_size, precision, paths, reduced=True):
     from sktransfer import PretrainedFeatureExtractor
 
     extractor = PretrainedFeatureExtractor(
@@ -112,6 +154,7 @@ def sktransfer(name, device, batch_size, precision, paths):
         batch_size=batch_size,
         device=str(device),
         precision=precision,
+        reduced_decoding=reduced,
         cache=None,  # measure decoding and the network, not the cache
         verbose=False,
     )
@@ -123,6 +166,8 @@ def throughput(args, device):
         tmp = Path(tmp)
         os.environ["TORCH_HOME"] = str(tmp / "torch")
         seed_weights(args.models, tmp / "torch")
+        if args.megapixels:
+            return big_photos(args, device, tmp)
         paths = make_jpegs(tmp / "jpegs", args.n, tuple(args.size))
         kilobytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e3
         print(
@@ -138,7 +183,7 @@ def throughput(args, device):
                     contenders["img2vec_pytorch"] = img2vec(name, device, 64)
                 except ImportError:
                     print(f"| {name} | img2vec_pytorch | not installed | |")
-            for label, precision in (("fp32", "float32"), ("(default)", "auto")):
+            for label, precision in (("bf16", "bfloat16"), ("(default)", "auto")):
                 contenders[f"sktransfer {label}"] = sktransfer(
                     name, device, args.batch_size, precision, paths
                 )
@@ -150,12 +195,55 @@ def throughput(args, device):
             sys.stdout.flush()
 
 
+def big_photos(args, device, tmp: Path):
+    start = time.perf_counter()
+    paths = make_photos(tmp / "photos", args.n, args.megapixels)
+    small = make_jpegs(tmp / "small", args.n)
+    made = time.perf_counter() - start
+    with Image.open(paths[0]) as image:
+        size = image.size
+    megabytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
+    print(
+        f"# {args.n} photos of {size[0]}x{size[1]} ({args.megapixels} MP, "
+        f"{megabytes:.1f} MB each on average), written in {made:.0f} s; and "
+        f"{args.n} JPEGs of 500x375 (0.2 MP)"
+    )
+    print("| model | contender | files/s | sktransfer speed-up |")
+    print("| --- | --- | --- | --- |")
+    for name in args.models:
+        contenders = {"plain torchvision fp32": plain_loop(name, device, 64)}
+        if name in IMG2VEC_MODELS:
+            try:
+                contenders["img2vec_pytorch"] = img2vec(name, device, 64)
+            except ImportError:
+                print(f"| {name} | img2vec_pytorch | not installed | |")
+        bs = args.batch_size
+        contenders["sktransfer, reduced_decoding=False"] = sktransfer(
+            name, device, bs, "auto", paths, reduced=False
+        )
+        contenders["sktransfer (default)"] = sktransfer(name, device, bs, "auto", paths)
+        rates = measure_all(contenders, paths, args.repeats)
+        ours = rates["sktransfer (default)"]
+        for label, rate in rates.items():
+            ratio = "" if label == "sktransfer (default)" else f"{ours / rate:.2f}x"
+            print(f"| {name} | {label}, {args.megapixels} MP | {rate:,.1f} | {ratio} |")
+        small_rate = measure_all(
+            {"small": sktransfer(name, device, bs, "auto", small)}, small, args.repeats
+        )["small"]
+        print(
+            f"| {name} | sktransfer (default), 0.2 MP | {small_rate:,.1f} | "
+            f"{args.megapixels} MP at {ours / small_rate:.0%} of its files/s |"
+        )
+        sys.stdout.flush()
+
+
 MEMORY_CHILD = """
 import resource, sys, numpy as np
 from sktransfer import PretrainedFeatureExtractor, list_images
 paths = list_images(sys.argv[1])
 extractor = PretrainedFeatureExtractor(model=sys.argv[2], cache=None,
-                                       device=sys.argv[3], verbose=False)
+                                       device=sys.argv[3], verbose=False,
+                                       reduced_decoding=sys.argv[4] == "1")
 extractor.fit(paths[:1]).transform(paths[:64])  # warm-up
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = extractor.transform(paths)
@@ -172,38 +260,51 @@ def memory(args, device):
         os.environ["TORCH_HOME"] = env["TORCH_HOME"]
         seed_weights(args.models[:1], tmp / "torch")
         start = time.perf_counter()
-        paths = make_jpegs(tmp / "jpegs", args.memory, tuple(args.size))
+        if args.megapixels:
+            paths = make_photos(tmp / "jpegs", args.memory, args.megapixels)
+        else:
+            paths = make_jpegs(tmp / "jpegs", args.memory, tuple(args.size))
         made = time.perf_counter() - start
-        start = time.perf_counter()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                MEMORY_CHILD,
-                str(tmp / "jpegs"),
-                args.models[0],
-                str(device),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        took = time.perf_counter() - start
-        before, after, out_bytes = map(int, result.stdout.split())
-        decoded = len(paths) * args.size[0] * args.size[1] * 3
+        with Image.open(paths[0]) as image:
+            width, height = image.size
         print(
-            f"# {len(paths)} JPEGs of {args.size[0]}x{args.size[1]} written in "
-            f"{made:.0f} s; embedded with {args.models[0]} in {took:.0f} s "
-            "(fresh process, fit and warm-up included)"
+            f"# {len(paths)} JPEGs of {width}x{height} written in {made:.0f} s; "
+            f"embedded with {args.models[0]} in a fresh process each"
         )
-        print("| quantity | MB |")
-        print("| --- | --- |")
-        print(f"| peak resident memory after fit and warm-up | {before / 1e3:,.0f} |")
-        print(f"| peak resident memory after transform | {after / 1e3:,.0f} |")
-        print(f"| growth during transform | {(after - before) / 1e3:,.0f} |")
-        print(f"| output array | {out_bytes / 1e6:,.1f} |")
-        print(f"| all images decoded at once (uint8) | {decoded / 1e6:,.0f} |")
+        print(
+            "| decoding | seconds | peak RSS after fit and warm-up (MB) | after "
+            "transform (MB) | growth (MB) |"
+        )
+        print("| --- | --- | --- | --- | --- |")
+        for reduced in (True, False):
+            start = time.perf_counter()
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    MEMORY_CHILD,
+                    str(tmp / "jpegs"),
+                    args.models[0],
+                    str(device),
+                    "1" if reduced else "0",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            took = time.perf_counter() - start
+            before, after, out_bytes = map(int, result.stdout.split())
+            label = "reduced (default)" if reduced else "full"
+            print(
+                f"| {label} | {took:.0f} | {before / 1e3:,.0f} | {after / 1e3:,.0f} "
+                f"| {(after - before) / 1e3:,.0f} |"
+            )
+        decoded = len(paths) * width * height * 3
+        print(
+            f"output array: {out_bytes / 1e6:,.1f} MB; all images decoded at "
+            f"once (uint8, full size): {decoded / 1e6:,.0f} MB"
+        )
 
 
 def main():
@@ -215,14 +316,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--memory", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--megapixels", type=float, default=0, help="big photos of this size"
+    )
     args = parser.parse_args()
 
     from sktransfer._engine import resolve_device, resolve_precision
+    from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(
-        f"# {time.strftime('%Y-%m-%d')} | {platform.machine()} | "
+        f"# {time.strftime('%Y-%m-%d')} | CPU {cpu_model()} | "
         f"{os.cpu_count()} CPUs | GPU: {gpu} | torch {torch.__version__} | "
         f"torchvision {torchvision.__version__} | Pillow {Image.__version__} | "
         f"device {device} | auto precision: "

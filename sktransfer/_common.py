@@ -26,6 +26,7 @@ SHARED_CONSTRAINTS: dict = {
     "batch_size": [Interval(Integral, 1, None, closed="left")],
     "num_workers": [Interval(Integral, 0, None, closed="left"), None],
     "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+    "reduced_decoding": ["boolean"],
     "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
     "random_state": ["random_state"],
     "device": [str, torch.device],

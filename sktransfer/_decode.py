@@ -8,6 +8,13 @@ global settings:
   reached, whatever the file's name or content;
 - the pixel count is checked against ``max_pixels`` from the header, before
   anything is decoded (decompression bombs);
+- reduced decoding (``min_side``): a JPEG whose shorter side is at least
+  twice the size the preprocessing resizes it to is decoded directly at 1/2,
+  1/4 or 1/8 of its size (libjpeg's DCT-domain scaling, Pillow's
+  ``Image.draft``), the largest reduction that keeps its shorter side at or
+  above ``min_side``, so that the resize still only shrinks it. A 12-MP
+  photo then costs a fraction of a full decode. ``max_pixels`` is judged on
+  the file's real size; other formats are decoded in full;
 - truncated files raise (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set);
 - the EXIF orientation is applied, so a rotated photo and its upright twin
   give the same pixels;
@@ -26,6 +33,7 @@ float32 array for deep grayscale images.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 
@@ -50,6 +58,8 @@ __all__ = [
     "EXTENSIONS",
     "FORMATS",
     "decode",
+    "decoder_tag",
+    "plan_reduced_decoding",
     "decode_jpegs_on",
     "device_decodable",
     "check_file_size",
@@ -78,6 +88,22 @@ BACKGROUND = (255, 255, 255)
 DEFAULT_MAX_PIXELS = 89_478_485
 #: Part of the cache key of encoded images: change it when these rules change.
 DECODER_TAG = "decode-v1:exif,white,first-frame"
+
+
+def decoder_tag(min_side: int | None) -> str:
+    """The cache-key part of the decoding rules, reduced decoding included
+    (its rows differ slightly from those of a full decode)."""
+    return DECODER_TAG if min_side is None else f"{DECODER_TAG},reduced>={min_side}"
+
+
+def plan_reduced_decoding(images, enabled: bool, preprocessing, device) -> None:
+    """Set an input adapter's ``decode_min_side``: the resize target when
+    reduced decoding is on and JPEGs are decoded on the CPU (on CUDA they go
+    to nvJPEG at full size), else None (every file decoded in full)."""
+    size = preprocessing.resize_size
+    on = enabled and size is not None and device.type != "cuda"
+    images.decode_min_side = int(size) if on else None
+
 
 _ORIENTATION = 0x0112  # EXIF tag
 _UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -115,10 +141,22 @@ def read_bytes(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
     return data
 
 
-def decode(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """Decode an encoded image (the bytes of a file) to a pixel array."""
+def decode(data: bytes, max_pixels: int | None, min_side: int | None = None):
+    """Decode an encoded image (the bytes of a file) to a pixel array.
+
+    ``min_side``: decode JPEGs reduced, to a shorter side of at least this
+    many pixels, when that saves at least half of each side.
+    """
     formats = [name for name in FORMATS if name in Image.OPEN]  # WebP is optional
     with Image.open(io.BytesIO(data), formats=formats) as image:
+        if min_side is not None and image.format in ("JPEG", "MPO"):
+            _check_pixels(image, max_pixels)  # on the real size, not the draft's
+            width, height = image.size
+            scale = min_side / min(width, height)
+            if scale <= 0.5:
+                # the smallest 1/2^k size at least this large, in both sides
+                wanted = (math.ceil(width * scale), math.ceil(height * scale))
+                image.draft(image.mode, wanted)
         return to_array(image, max_pixels)
 
 
@@ -168,9 +206,7 @@ def _check_open(image: Image.Image) -> None:
         )
 
 
-def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:
-    """The pixels of a PIL image by the rules of this module (a new array)."""
-    _check_open(image)
+def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(
@@ -178,6 +214,12 @@ def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:
             f"than max_pixels={max_pixels:,} (a decompression bomb?). If it is "
             "a genuine image, raise max_pixels."
         )
+
+
+def to_array(image: Image.Image, max_pixels: int | None) -> np.ndarray:
+    """The pixels of a PIL image by the rules of this module (a new array)."""
+    _check_open(image)
+    _check_pixels(image, max_pixels)
     file_format = image.format
     if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
         image = ImageOps.exif_transpose(image)

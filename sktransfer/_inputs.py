@@ -151,6 +151,7 @@ class ArrayImages:
     """
 
     resizes = False  # batches are resized by the caller, on the device
+    decode_min_side: int | None = None  # (no files to decode)
     errors: dict[int, ImageReadError] = {}  # arrays are validated up front
 
     def __init__(self, data, *, channels_last: bool, row: int | None = None):
@@ -427,6 +428,9 @@ class ListImages:
         self._arrays: dict[int, ArrayImages] = {}
         # The digest of what was decoded for each row (see decoded_digest).
         self._decoded: dict[int, str] = {}
+        #: Decode JPEGs reduced to a shorter side of at least this many
+        #: pixels (``_decode.decode``); None decodes every file in full.
+        self.decode_min_side: int | None = None
         self._kinds = [self._check(i, item) for i, item in enumerate(items)]
 
     def __len__(self) -> int:
@@ -503,8 +507,9 @@ class ListImages:
         if kind in ("path", "bytes"):
             if data is None:
                 data = self._read(i)
-            self._decoded[i] = digest(_decode.DECODER_TAG, data)
-            array = _decode.decode(data, self.max_pixels)
+            min_side = self.decode_min_side
+            self._decoded[i] = digest(_decode.decoder_tag(min_side), data)
+            array = _decode.decode(data, self.max_pixels, min_side)
         elif kind == "pil":
             array = _decode.to_array(item, self.max_pixels)
             self._decoded[i] = image_digest(array, True)
@@ -673,4 +678,4 @@ class ListImages:
         except Exception as exc:
             self._fail(i, exc)
             return None
-        return digest(_decode.DECODER_TAG, data)
+        return digest(_decode.decoder_tag(self.decode_min_side), data)

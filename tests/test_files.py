@@ -23,7 +23,7 @@ from sktransfer._decode import BACKGROUND, decode, to_array
 from sktransfer._inputs import ListImages, as_images
 from sktransfer.exceptions import ImageReadError
 
-from .conftest import SMALL, TinyCNN
+from .conftest import SMALL, TinyCNN, assert_same_rows
 
 
 def make_extractor(**params):
@@ -625,3 +625,94 @@ def test_jpegs_over_the_pixel_limit_never_reach_the_device_decoder(tmp_path):
     images = ListImages([path], max_pixels=1919)
     with pytest.raises(ImageReadError, match="max_pixels"):
         list(images.batches(2, None, None, torch.device("cpu")))
+
+
+# -- reduced decoding of large JPEGs ---------------------------------------------
+def big_photo(size=(1600, 1200), seed=0):
+    """A photo-like image: scikit-learn's sample photo, upscaled, with grain."""
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[seed])
+    pixels = np.asarray(photo.resize(size, Image.Resampling.BICUBIC), np.float32)
+    grain = np.random.default_rng(seed).normal(0, 4, pixels.shape)
+    return Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8))
+
+
+def jpeg(image, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "min_side, shape",
+    [
+        (224, (300, 400)),
+        (256, (300, 400)),
+        (300, (300, 400)),
+        (301, (600, 800)),
+        (600, (600, 800)),
+        (601, (1200, 1600)),
+        (None, (1200, 1600)),
+    ],
+)
+def test_large_jpegs_are_decoded_reduced_never_below_the_target(min_side, shape):
+    """The largest 1/2^k reduction whose shorter side stays >= the target."""
+    array = decode(jpeg(big_photo()), None, min_side)
+    assert array.shape == (*shape, 3)
+
+
+def test_reduced_decoding_is_close_to_a_full_decode_and_keeps_the_rules():
+    """A reduced decode looks like the full one shrunk; EXIF orientation,
+    grayscale and CMYK keep their rules; PNGs are decoded in full."""
+    photo = big_photo()
+    full = Image.fromarray(decode(jpeg(photo), None))
+    reduced = decode(jpeg(photo), None, 224)
+    shrunk = np.asarray(full.resize((400, 300), Image.Resampling.BOX), np.float32)
+    assert np.abs(reduced - shrunk).mean() < 3  # of 255 levels
+    # EXIF orientation 6 (rotated 90 degrees clockwise for display)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = photo.transpose(Image.Transpose.ROTATE_90)
+    upright = decode(jpeg(stored, exif=exif), None, 224)
+    assert upright.shape == reduced.shape
+    assert np.abs(upright.astype(np.float32) - reduced).mean() < 3
+    for mode in ("L", "CMYK"):
+        out = decode(jpeg(photo.convert(mode)), None, 224)
+        assert out.shape == (300, 400, 3) and out.dtype == np.uint8
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    assert decode(buffer.getvalue(), None, 224).shape == (1200, 1600, 3)
+
+
+def test_max_pixels_is_judged_on_the_full_size():
+    """A JPEG over max_pixels is refused even though its draft would fit."""
+    with pytest.raises(ValueError, match="1,920,000 pixels, more than"):
+        decode(jpeg(big_photo()), 1_000_000, 224)
+
+
+def test_reduced_rows_are_close_and_cached_apart(tmp_path):
+    """Rows of reduced and full decoding differ by little, are never served
+    for each other by the cache, and each equals its uncached row."""
+    from sktransfer import EmbeddingCache
+
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"{seed}.jpg"
+        path.write_bytes(jpeg(big_photo(seed=seed)))
+        paths.append(str(path))
+    common = dict(model="resnet18", weights=None, random_state=0, verbose=False)
+    cache = EmbeddingCache()
+    reduced = PretrainedFeatureExtractor(cache=cache, **common).fit(paths)
+    full = PretrainedFeatureExtractor(
+        cache=cache, reduced_decoding=False, **common
+    ).fit(paths)
+    a, b = reduced.transform(paths), full.transform(paths)
+    uncached = dict(cache=None, **common)
+    b_ref = PretrainedFeatureExtractor(reduced_decoding=False, **uncached)
+    assert_same_rows(b, b_ref.fit(paths).transform(paths))
+    assert_same_rows(
+        a, PretrainedFeatureExtractor(**uncached).fit(paths).transform(paths)
+    )
+    difference = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert 0 < difference.max() < 0.02
