@@ -8,10 +8,12 @@ reduced (the default: libjpeg's DCT scaling to 1/2, 1/4 or 1/8, never below
 the resize target). For scale, the same full decodes embedded in bfloat16,
 the difference that the docs already accept as harmless to accuracy.
 
-Data, made offline: scikit-learn's two sample photographs, each cut into 4
-regions; a class is a region (8 classes). Each photo is a random crop of its
-region (jittered), maybe flipped, recoloured, upscaled to the target size
-with fine grain added, saved at JPEG quality 90.
+Data, made offline: scikit-learn's two sample photographs, each with 8
+overlapping regions (4 across, 60 pixels apart; 2 down, 80 apart); a class
+is a region (16 classes). Each photo is a crop of its region jittered by up
+to 40 pixels (so neighbouring classes overlap), maybe flipped, recoloured,
+upscaled to the target size with fine grain added (``--grain`` levels),
+saved at JPEG quality 90.
 
 Printed, per cut point: the relative difference of each embedding to the
 full-decode float32 one (median, 90th percentile and max of
@@ -44,28 +46,29 @@ WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/weights/mobilenet_v2_imagenet.pth"
 )
 LAYERS = ["features.13", None]
+GRAIN = 5.0  # std of the fine grain added back, in levels
 
 
-def labelled_photos(folder: Path, n: int, megapixels: float, seed=0):
-    """``n`` JPEGs in 8 classes (a region of a sample photo each) and labels."""
+def labelled_photos(folder: Path, n: int, megapixels: float, grain=GRAIN, seed=0):
+    """``n`` JPEGs in 16 classes (a region of a sample photo each) and labels."""
     photos = load_sample_images().images  # two 427x640 photos
     rng = np.random.default_rng(seed)
     width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     height = width * 3 // 4
     paths, labels = [], []
     for i in range(n):
-        label = i % 8
-        photo = photos[label // 4]
-        top = 0 if label % 4 < 2 else 213
-        left = 0 if label % 2 == 0 else 320
-        dy, dx = rng.integers(0, 50, 2)
+        label = i % 16
+        photo = photos[label // 8]
+        top = 80 * ((label % 8) // 4)
+        left = 60 * (label % 4)
+        dy, dx = rng.integers(0, 41, 2)
         crop = photo[top + dy : top + dy + 160, left + dx : left + dx + 213]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         crop = np.clip(crop * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.uint8)
         big = Image.fromarray(crop).resize((width, height), Image.Resampling.BICUBIC)
-        grain = rng.normal(0, 5, (height, width, 1)).astype(np.float32)
-        pixels = np.clip(np.asarray(big, np.float32) + grain, 0, 255).astype(np.uint8)
+        noise = rng.normal(0, grain, (height, width, 1)).astype(np.float32)
+        pixels = np.clip(np.asarray(big, np.float32) + noise, 0, 255).astype(np.uint8)
         path = folder / f"{i:04d}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(str(path))
@@ -95,19 +98,21 @@ def embed(paths, **params):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=160)
+    parser.add_argument("--n", type=int, default=192)
     parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--grain", type=float, default=GRAIN)
     args = parser.parse_args()
     if not WEIGHTS.is_file():
         raise SystemExit(f"needs the real checkpoint at {WEIGHTS}")
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        paths, y = labelled_photos(Path(folder), args.n, args.megapixels)
+        paths, y = labelled_photos(Path(folder), args.n, args.megapixels, args.grain)
         with Image.open(paths[0]) as image:
             size = image.size
+        made = time.perf_counter() - start
         print(
-            f"CPU: {cpu_model()}; {args.n} photos of {size[0]}x{size[1]} in 8 "
-            f"classes, written in {time.perf_counter() - start:.0f} s"
+            f"CPU: {cpu_model()}; {args.n} photos of {size[0]}x{size[1]} in 16 "
+            f"classes, grain {args.grain}, written in {made:.0f} s"
         )
         runs = {
             "full decode, float32": embed(paths, reduced_decoding=False),
