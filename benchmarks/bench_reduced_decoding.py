@@ -22,8 +22,11 @@ standardised logistic regression, and McNemar's counts against the full
 decode (right there only / right here only; equal counts mean equal
 accuracy). Also the transform's files/s for each.
 
-Run: ``.venv/bin/python benchmarks/bench_reduced_decoding.py [--n 160
---megapixels 12]``
+``--gap`` sets how many times the resize target a reduced decode keeps (the
+library's ``REDUCING_GAP``, 2); ``--gap 1`` decodes down to the target.
+
+Run: ``.venv/bin/python benchmarks/bench_reduced_decoding.py [--n 192
+--megapixels 12 --grain 5 --gap 2]``
 """
 
 import argparse
@@ -39,7 +42,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import PretrainedFeatureExtractor
+from sktransfer import PretrainedFeatureExtractor, _decode
 from sktransfer._identity import cpu_model
 
 WEIGHTS = (
@@ -101,7 +104,14 @@ def main():
     parser.add_argument("--n", type=int, default=192)
     parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--grain", type=float, default=GRAIN)
+    parser.add_argument(
+        "--gap",
+        type=int,
+        default=_decode.REDUCING_GAP,
+        help="decode reduced to at least this many times the resize target",
+    )
     args = parser.parse_args()
+    _decode.REDUCING_GAP = args.gap  # (read at each decode)
     if not WEIGHTS.is_file():
         raise SystemExit(f"needs the real checkpoint at {WEIGHTS}")
     with tempfile.TemporaryDirectory() as folder:
