@@ -1,5 +1,5 @@
-"""What both estimators share: their common parameters, and fitting that is
-all or nothing."""
+"""What both estimators share: their common parameters, fitting that is all
+or nothing, and the warning when reduced-precision numerics change."""
 
 from __future__ import annotations
 
