@@ -161,6 +161,17 @@ def sktransfer(name, device, batch_size, precision, paths, reduced=True):
     return extractor.fit(paths[:1]).transform
 
 
+def peers(name, device) -> dict:
+    """The contenders that are not sktransfer: the plain loop and img2vec."""
+    contenders = {"plain torchvision fp32": plain_loop(name, device, 64)}
+    if name in IMG2VEC_MODELS:
+        try:
+            contenders["img2vec_pytorch"] = img2vec(name, device, 64)
+        except ImportError:
+            print(f"| {name} | img2vec_pytorch | not installed | |")
+    return contenders
+
+
 def throughput(args, device):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -177,12 +188,7 @@ def throughput(args, device):
         print("| model | contender | img/s | sktransfer speed-up |")
         print("| --- | --- | --- | --- |")
         for name in args.models:
-            contenders = {"plain torchvision fp32": plain_loop(name, device, 64)}
-            if name in IMG2VEC_MODELS:
-                try:
-                    contenders["img2vec_pytorch"] = img2vec(name, device, 64)
-                except ImportError:
-                    print(f"| {name} | img2vec_pytorch | not installed | |")
+            contenders = peers(name, device)
             for label, precision in (("bf16", "bfloat16"), ("(default)", "auto")):
                 contenders[f"sktransfer {label}"] = sktransfer(
                     name, device, args.batch_size, precision, paths
@@ -211,12 +217,7 @@ def big_photos(args, device, tmp: Path):
     print("| model | contender | files/s | sktransfer speed-up |")
     print("| --- | --- | --- | --- |")
     for name in args.models:
-        contenders = {"plain torchvision fp32": plain_loop(name, device, 64)}
-        if name in IMG2VEC_MODELS:
-            try:
-                contenders["img2vec_pytorch"] = img2vec(name, device, 64)
-            except ImportError:
-                print(f"| {name} | img2vec_pytorch | not installed | |")
+        contenders = peers(name, device)
         bs = args.batch_size
         contenders["sktransfer, reduced_decoding=False"] = sktransfer(
             name, device, bs, "auto", paths, reduced=False
