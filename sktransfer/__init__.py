@@ -18,12 +18,41 @@ __all__ = [
     "Preprocessing",
     "PretrainedFeatureExtractor",
     "WeightsUnavailableError",
+    "clear_caches",
     "default_cache",
     "list_images",
     "list_layers",
     "list_models",
     "load_image_folder",
 ]
+
+
+def clear_caches() -> None:
+    """Free what sktransfer keeps between calls in this process.
+
+    Drops the networks that clones share (and the memory they hold, on the
+    GPU too), the in-memory embeddings of every process-wide cache (the
+    ``"memory"`` one and those of ``cache="directory"``; the files on disk
+    stay), and the remembered digests of checkpoint files. Fitted
+    estimators keep working: they hold their own network. Everything is
+    rebuilt or recomputed on demand.
+
+    Examples
+    --------
+    >>> import sktransfer
+    >>> sktransfer.clear_caches()
+    >>> len(sktransfer.default_cache())
+    0
+    """
+    import torch
+
+    from sktransfer import _cache, _identity, _network
+
+    _network.clear()
+    _cache.clear_memory()
+    _identity.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def list_models(pattern: str = "*") -> list[str]:

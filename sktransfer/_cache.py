@@ -45,6 +45,7 @@ from sktransfer._identity import digest
 __all__ = [
     "EmbeddingCache",
     "check_cache_parameter",
+    "clear_memory",
     "default_cache",
     "directory_cache",
 ]
@@ -315,6 +316,15 @@ def directory_cache(path) -> EmbeddingCache:
         if key not in _DIRECTORIES:
             _DIRECTORIES[key] = EmbeddingCache(_DEFAULT.max_bytes, key)
         return _DIRECTORIES[key]
+
+
+def clear_memory() -> None:
+    """Empty the memory layer of every process-wide cache (files stay)."""
+    _DEFAULT.clear()
+    with _DIRECTORIES_LOCK:
+        caches = list(_DIRECTORIES.values())
+    for cache in caches:
+        cache.clear()
 
 
 def _fsync_directory(folder: Path) -> None:

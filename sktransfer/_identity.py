@@ -29,7 +29,6 @@ import inspect
 import os
 import platform
 import re
-import threading
 import types
 from enum import Enum
 
@@ -37,7 +36,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from sktransfer._memo import Memo
+
 __all__ = [
+    "clear",
     "content_digest",
     "digest",
     "file_digest",
@@ -59,8 +61,8 @@ def digest(*parts) -> str:
 
 
 # -- files --------------------------------------------------------------------
-_FILE_DIGESTS: dict[tuple, str] = {}
-_FILE_LOCK = threading.Lock()
+#: Digests of file versions already hashed (an LRU: checkpoints, a few).
+_FILE_DIGESTS = Memo(size=256)
 _CHUNK = 1 << 22
 
 
@@ -75,6 +77,11 @@ def _stat_key(path, st: os.stat_result) -> tuple:
     )
 
 
+def clear() -> None:
+    """Forget the remembered file digests (they are recomputed on demand)."""
+    _FILE_DIGESTS.clear()
+
+
 def content_digest(data) -> str:
     """The digest of a file's bytes, as :func:`file_digest` computes it."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -84,16 +91,14 @@ def remember_file_digest(path, before: os.stat_result, after: os.stat_result, va
     """Remember ``value`` as the digest of ``path`` if the file did not change
     while it was read (its stat before and after are the same)."""
     if _stat_key(path, before) == _stat_key(path, after):
-        with _FILE_LOCK:
-            _FILE_DIGESTS[_stat_key(path, after)] = value
+        _FILE_DIGESTS.put(_stat_key(path, after), value)
 
 
 def file_digest(path) -> str:
     """A digest of a file's bytes, computed once per version of the file."""
     st = os.stat(path)
     key = _stat_key(path, st)
-    with _FILE_LOCK:
-        known = _FILE_DIGESTS.get(key)
+    known = _FILE_DIGESTS.get(key)
     if known is not None:
         return known
     h = hashlib.blake2b(digest_size=16)

@@ -1,4 +1,5 @@
-"""A small thread-safe LRU, for the networks shared by clones (_network.py)."""
+"""A small thread-safe LRU: built networks shared by clones (``_network``),
+file digests (``_identity``)."""
 
 from __future__ import annotations
 

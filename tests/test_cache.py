@@ -289,3 +289,20 @@ def test_parallel_grid_search_shares_the_disk_cache(labelled, tmp_path):
     assert len(search.cv_results_["params"]) == 2
     # one file per image and computed layer, whichever process wrote it
     assert len(list(tmp_path.rglob("*.emb"))) == 2 * len(X)
+
+
+def test_clear_caches_forgets_shared_state_but_not_fitted_estimators(counted, images):
+    """clear_caches empties the embedding memory and the network memo; a
+    fitted extractor still transforms, with the same rows, recomputed."""
+    import sktransfer
+    from sktransfer import _network
+
+    model, counter = counted
+    extractor = make(model, "memory").fit(images)
+    expected = extractor.transform(images)
+    assert len(default_cache()) > 0 and len(_network._NETWORKS._entries) > 0
+    sktransfer.clear_caches()
+    assert len(default_cache()) == 0 and len(_network._NETWORKS._entries) == 0
+    before = counter.count
+    assert_same_rows(extractor.transform(images), expected)
+    assert counter.count - before == len(images)  # recomputed, not remembered
