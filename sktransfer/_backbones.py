@@ -11,7 +11,6 @@ with ``torch.load(..., weights_only=True)`` and nothing else.
 from __future__ import annotations
 
 import copy
-import difflib
 import io
 import os
 import urllib.parse
@@ -25,6 +24,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _preprocess
+from sktransfer._common import did_you_mean
 from sktransfer._families import Family, family_of
 from sktransfer._identity import content_digest, remember_file_digest
 from sktransfer.exceptions import WeightsUnavailableError
@@ -64,8 +64,7 @@ def model_names() -> list[str]:
 def _check_model_name(name: str) -> None:
     names = model_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, names)
         raise ValueError(
             f"The 'model' parameter must be a torchvision classification model "
             f"name or a torch.nn.Module. Got {name!r}.{hint} See "
@@ -104,8 +103,7 @@ def resolve_weights(model_name: str, weights) -> WeightsEnum | Path | None:
     if os.sep in weights or weights.endswith(_CHECKPOINT_SUFFIXES):
         return Path(weights)
     valid = ["DEFAULT", *members]
-    close = difflib.get_close_matches(name, valid, n=2)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(name, valid, n=2)
     raise ValueError(
         f"The 'weights' parameter for model {model_name!r} must be one of "
         f"{valid} (optionally prefixed with '{enum_cls.__name__}.'), a path to "

@@ -1,9 +1,11 @@
-"""What both estimators share: their common parameters, fitting that is all
-or nothing, and the warning when reduced-precision numerics change."""
+"""What the estimators and modules share: the common parameters, fitting
+that is all or nothing, the warning when reduced-precision numerics change,
+and the "did you mean" of error messages."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import warnings
 from numbers import Integral
@@ -16,7 +18,7 @@ from torchvision.models import WeightsEnum
 from sktransfer import _engine, _preprocess
 from sktransfer._identity import numerics
 
-__all__ = ["SHARED_CONSTRAINTS", "all_or_nothing", "check_numerics"]
+__all__ = ["SHARED_CONSTRAINTS", "all_or_nothing", "check_numerics", "did_you_mean"]
 
 #: Parameters that both estimators take, with the same meaning.
 SHARED_CONSTRAINTS: dict = {
@@ -69,3 +71,10 @@ def check_numerics(estimator) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def did_you_mean(name: str, choices, n: int = 3) -> str:
+    """`` Did you mean 'a' or 'b'?`` for the choices closest to ``name``, or
+    an empty string when none is close: the end of an error message."""
+    close = difflib.get_close_matches(name, list(choices), n=n)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

@@ -64,6 +64,11 @@ def register_family(name: str, *patterns: str, nhwc: bool = False):
     """Register the decorated ``stages(module)`` function as a family."""
 
     def decorator(stages: Callable[[nn.Module], list[str]]):
+        if name in _FAMILIES:
+            raise ValueError(
+                f"A family named {name!r} is registered already "
+                f"({_FAMILIES[name].patterns}); choose another name."
+            )
         _FAMILIES[name] = Family(name, patterns, stages, nhwc)
         return stages
 

@@ -9,7 +9,6 @@ standard embedding, since the classification head has been removed.
 from __future__ import annotations
 
 import copy
-import difflib
 
 import torch
 from torch import fx, nn
@@ -19,6 +18,7 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
+from sktransfer._common import did_you_mean
 from sktransfer._fusion import fuse_pointwise
 
 __all__ = [
@@ -69,8 +69,7 @@ def resolve_layers(layer, names, model_label: str) -> list[str | None]:
         seen.add(name)
         if name is not None and not is_valid(name, names):
             modules = sorted({n.split(".")[0] for n in names})
-            close = difflib.get_close_matches(name, names + modules, n=3)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(name, names + modules)
             raise ValueError(
                 f"The 'layer' parameter must name a node of the model's graph. Got "
                 f"{name!r}.{hint} See sktransfer.list_layers({model_label}) for the "

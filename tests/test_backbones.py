@@ -238,3 +238,23 @@ def test_pickle_of_published_weights_is_a_small_reference(
     assert_array_equal(
         transform_in_fresh_process(extractor, X, tmp_path, env), expected
     )
+
+
+def test_the_family_registry_refuses_a_second_family_of_the_same_name():
+    """Registering a family name twice is an error, not a silent overwrite."""
+    from sktransfer._families import _FAMILIES, register_family
+
+    before = dict(_FAMILIES)
+    with pytest.raises(ValueError, match="'resnet' is registered already"):
+        register_family("resnet", "myresnet*")(lambda module: [])
+    assert before == _FAMILIES
+
+
+def test_did_you_mean_names_the_closest_choices():
+    """One helper ends every 'unknown name' message."""
+    from sktransfer._common import did_you_mean
+
+    assert did_you_mean("resnet5O", ["resnet50", "resnet18", "vgg11"], n=1) == (
+        " Did you mean 'resnet50'?"
+    )
+    assert did_you_mean("zzz", ["resnet50"]) == ""
