@@ -208,8 +208,10 @@ def _stable(value, depth: int = 0) -> str:
         return f"method {_stable(value.__self__, depth)}.{value.__name__}"
     if isinstance(value, types.FunctionType):
         return "function " + _function_identity(value, depth)
-    if isinstance(value, nn.Module):  # a module held outside _modules
-        return "module " + module_digest(value)
+    if isinstance(value, nn.Module):
+        # A module held outside ``_modules`` (a back-reference to a parent,
+        # say): hashing it could recurse forever, so it is this very object.
+        return f"module {type(value).__qualname__}@{id(value)}"
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and type(value).__repr__ is object.__repr__:
         cls = type(value)

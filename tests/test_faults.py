@@ -668,3 +668,13 @@ def test_every_cached_row_equals_the_uncached_row(
         for how in damages:
             if entries and how != "none":
                 _damage(entries[rng.integers(len(entries))], how, entries[0])
+
+
+def test_a_module_that_refers_to_its_parent_has_an_identity(pictures):
+    """A plain attribute pointing back to the parent neither recurses forever
+    nor shares the network of another parent."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    object.__setattr__(model.block1, "owner", model)  # not a submodule
+    rows = make(model, "memory").fit(pictures).transform(pictures)
+    assert_same_rows(rows, fresh_rows(model, pictures))
