@@ -341,9 +341,6 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-_MEMORY_WORDS = ("memory",)
-
-
 def check_cache_parameter(cache) -> None:
     """Check the ``cache`` parameter of an estimator (at fit).
 
@@ -353,7 +350,7 @@ def check_cache_parameter(cache) -> None:
     """
     if cache is None or isinstance(cache, EmbeddingCache):
         return
-    if isinstance(cache, str) and cache in _MEMORY_WORDS:
+    if isinstance(cache, str) and cache == "memory":
         return
     text = os.fspath(cache)
     expanded = os.path.expanduser(text)

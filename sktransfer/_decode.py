@@ -51,6 +51,8 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format)
     WebPImagePlugin,
 )
 
+from sktransfer._identity import digest
+
 __all__ = [
     "BACKGROUND",
     "DECODER_TAG",
@@ -58,7 +60,7 @@ __all__ = [
     "EXTENSIONS",
     "FORMATS",
     "decode",
-    "decoder_tag",
+    "encoded_digest",
     "plan_reduced_decoding",
     "decode_jpegs_on",
     "device_decodable",
@@ -99,12 +101,14 @@ DECODER_TAG = "decode-v1:exif,white,first-frame"
 REDUCING_GAP = 2
 
 
-def decoder_tag(min_side: int | None) -> str:
-    """The cache-key part of the decoding rules, reduced decoding included
-    (its rows differ slightly from those of a full decode)."""
-    if min_side is None:
-        return DECODER_TAG
-    return f"{DECODER_TAG},reduced>={min_side}x{REDUCING_GAP}"
+def encoded_digest(data: bytes, min_side: int | None) -> str:
+    """The image part of the cache key of an encoded image: its bytes and
+    the decoding rules, reduced decoding included (whose rows differ
+    slightly from those of a full decode)."""
+    tag = DECODER_TAG
+    if min_side is not None:
+        tag = f"{DECODER_TAG},reduced>={min_side}x{REDUCING_GAP}"
+    return digest(tag, data)
 
 
 def plan_reduced_decoding(images, enabled: bool, preprocessing, device) -> None:

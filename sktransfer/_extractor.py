@@ -375,14 +375,13 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             return self._fit(X)
 
     def _fit(self, X):
-        check_cache_parameter(self.cache)
+        store = self._cache_store()  # (checks the parameter, before the data)
         images = self._images(X)
         device = _engine.resolve_device(self.device)
         dtype = _engine.resolve_precision(self.precision, device)
         seed = None
         if self.weights is None and self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        store = self._cache_store()
         built = _network.build(
             self.model,
             self.weights,

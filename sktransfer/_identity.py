@@ -266,14 +266,19 @@ _KERNEL_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f"
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags that decide which low-precision kernels run."""
+def _cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except OSError:
-        return frozenset()
-    found = set(re.findall(r"\b[a-z0-9_]+\b", text))
+        return ""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags that decide which low-precision kernels run."""
+    found = set(re.findall(r"\b[a-z0-9_]+\b", _cpuinfo()))
     return frozenset(flag for flag in _KERNEL_FLAGS if flag in found)
 
 
@@ -281,16 +286,9 @@ def cpu_flags() -> frozenset[str]:
 def cpu_model() -> str:
     """The CPU's model name and bf16 kernel family, for reports and
     benchmarks, e.g. ``"AMD EPYC (avx512bf16)"``."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({cpu_kernels()})"
+    found = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    name = found.group(1).strip() if found else platform.processor()
+    return f"{name or platform.machine()} ({cpu_kernels()})"
 
 
 @functools.cache

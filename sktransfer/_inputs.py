@@ -440,17 +440,17 @@ class ListImages:
         """The kind of element ``i``, checked (files: that they exist)."""
         if isinstance(item, (str, os.PathLike)):
             try:
-                mode = os.stat(item).st_mode
+                st = os.stat(item)
             except OSError as exc:
                 self._fail(i, exc)
             else:
-                if stat.S_ISDIR(mode):
+                if stat.S_ISDIR(st.st_mode):
                     self._fail(i, IsADirectoryError(item))
-                elif not stat.S_ISREG(mode):
+                elif not stat.S_ISREG(st.st_mode):
                     self._fail(i, ValueError("not a regular file"))
                 else:
                     try:
-                        _decode.check_file_size(os.stat(item).st_size, self.max_pixels)
+                        _decode.check_file_size(st.st_size, self.max_pixels)
                     except ValueError as exc:
                         self._fail(i, exc)
             return "path"
@@ -508,7 +508,7 @@ class ListImages:
             if data is None:
                 data = self._read(i)
             min_side = self.decode_min_side
-            self._decoded[i] = digest(_decode.decoder_tag(min_side), data)
+            self._decoded[i] = _decode.encoded_digest(data, min_side)
             array = _decode.decode(data, self.max_pixels, min_side)
         elif kind == "pil":
             array = _decode.to_array(item, self.max_pixels)
@@ -549,7 +549,7 @@ class ListImages:
             if on_device and self._kinds[i] in ("path", "bytes"):
                 data = self._read(i)
                 if _decode.device_decodable(data, self.max_pixels):
-                    self._decoded[i] = digest(_decode.DECODER_TAG, data)
+                    self._decoded[i] = _decode.encoded_digest(data, None)
                     return _Encoded(i, data)
             image = self._load(i, data)
             # (inside the try: a size that cannot be resized is a row error)
@@ -678,4 +678,4 @@ class ListImages:
         except Exception as exc:
             self._fail(i, exc)
             return None
-        return digest(_decode.decoder_tag(self.decode_min_side), data)
+        return _decode.encoded_digest(data, self.decode_min_side)

@@ -105,7 +105,12 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
         backbone = load_backbone(model, weights, seed)
         # Shared only under the identity of what was loaded: a file replaced
         # between the identification and the loading is not shared at all.
-        if memo_id is not None and weights_identity(model, weights, seed) != memo_id:
+        # (Only names and paths bring files; a module is what it is.)
+        if (
+            isinstance(model, str)
+            and memo_id is not None
+            and weights_identity(model, weights, seed) != memo_id
+        ):
             memo_id = None
         backbone_key = None if memo_id is None else (memo_id, str(device))
         loaded = {"backbone": backbone, "digest": module_digest(backbone.module)}
