@@ -322,7 +322,7 @@ def main():
     )
     args = parser.parse_args()
 
-    from sktransfer._engine import resolve_device, resolve_precision
+    from sktransfer._device import resolve_device, resolve_precision
     from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)

@@ -150,7 +150,7 @@ def main():
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from sktransfer._engine import resolve_device, resolve_precision
+    from sktransfer._device import resolve_device, resolve_precision
     from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)

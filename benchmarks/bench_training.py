@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from sktransfer._engine import resolve_device, resolve_precision
+    from sktransfer._device import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"

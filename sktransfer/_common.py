@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _engine, _preprocess
+from sktransfer import _device, _preprocess
 from sktransfer._identity import numerics
 
 __all__ = ["SHARED_CONSTRAINTS", "all_or_nothing", "check_numerics", "did_you_mean"]
@@ -57,7 +57,7 @@ def check_numerics(estimator) -> None:
     """Warn when a fitted estimator computes in reduced precision with other
     kernels than at fit (a pickle, a shared model, a cluster of other
     machines): its outputs may shift by a few percent."""
-    dtype = _engine.PRECISIONS[estimator.precision_]
+    dtype = _device.PRECISIONS[estimator.precision_]
     here = numerics(estimator.device_, dtype)
     fitted = estimator.__dict__.get("numerics_", here)
     if dtype != torch.float32 and here != fitted:

@@ -19,115 +19,13 @@ result is unchanged.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from typing import TypeVar
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["PRECISIONS", "extract", "resolve_device", "resolve_precision"]
+from sktransfer._device import autocast, cudnn_settings
 
-PRECISIONS = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu; other values are checked."""
-    if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            "The 'device' parameter must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
-            f"'mps'. Got {device!r}."
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"The 'device' parameter is {device!r} but CUDA is not available on "
-            "this machine. Use device='auto' or 'cpu'."
-        )
-    if resolved.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ValueError(
-            f"The 'device' parameter is {device!r} but MPS is not available on "
-            "this machine. Use device='auto' or 'cpu'."
-        )
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype; ``"auto"`` is float32 except on CUDA.
-
-    CUDA: bfloat16 where supported (Ampere and later), else float16: what GPU
-    users expect, several times faster. CPU and MPS: float32, whose rows
-    agree across machines to about 1e-6; bfloat16 kernels differ between
-    CPUs (AMX against AVX512-BF16) by several percent of a row.
-    """
-    if precision != "auto":
-        return PRECISIONS[precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def restore_device(name: str, what: str) -> torch.device:
-    """The device of an unpickled estimator: the CPU, with a warning, if it
-    was fitted on CUDA and none is available here."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"This {what} was fitted on CUDA, which is not available here; it "
-            "will run on the CPU.",
-            UserWarning,
-            stacklevel=3,
-        )
-        device = torch.device("cpu")
-    return device
-
-
-_Module = TypeVar("_Module", bound=torch.nn.Module)
-
-
-def prepare_network(net: _Module) -> _Module:
-    """Lay out convolution weights channels_last (faster on CPU and GPU)."""
-    return net.to(memory_format=torch.channels_last)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to ``dtype`` on ``device`` (nothing for float32)."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _cudnn_settings(device: torch.device, dtype: torch.dtype):
-    """cuDNN for the duration of one call only: autotuned kernels, and for
-    float32 no TF32 (10-bit mantissas in convolutions, which PyTorch allows
-    by default and which move rows by about 1e-3): ``precision="float32"``
-    means float32. Matrix products follow
-    ``torch.backends.cuda.matmul.allow_tf32`` (off unless the user set it)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(
-        enabled=cudnn.enabled,
-        benchmark=not cudnn.deterministic,
-        deterministic=cudnn.deterministic,
-        allow_tf32=cudnn.allow_tf32 and dtype != torch.float32,
-    )
-
+__all__ = ["extract", "run_batch"]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
 # whatever the batch size: a block's activations stay in the caches and below
@@ -215,7 +113,7 @@ def extract(
     size = batch_size
     resized = images.resizes
     with (
-        _cudnn_settings(device, dtype),
+        cudnn_settings(device, dtype),
         tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
     ):
         decode_on = device if on_cuda else None  # nvJPEG for JPEG files

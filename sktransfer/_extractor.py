@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer import _decode, _engine, _layers, _network, _preprocess
+from sktransfer import _decode, _device, _engine, _layers, _network, _preprocess
 from sktransfer._backbones import check_weights, named_preprocessing
 from sktransfer._cache import (
     EmbeddingCache,
@@ -377,8 +377,8 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     def _fit(self, X):
         store = self._cache_store()  # (checks the parameter, before the data)
         images = self._images(X)
-        device = _engine.resolve_device(self.device)
-        dtype = _engine.resolve_precision(self.precision, device)
+        device = _device.resolve_device(self.device)
+        dtype = _device.resolve_precision(self.precision, device)
         seed = None
         if self.weights is None and self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -496,7 +496,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             n_features=sum(self.computed_widths_),
             batch_size=self.batch_size,
             device=self.device_,
-            dtype=_engine.PRECISIONS[self.precision_],
+            dtype=_device.PRECISIONS[self.precision_],
             indices=indices,
             verbose=self.verbose,
         )
@@ -520,7 +520,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         for it (``decoded_digest``), never under the digest of an earlier
         read of its file: another writer may have replaced the file since.
         """
-        config = self._cache_config(_engine.PRECISIONS[self.precision_])
+        config = self._cache_config(_device.PRECISIONS[self.precision_])
         widths = dict(zip(self.layers_, self.n_features_per_layer_, strict=True))
         out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
         missing = []

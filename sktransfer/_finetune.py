@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from sktransfer import _decode, _engine, _preprocess
+from sktransfer import _decode, _device, _engine, _preprocess
 from sktransfer._backbones import (
     Backbone,
     check_weights,
@@ -395,8 +395,8 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
                 "must be equal."
             )
         self.classes_ = classes
-        device = _engine.resolve_device(self.device)
-        dtype = _engine.resolve_precision(self.precision, device)
+        device = _device.resolve_device(self.device)
+        dtype = _device.resolve_precision(self.precision, device)
         rng = check_random_state(self.random_state)
         train, valid = np.arange(len(y)), None
         if self.early_stopping:
@@ -448,7 +448,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self.n_trainable_params_ = sum(
             p.numel() for p in net.parameters() if p.requires_grad
         )
-        return _engine.prepare_network(net.to(device)), prep
+        return _device.prepare_network(net.to(device)), prep
 
     def _train_mode(self, net: nn.Module) -> None:
         """Train mode, except batch norms whose statistics are frozen."""
@@ -547,7 +547,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         ``drop_last``, shuffling changes which image each epoch.
         """
         net, prep = self.network_, self.preprocessing_
-        device, dtype = self.device_, _engine.PRECISIONS[self.precision_]
+        device, dtype = self.device_, _device.PRECISIONS[self.precision_]
         if features is not None:
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
@@ -561,7 +561,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             if augment is not None:
                 x = torch.stack([augment(image) for image in x])
             x = x.contiguous(memory_format=torch.channels_last)
-            with _engine.autocast(device, dtype):
+            with _device.autocast(device, dtype):
                 logits = net(x)
             yield order[start : start + len(batch)], logits
 
@@ -575,7 +575,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             n_features=width,
             batch_size=self.batch_size,
             device=self.device_,
-            dtype=_engine.PRECISIONS[self.precision_],
+            dtype=_device.PRECISIONS[self.precision_],
             verbose=self.verbose,
             desc="Embedding (frozen backbone)",
         )
@@ -608,7 +608,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             n_features=len(self.classes_),
             batch_size=self.batch_size,
             device=self.device_,
-            dtype=_engine.PRECISIONS[self.precision_],
+            dtype=_device.PRECISIONS[self.precision_],
             indices=indices,
             verbose=False,
         )
@@ -684,7 +684,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             )
             net.load_state_dict(state)
             net.requires_grad_(False)
-            net = _engine.prepare_network(net.to(self.device_).eval())
+            net = _device.prepare_network(net.to(self.device_).eval())
             self.network_ = net
         return net
 

@@ -17,21 +17,28 @@ or a residual add (itself followed by an activation or not), becomes one
 same function on any device and precision; only on the CPU, without autograd
 and in float32 or bfloat16 (autocast's dtype when autocast is on, as
 autocast would run the convolution) does it call the fused oneDNN operator.
-Where that operator is missing or behaves otherwise (another PyTorch
-version), the module runs the unfused computation instead (checked once per
-process).
+
+That operator is internal to PyTorch and may change between releases, so it
+fails safe: each form used (with or without the add, each activation, each
+dtype) is checked against eager PyTorch once per process, at first use; a
+form that disagrees, or that raises at any call, runs unfused from then on,
+after one ``RuntimeWarning``. Setting the environment variable
+``SKTRANSFER_CPU_FUSION=0`` turns the fusion off altogether (no rewriting,
+and modules already rewritten run unfused).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["ConvPointwise", "StemMaxPool", "fuse_pointwise"]
+__all__ = ["FUSION_ENV", "ConvPointwise", "StemMaxPool", "enabled", "fuse_pointwise"]
 
 # oneDNN's name of each activation and its scalars (torch.compile's mapping).
 _ACTIVATIONS: dict[type, tuple[str, tuple]] = {
@@ -60,30 +67,106 @@ def _generic(name: str, scalars: tuple):
     return torch.sigmoid
 
 
+#: Set to ``0`` to run every convolution unfused (the eager computation).
+FUSION_ENV = "SKTRANSFER_CPU_FUSION"
+
+
+def enabled() -> bool:
+    """Whether CPU fusion is on: unless ``SKTRANSFER_CPU_FUSION=0``
+    (read at every use, so it can be changed while a program runs)."""
+    return os.environ.get(FUSION_ENV, "1").strip().lower() not in {
+        "0",
+        "false",
+        "no",
+        "off",
+    }
+
+
+_BROKEN_WARNED: set = set()
+
+
+def _form(dtype: torch.dtype, activation, residual: bool) -> str:
+    act = activation[0] if activation else "none"
+    return f"conv{' + add' if residual else ''} + {act} in {str(dtype)[6:]}"
+
+
+def _give_up(dtype: torch.dtype, activation, residual: bool, why: str) -> None:
+    """Record that a form does not work here, with one warning per form."""
+    key = (dtype, activation, residual)
+    _BROKEN[key] = False
+    if key in _BROKEN_WARNED:
+        return
+    _BROKEN_WARNED.add(key)
+    warnings.warn(
+        f"oneDNN's fused convolution ({_form(dtype, activation, residual)}) "
+        f"{why} with torch {torch.__version__}; those convolutions run unfused "
+        "(the same results, somewhat slower on the CPU). Set the environment "
+        f"variable {FUSION_ENV}=0 to turn the fusion off altogether.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+_BROKEN: dict = {}  # (dtype, activation, residual) -> False once it failed
+
+
 @functools.cache
-def operator_works() -> bool:
-    """Whether oneDNN's fused convolution exists here and computes
-    ``relu(conv(x) + other)`` with a packed weight as eager PyTorch does
-    (checked once)."""
+def _self_test(dtype: torch.dtype, activation, residual: bool) -> bool:
+    """Whether the fused operator exists here and computes this form as eager
+    PyTorch does, on a small channels_last convolution whose weight was
+    packed for another input size (as blocks of other sizes use it)."""
     try:
         conv = torch.ops.mkldnn._convolution_pointwise
         gen = torch.Generator().manual_seed(0)
         x, w, b, other = (
-            torch.randn(shape, generator=gen)
-            for shape in ((2, 4, 6, 6), (8, 4, 3, 3), (8,), (2, 8, 3, 3))
+            torch.randn(shape, generator=gen).to(dtype)
+            for shape in ((2, 16, 6, 6), (8, 16, 3, 3), (8,), (2, 8, 3, 3))
         )
+        x = x.contiguous(memory_format=torch.channels_last)
+        other = other.contiguous(memory_format=torch.channels_last)
         geometry = ([1, 1], [2, 2], [1, 1], 1)  # padding, stride, dilation, groups
+        name, scalars = activation or ("none", ())
         with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                w, *geometry, [1, 4, 12, 12]
-            )  # packed for another input size, as blocks of other sizes use it
-            fused = conv.binary(
-                x, other, packed, b, *geometry, "add", 1.0, "relu", [], ""
+                w, *geometry, [1, 16, 12, 12]
             )
-            eager = F.relu(F.conv2d(x, w, b, 2, 1) + other)
-        return bool(torch.allclose(fused, eager, rtol=1e-4, atol=1e-5))
+            if residual:
+                fused = conv.binary(
+                    x, other, packed, b, *geometry, "add", 1.0,
+                    None if name == "none" else name, list(scalars), "",
+                )  # fmt: skip
+            else:
+                fused = conv(x, packed, b, *geometry, name, list(scalars), "")
+            eager = F.conv2d(x.float(), w.float(), b.float(), 2, 1)
+            if residual:
+                eager = eager + other.float()
+            if activation is not None:
+                eager = _generic(name, scalars)(eager)
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        scale = float(eager.abs().max())
+        return fused.dtype == dtype and bool(
+            torch.allclose(fused.float(), eager, rtol=tol, atol=tol * scale)
+        )
     except Exception:  # missing, or another signature in another version
         return False
+
+
+def form_works(dtype: torch.dtype, activation, residual: bool) -> bool:
+    """Whether this form of the fused call may be used (self-tested at first
+    use, once per process; a form that failed is never used again)."""
+    key = (dtype, activation, residual)
+    if key in _BROKEN:
+        return False
+    if not _self_test(dtype, activation, residual):
+        _give_up(dtype, activation, residual, "does not agree with eager PyTorch")
+        return False
+    return True
+
+
+def operator_works() -> bool:
+    """Whether the fused operator works here in its most common form
+    (``relu(conv(x) + other)`` in float32)."""
+    return form_works(torch.float32, ("relu", ()), True)
 
 
 class ConvPointwise(nn.Module):
@@ -128,7 +211,7 @@ class ConvPointwise(nn.Module):
             or x.device.type != "cpu"
             or self.weight.device.type != "cpu"
             or torch.is_grad_enabled()
-            or not operator_works()
+            or not enabled()
         ):
             return None
         dtype = (
@@ -136,7 +219,9 @@ class ConvPointwise(nn.Module):
             if torch.is_autocast_enabled("cpu")
             else x.dtype
         )
-        return dtype if dtype in _FUSED_DTYPES else None
+        if dtype not in _FUSED_DTYPES:
+            return None
+        return dtype if form_works(dtype, self.activation, self.residual) else None
 
     def _parameters_in(self, dtype: torch.dtype, x: torch.Tensor):
         """The weight in ``dtype``, packed in oneDNN's blocked layout, and
@@ -171,7 +256,10 @@ class ConvPointwise(nn.Module):
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None):
         dtype = self._compute_dtype(x)
         if dtype is not None:
-            return self._fused(x.to(dtype), other, dtype)
+            try:
+                return self._fused(x.to(dtype), other, dtype)
+            except RuntimeError as exc:  # a shape the self-test did not cover
+                _give_up(dtype, self.activation, self.residual, f"failed ({exc})")
         y = F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation,
             self.groups,
@@ -305,6 +393,8 @@ def fuse_pointwise(gm: fx.GraphModule) -> int:
     The other operand of an add must be computed before the convolution
     runs, which a traced graph's order guarantees.
     """
+    if not enabled():
+        return 0
     graph = gm.graph
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -328,7 +418,12 @@ def fuse_pointwise(gm: fx.GraphModule) -> int:
             chain.append(user)
             after = _only_user(user)
             if after is not None and (activation := _activation(gm, after)):
-                chain.append(after)
+                # oneDNN adds only some activations after an add (ReLU, in
+                # the torch releases tested): others stay separate modules.
+                if _self_test(torch.float32, activation, True):
+                    chain.append(after)
+                else:
+                    activation = None
         if len(chain) == 1:
             continue
         conv = gm.get_submodule(node.target)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _engine, _layers
+from sktransfer import _device, _engine, _layers
 from sktransfer._backbones import (
     Backbone,
     _check_model_name,
@@ -147,7 +147,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
         net = _layers.FeatureNet(
             backbone.module, computed, pooling, backbone.family.nhwc, names
         ).to(device)
-        net = _engine.prepare_network(net)
+        net = _device.prepare_network(net)
         _NETWORKS.put(key, net)
     return Built(backbone, layers, computed, net, loaded["digest"], key)
 
@@ -182,7 +182,7 @@ def rebuild(model, weights, state, computed, pooling, device) -> nn.Module:
     if state is not None:
         backbone.module.load_state_dict(state)
     net = _layers.FeatureNet(backbone.module, computed, pooling, backbone.family.nhwc)
-    return _engine.prepare_network(net.to(device))
+    return _device.prepare_network(net.to(device))
 
 
 def clear() -> None:

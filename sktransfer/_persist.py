@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from sktransfer._backbones import cpu_module
-from sktransfer._engine import restore_device
+from sktransfer._device import restore_device
 
 __all__ = ["TorchPickleMixin"]
 

@@ -8,7 +8,7 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
 from sktransfer import PretrainedFeatureExtractor
-from sktransfer._engine import resolve_precision
+from sktransfer._device import resolve_precision
 
 from .conftest import SMALL, assert_same_rows
 

@@ -1,5 +1,7 @@
 """Convolutions fused with their activations and residual adds (CPU speed)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from numpy.testing import assert_allclose
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from sktransfer import _fusion
 from sktransfer._fusion import (
     ConvPointwise,
     StemMaxPool,
@@ -175,13 +178,136 @@ def test_packed_weights_serve_other_sizes_and_copies():
         assert seen == [[1], [3], [3]]
 
 
+@pytest.fixture
+def fresh_checks():
+    """Forget the fusion's self-tests and failures before and after a test."""
+
+    def forget():
+        _fusion._self_test.cache_clear()
+        _fusion._BROKEN.clear()
+        _fusion._BROKEN_WARNED.clear()
+
+    forget()
+    yield
+    forget()
+
+
 @needs_onednn
-def test_operator_check_is_not_fooled_by_autocast():
-    """The one-off check of oneDNN's operator runs in float32 even when first
-    asked under bf16 autocast (else a fresh process would never fuse)."""
-    operator_works.cache_clear()
+def test_operator_check_is_not_fooled_by_autocast(fresh_checks):
+    """The one-off check of oneDNN's operator runs in the dtype it checks
+    even when first asked under bf16 autocast (else a fresh process would
+    never fuse)."""
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         assert operator_works()
+
+
+ACTIVATION_MODULES = [None, nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-1.0, 2.0), nn.SiLU(),
+                      nn.Hardswish(), nn.Sigmoid()]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:oneDNN's fused convolution:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", ACTIVATION_MODULES, ids=lambda a: type(a).__name__)
+def test_every_form_computes_the_eager_result(fresh_checks, act, residual, dtype):
+    """Every form the pass produces (each activation, with and without the
+    add, float32 and bf16) gives eager PyTorch's values, fused where its
+    self-test passed and unfused where it did not."""
+    if act is None and not residual:
+        pytest.skip("a convolution alone is not rewritten")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1).eval()
+    activation = None if act is None else _fusion_activation(act)
+    fused = ConvPointwise(conv, activation, residual)
+    x = torch.randn(3, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(3, 16, 5, 5) if residual else None
+    with torch.inference_mode():
+        expected = conv(x) + (other if residual else 0)
+        expected = expected if act is None else act(expected)
+        if dtype == torch.float32:
+            got = fused(x, other)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        else:
+            with torch.autocast("cpu", dtype):
+                got = fused(x, other).float()
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(got, expected, rtol=0.05, atol=0.02 * scale)
+
+
+def _fusion_activation(module):
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Identity(), module))
+    node = [n for n in gm.graph.nodes if n.op == "call_module"][-1]
+    return _fusion._activation(gm, node)
+
+
+def _broken_operator(monkeypatch, behaviour):
+    """Replace oneDNN's fused convolution by one that gives wrong values or
+    raises, and count its calls."""
+    calls = []
+
+    class Broken:
+        def __call__(self, x, weight, bias, *args):
+            calls.append("unary")
+            if behaviour == "raise":
+                raise RuntimeError("could not create a memory")
+            return torch.zeros(len(x), weight.shape[0], 1, 1, dtype=x.dtype)
+
+        def binary(self, x, other, *args):
+            calls.append("binary")
+            if behaviour == "raise":
+                raise RuntimeError("could not create a memory")
+            return torch.zeros_like(other)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Broken())
+    return calls
+
+
+@pytest.mark.parametrize("behaviour", ["wrong", "raise"])
+def test_a_misbehaving_operator_falls_back_with_one_warning(
+    fresh_checks, monkeypatch, behaviour, tiny_cnn
+):
+    """A fused operator that gives other values than eager PyTorch (caught by
+    the self-test) or raises (caught at the call) is not used: rows are the
+    unfused ones, with one RuntimeWarning per form, never a wrong row."""
+    x = torch.rand(4, 3, 16, 16)
+    with torch.inference_mode():
+        expected = tiny_cnn.eval()(x)
+    net = FeatureNet(tiny_cnn, [None], "avg")
+    assert any(isinstance(m, ConvPointwise) for m in net.modules())
+    calls = _broken_operator(monkeypatch, behaviour)
+    if behaviour == "raise":  # the self-test passes, the real call fails
+        monkeypatch.setattr(_fusion, "_self_test", lambda *form: True)
+    with pytest.warns(RuntimeWarning, match="run unfused") as record:
+        with torch.inference_mode():
+            first = net(x)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            second = net(x)[0]  # no second warning, no further call
+    n_calls = len(calls)
+    with torch.inference_mode():
+        net(x)
+    assert len(calls) == n_calls
+    assert len({str(w.message) for w in record}) == len(record)  # one per form
+    for got in (first, second):
+        torch.testing.assert_close(got, expected.flatten(1), rtol=1e-4, atol=1e-5)
+
+
+def test_the_environment_variable_turns_the_fusion_off(monkeypatch, tiny_cnn):
+    """SKTRANSFER_CPU_FUSION=0: no rewriting, and a module rewritten before
+    runs unfused (oneDNN's operator is never called)."""
+    x = torch.rand(2, 3, 16, 16)
+    fused = FeatureNet(tiny_cnn, [None], "avg")
+    monkeypatch.setenv(_fusion.FUSION_ENV, "0")
+    assert not _fusion.enabled()
+    plain = FeatureNet(tiny_cnn, [None], "avg")
+    assert not any(isinstance(m, ConvPointwise) for m in plain.modules())
+    calls = _broken_operator(monkeypatch, "raise")
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x)[0], plain(x)[0], rtol=1e-4, atol=1e-5)
+    assert calls == []
+    monkeypatch.setenv(_fusion.FUSION_ENV, "1")
+    assert _fusion.enabled()
 
 
 def test_cpu_blocks_give_the_rows_of_one_block(monkeypatch, tiny_cnn, images):
