@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import secrets
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -297,13 +298,14 @@ def check_weights(model, weights) -> None:
 def load_backbone(model, weights, seed: int | None = None) -> Backbone:
     """Load ``model`` with ``weights`` as an eval-mode CPU backbone.
 
-    ``seed`` makes random initialisation (``weights=None``) reproducible; it
-    seeds a forked RNG, so torch's global random state is left as it was.
+    Building a model draws its random initialisation from torch's global
+    generator, which is forked here and restored after: loading never changes
+    the caller's random state. ``seed`` makes a random initialisation
+    (``weights=None``) reproducible; without it the fork is seeded with fresh
+    entropy.
     """
-    if seed is None:
-        return _load(model, weights)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(secrets.randbits(63) if seed is None else seed)
         return _load(model, weights)
 
 

@@ -35,12 +35,12 @@ import struct
 import tempfile
 import threading
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from sktransfer._identity import digest
+from sktransfer._memo import Memo
 
 __all__ = [
     "EmbeddingCache",
@@ -137,9 +137,8 @@ class EmbeddingCache:
                     "a directory. Pass a directory path (it is created if "
                     "missing)."
                 )
-        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._memory = Memo(self.max_bytes, weigh=lambda value: value.nbytes)
+        self._lock = threading.Lock()  # (for the counters and warnings)
         self._warned: set[str] = set()
         self.hits = 0
         self.misses = 0
@@ -164,16 +163,14 @@ class EmbeddingCache:
     @property
     def nbytes(self) -> int:
         """Bytes held in memory now."""
-        return self._bytes
+        return self._memory.weight
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._memory)
 
     def clear(self) -> None:
         """Drop every in-memory entry (files in ``directory`` stay)."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+        self._memory.clear()
 
     def _path(self, key: tuple) -> Path:
         config, layer, image = key
@@ -193,12 +190,11 @@ class EmbeddingCache:
 
         ``width``: the expected length; an entry of another length is a miss.
         """
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None and (width is None or len(value) == width):
-                self._entries.move_to_end(key)
+        value = self._memory.get(key)
+        if value is not None and (width is None or len(value) == width):
+            with self._lock:
                 self.hits += 1
-                return value
+            return value
         if self.directory is not None:
             value = self._read(key, width)
             if value is not None:
@@ -279,17 +275,7 @@ class EmbeddingCache:
         return True
 
     def _remember(self, key: tuple, value: np.ndarray) -> None:
-        if value.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._entries[key] = value
-            self._bytes += value.nbytes
-            while self._bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.nbytes
+        self._memory.put(key, value)
 
 
 _DEFAULT = EmbeddingCache()

@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import secrets
 import warnings
 from numbers import Integral
 
+import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from torchvision.models import WeightsEnum
@@ -18,7 +21,13 @@ from torchvision.models import WeightsEnum
 from sktransfer import _device, _preprocess
 from sktransfer._identity import numerics
 
-__all__ = ["SHARED_CONSTRAINTS", "all_or_nothing", "check_numerics", "did_you_mean"]
+__all__ = [
+    "SHARED_CONSTRAINTS",
+    "all_or_nothing",
+    "check_numerics",
+    "did_you_mean",
+    "owned_random_state",
+]
 
 #: Parameters that both estimators take, with the same meaning.
 SHARED_CONSTRAINTS: dict = {
@@ -71,6 +80,16 @@ def check_numerics(estimator) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def owned_random_state(random_state) -> np.random.RandomState:
+    """A RandomState that fitting may draw from without touching numpy's
+    global one: a new one for an int, one seeded with fresh entropy for None
+    (unseeded, as sklearn's ``None`` is, but without advancing the global
+    state), and the caller's own instance as given."""
+    if random_state is None:
+        return np.random.RandomState(secrets.randbits(32))
+    return check_random_state(random_state)
 
 
 def did_you_mean(name: str, choices, n: int = 3) -> str:

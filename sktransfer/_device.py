@@ -125,7 +125,6 @@ def cudnn_settings(device: torch.device, dtype: torch.dtype):
     )
 
 
-
 def dtype_name(dtype: torch.dtype) -> str:
     """``"bfloat16"`` for ``torch.bfloat16``: the key of :data:`PRECISIONS`."""
     return str(dtype).removeprefix("torch.")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from sktransfer._device import autocast, cudnn_settings
 
-__all__ = ["extract", "run_batch"]
+__all__ = ["batches", "device_input", "extract", "is_oom", "run_batch"]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
 # whatever the batch size: a block's activations stay in the caches and below
@@ -69,18 +69,39 @@ def run_batch(
         return feats if split else torch.cat(feats, dim=1)
 
 
-def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
+def batches(images, preprocessing, batch_size, device, indices=None):
+    """Yield ``(start, batch)``: the images (or those at ``indices``) in
+    batches of at most ``batch_size``, as the input adapter gives them.
+
+    The one input path of inference, validation and training: on CUDA, JPEG
+    files are decoded by nvJPEG on the device, a batch at a time; elsewhere
+    by Pillow on the adapter's threads. Pass each batch to
+    :func:`device_input`.
+    """
+    decode_on = device if device.type == "cuda" else None
+    return images.batches(batch_size, indices, preprocessing.geometry, decode_on)
+
+
+def device_input(preprocessing, batch, device, resized) -> torch.Tensor:
+    """A batch from :func:`batches`, on ``device`` (a pinned, non-blocking
+    copy from the host to a GPU), resized, cropped and normalised there,
+    channels_last: what the network takes. ``resized``: the adapter has
+    applied ``preprocessing.geometry`` already."""
     if device.type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory()
     batch = batch.to(device, non_blocking=True)
     x = preprocessing.finish(batch) if resized else preprocessing(batch)
-    x = x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
+    x = device_input(preprocessing, batch, device, resized)
     with autocast(device, dtype):
         feats = net(x)
     return [f.float() for f in feats]
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -116,9 +137,7 @@ def extract(
         cudnn_settings(device, dtype),
         tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
     ):
-        decode_on = device if on_cuda else None  # nvJPEG for JPEG files
-        batches = images.batches(batch_size, indices, preprocessing.geometry, decode_on)
-        for start, batch in batches:
+        for start, batch in batches(images, preprocessing, batch_size, device, indices):
             offset = 0
             while offset < len(batch):
                 chunk = batch[offset : offset + size]
@@ -127,7 +146,7 @@ def extract(
                         net, preprocessing, chunk, device, dtype, resized=resized
                     )
                 except Exception as exc:
-                    if not _is_oom(exc):
+                    if not is_oom(exc):
                         raise
                     if size == 1:
                         raise RuntimeError(

@@ -209,11 +209,6 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         ``"bfloat16-cpu-avx512bf16-torch2.14.1"``. Transforming in reduced
         precision where the numerics differ warns that rows may shift.
 
-    batch_size_ : int
-        The batch size actually used by the last ``transform``: smaller than
-        ``batch_size`` after running out of GPU memory (the batch is halved
-        and retried; the result is the same).
-
     computed_layers_ : list of str or None
         Every layer the network computes, in its output order: ``layers_``
         and the ``cache_layers`` tapped alongside them for the cache.
@@ -263,6 +258,13 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     Pickles of an extractor that uses published weights store their name, not
     the tensors; other weights (random, checkpoint, own module) are stored as
     CPU tensors.
+
+    ``fit`` sets every fitted attribute; ``transform`` sets one, ``errors_``:
+    it reports on the images of the call that just ran (their rows are NaN),
+    so it must describe the last call, not the fit. Besides, ``transform``
+    keeps private, result-neutral state: the network rebuilt after
+    unpickling, and the compiled network with ``compile=True``. Out of
+    memory, the smaller batch size is used for the rest of that call only.
 
     Examples
     --------
@@ -409,7 +411,6 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.device_ = device
         self.precision_ = str(dtype).removeprefix("torch.")
         self.numerics_ = numerics(device, dtype)
-        self.batch_size_ = self.batch_size
         self.errors_: list[ImageReadError] = []
         self.network_ = built.net
         self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
@@ -489,7 +490,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
     def _compute(self, images, indices=None) -> np.ndarray:
         """Run the network: the columns of ``computed_layers_``, in order."""
-        out, self.batch_size_ = _engine.extract(
+        out, _ = _engine.extract(
             self._runnable_network(),
             self.preprocessing_,
             images,

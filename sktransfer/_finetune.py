@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import copy
+import math
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
-from torchvision.transforms import v2 as T
-from tqdm.auto import tqdm
 
-from sktransfer import _decode, _device, _engine, _preprocess
+from sktransfer import _decode, _device, _engine, _preprocess, _training
 from sktransfer._backbones import (
     Backbone,
     check_weights,
@@ -27,7 +25,12 @@ from sktransfer._backbones import (
     named_preprocessing,
     replace_head,
 )
-from sktransfer._common import SHARED_CONSTRAINTS, all_or_nothing, check_numerics
+from sktransfer._common import (
+    SHARED_CONSTRAINTS,
+    all_or_nothing,
+    check_numerics,
+    owned_random_state,
+)
 from sktransfer._families import family_of
 from sktransfer._identity import numerics
 from sktransfer._inputs import as_images
@@ -48,6 +51,17 @@ class ClassifierNetwork(nn.Module):
 
     def forward(self, x):
         return self.head(self.backbone(x))
+
+
+def new_head(width: int, n_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A new ``nn.Linear`` head, initialised as PyTorch initialises one
+    (Kaiming-uniform weight, uniform bias) from ``generator``, without a
+    draw from torch's global generator."""
+    head = nn.utils.skip_init(nn.Linear, width, n_classes)
+    nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(width)
+    nn.init.uniform_(head.bias, -bound, bound, generator=generator)
+    return head
 
 
 def trainable_groups(module: nn.Module, family) -> list[list[str]]:
@@ -397,7 +411,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         device = _device.resolve_device(self.device)
         dtype = _device.resolve_precision(self.precision, device)
-        rng = check_random_state(self.random_state)
+        rng = owned_random_state(self.random_state)
         train, valid = np.arange(len(y)), None
         if self.early_stopping:
             train, valid = train_test_split(
@@ -407,20 +421,18 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
                 random_state=rng,
             )
         seed = int(rng.randint(2**31 - 1))
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            net, prep = self._build(images, device)
-            self.network_, self.preprocessing_ = net, prep
-            self.device_ = device
-            self.precision_ = str(dtype).removeprefix("torch.")
-            self.numerics_ = numerics(device, dtype)
-            self._train(images, encoded, y, train, valid, dtype, seed)
+        generator = torch.Generator().manual_seed(seed)
+        net, prep = self._build(images, device, seed, generator)
+        self.network_, self.preprocessing_ = net, prep
+        self.device_ = device
+        self.precision_ = _device.dtype_name(dtype)
+        self.numerics_ = numerics(device, dtype)
+        self._train(images, encoded, y, train, valid, dtype, generator)
         return self
 
-    def _build(self, images, device):
+    def _build(self, images, device, seed, generator):
         """The backbone with a new head, frozen as ``trainable_layers`` says."""
-        backbone = load_backbone(self.model, self.weights)
+        backbone = load_backbone(self.model, self.weights, seed)
         module = backbone.module
         head_name = backbone.head
         if head_name is None:  # a module of the user's: its last nn.Linear
@@ -444,7 +456,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             width = module(x).reshape(1, -1).shape[1]
         family = family_of(self.model if isinstance(self.model, str) else None)
         self.n_trainable_layers_ = freeze(module, family, self.trainable_layers)
-        net = ClassifierNetwork(module, nn.Linear(width, len(self.classes_)))
+        net = ClassifierNetwork(module, new_head(width, len(self.classes_), generator))
         self.n_trainable_params_ = sum(
             p.numel() for p in net.parameters() if p.requires_grad
         )
@@ -460,7 +472,8 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             ):
                 module.eval()
 
-    def _train(self, images, encoded, y, train, valid, dtype, seed):
+    def _train(self, images, encoded, y, train, valid, dtype, generator):
+        """Train ``network_`` with ``_training.fit_loop``."""
         net, prep, device = self.network_, self.preprocessing_, self.device_
         head_params = list(net.head.parameters())
         backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
@@ -478,92 +491,64 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
                 dtype=torch.float32,
                 device=device,
             )
-        loss_fn = nn.CrossEntropyLoss(weight=weight)
-        scaler = torch.amp.GradScaler(
-            device.type, enabled=dtype == torch.float16 and device.type == "cuda"
-        )
-        augment = self._augmentation(prep) if self.augment else None
-        features = None
+        augment = self._augmentation(prep, generator) if self.augment else None
         if not backbone_params and augment is None:
             # Nothing before the head changes: run the frozen backbone once.
             features = torch.from_numpy(self._embed(images, net.head.in_features))
-        targets = torch.as_tensor(encoded, dtype=torch.long)
-        generator = torch.Generator().manual_seed(seed)
-        self.loss_curve_ = []
-        self.validation_scores_ = [] if valid is not None else None
-        self.best_validation_score_ = None
-        best_state, stale = None, 0
-        self.n_iter_ = 0
-        for epoch in range(self.max_epochs):
-            self._train_mode(net)
-            order = train[torch.randperm(len(train), generator=generator).numpy()]
-            total, seen = 0.0, 0
-            with tqdm(
-                total=len(order),
-                desc=f"Epoch {epoch + 1}/{self.max_epochs}",
-                unit="img",
-                disable=not self.verbose,
-                leave=False,
-            ) as bar:
-                for rows, logits in self._epoch(images, order, features, augment):
-                    loss = loss_fn(logits.float(), targets[rows].to(device))
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    total += loss.item() * len(rows)
-                    seen += len(rows)
-                    bar.update(len(rows))
-                    bar.set_postfix(loss=f"{total / seen:.4f}")
-            self.n_iter_ = epoch + 1
-            self.loss_curve_.append(total / max(seen, 1))
-            if valid is None:
-                continue
-            net.eval()
-            if features is None:
-                logits = self._logits(images, valid)
-            else:
+            step = _training.TrainStep(net.head, optimizer, weight, device, dtype)
+
+            def batches(order):
+                return _training.feature_batches(
+                    features, order, self.batch_size, device
+                )
+
+            def logits_of(rows):
                 with torch.inference_mode():
-                    logits = net.head(features[valid].to(device)).cpu().numpy()
-            score = float(np.mean(logits.argmax(1) == encoded[valid]))
-            self.validation_scores_.append(score)
-            best = self.best_validation_score_
-            stale = 0 if best is None or score > best + self.tol else stale + 1
-            if best is None or score > best:  # as MLPClassifier: keep the best
-                self.best_validation_score_ = score
-                best_state = copy.deepcopy(net.state_dict())
-            if stale >= self.n_iter_no_change:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+                    return net.head(features[rows].to(device)).float().cpu().numpy()
+        else:
+            step = _training.TrainStep(net, optimizer, weight, device, dtype)
+
+            def batches(order):
+                return _training.image_batches(
+                    images, prep, order, self.batch_size, device, augment
+                )
+
+            def logits_of(rows):
+                return self._logits(images, rows)
+
+        validate, stopper = None, None
+        if valid is not None:
+
+            def validate():
+                net.eval()
+                return float(np.mean(logits_of(valid).argmax(1) == encoded[valid]))
+
+            stopper = _training.EarlyStopping(self.n_iter_no_change, self.tol)
+        # Dropout in trained stages draws from torch's global generator: fork
+        # it, seeded from ours, so that the caller's state is left untouched.
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            history = _training.fit_loop(
+                net=net,
+                step=step,
+                batches=batches,
+                targets=torch.as_tensor(encoded, dtype=torch.long),
+                train_rows=train,
+                max_epochs=self.max_epochs,
+                generator=generator,
+                train_mode=lambda: self._train_mode(net),
+                validate=validate,
+                stopper=stopper,
+                verbose=self.verbose,
+            )
+        self.n_iter_ = history.n_iter
+        self.loss_curve_ = history.loss_curve
+        self.validation_scores_ = history.validation_scores
+        self.best_validation_score_ = None if stopper is None else stopper.best_score
+        if stopper is not None and stopper.best_state is not None:
+            net.load_state_dict(stopper.best_state)
         net.eval()
-
-    def _epoch(self, images, order, features, augment):
-        """Yield ``(rows, logits)`` over one epoch, ``rows`` in ``order``.
-
-        From ``features`` (the frozen backbone's outputs) when given, else
-        from the images through the whole network. A batch of a single
-        image is skipped (batch norm cannot train on one): as with
-        ``drop_last``, shuffling changes which image each epoch.
-        """
-        net, prep = self.network_, self.preprocessing_
-        device, dtype = self.device_, _device.PRECISIONS[self.precision_]
-        if features is not None:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                yield rows, net.head(features[rows].to(device))
-            return
-        for start, batch in images.batches(self.batch_size, order, prep.geometry):
-            if len(batch) == 1 and len(order) > 1:
-                continue
-            batch = batch.to(device, non_blocking=True)
-            x = prep.finish(batch) if images.resizes else prep(batch)
-            if augment is not None:
-                x = torch.stack([augment(image) for image in x])
-            x = x.contiguous(memory_format=torch.channels_last)
-            with _device.autocast(device, dtype):
-                logits = net(x)
-            yield order[start : start + len(batch)], logits
 
     def _embed(self, images, width) -> np.ndarray:
         """The frozen backbone's outputs for every image (eval mode)."""
@@ -582,19 +567,14 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         return out
 
     @staticmethod
-    def _augmentation(prep):
+    def _augmentation(prep, generator):
         size = prep.crop_size or prep.resize_size
         if size is None:
             raise ValueError(
                 "augment=True needs a fixed input size: set "
                 "preprocessing={'crop_size': ...}."
             )
-        return T.Compose(
-            [
-                T.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
-                T.RandomHorizontalFlip(),
-            ]
-        )
+        return _training.Augmentation(size, generator)
 
     # -- prediction ---------------------------------------------------------
     def _logits(self, images, indices=None) -> np.ndarray:
@@ -679,9 +659,8 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             if backbone.head is None:
                 replace_head(backbone.module, self._head_name)
             width = state["head.weight"].shape[1]
-            net = ClassifierNetwork(
-                backbone.module, nn.Linear(width, len(self.classes_))
-            )
+            head = nn.utils.skip_init(nn.Linear, width, len(self.classes_))
+            net = ClassifierNetwork(backbone.module, head)  # (then loaded)
             net.load_state_dict(state)
             net.requires_grad_(False)
             net = _device.prepare_network(net.to(self.device_).eval())

@@ -6,11 +6,19 @@ would cost more than the cached embeddings save. Networks are inference-only
 (eval mode, never trained or modified), so clones share them through small
 process-wide memos, keyed by an identity of the weights that is cheap to
 compute without loading them.
+
+What the memos hold is bounded and explicit: the last few backbones and
+networks, on the CPU. A network on another device (a GPU) is a copy of the
+CPU one, held weakly: it lives as long as an estimator uses it, and its
+device memory is freed when the last one is gone. ``sktransfer.clear_caches``
+empties them all.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import weakref
 from dataclasses import dataclass
 
 from torch import nn
@@ -29,9 +37,11 @@ from sktransfer._memo import Memo
 
 __all__ = ["Built", "build", "output_widths", "rebuild", "weights_identity"]
 
-_BACKBONES = Memo(size=4)
-_NETWORKS = Memo(size=8)
+_BACKBONES = Memo(size=4)  # memo id -> CPU backbone, its digest, its node names
+_NETWORKS = Memo(size=8)  # (memo id, layers, pooling) -> CPU network
 _WIDTHS = Memo(size=64)
+# (network key, device) -> that network's copy on a device other than the CPU
+_ON_DEVICE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def weights_identity(model, weights, seed) -> str | None:
@@ -99,8 +109,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     cache): None, ``"stages"``, or a list.
     """
     memo_id = weights_identity(model, weights, seed)
-    backbone_key = None if memo_id is None else (memo_id, str(device))
-    loaded = _BACKBONES.get(backbone_key)
+    loaded = _BACKBONES.get(memo_id)
     if loaded is None:
         backbone = load_backbone(model, weights, seed)
         # Shared only under the identity of what was loaded: a file replaced
@@ -112,10 +121,8 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
             and weights_identity(model, weights, seed) != memo_id
         ):
             memo_id = None
-        backbone_key = None if memo_id is None else (memo_id, str(device))
         loaded = {"backbone": backbone, "digest": module_digest(backbone.module)}
-        backbone.module.to(device)
-        _BACKBONES.put(backbone_key, loaded)
+        _BACKBONES.put(memo_id, loaded)
     backbone = loaded["backbone"]
     names = None
     if taps or any(name is not None for name in _listed(layer)):
@@ -141,14 +148,22 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
         taps = _layers.resolve_layers(taps, names, model_label)
         # One order for every clone, whatever its `layer`: one network.
         computed = [name for name in layers if name not in taps] + taps
-    key = None if memo_id is None else (memo_id, str(device), tuple(computed), pooling)
-    net = _NETWORKS.get(key)
+    cpu_key = None if memo_id is None else (memo_id, tuple(computed), pooling)
+    net = _NETWORKS.get(cpu_key)
     if net is None:
         net = _layers.FeatureNet(
             backbone.module, computed, pooling, backbone.family.nhwc, names
-        ).to(device)
+        )
         net = _device.prepare_network(net)
-        _NETWORKS.put(key, net)
+        _NETWORKS.put(cpu_key, net)
+    key = None if cpu_key is None else (*cpu_key, str(device))
+    if device.type != "cpu":
+        on_device = None if key is None else _ON_DEVICE.get(key)
+        if on_device is None:
+            on_device = _device.prepare_network(copy.deepcopy(net).to(device))
+            if key is not None:
+                _ON_DEVICE[key] = on_device
+        net = on_device
     return Built(backbone, layers, computed, net, loaded["digest"], key)
 
 
@@ -189,3 +204,4 @@ def clear() -> None:
     """Forget the shared networks (they are rebuilt on the next fit)."""
     for memo in (_BACKBONES, _NETWORKS, _WIDTHS):
         memo.clear()
+    _ON_DEVICE.clear()

@@ -130,3 +130,59 @@ def offline(monkeypatch, tmp_path, request):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     return attempts
+
+
+#: What a test standing in for an sklearn check must do, by the check's name:
+#: words its source must contain (any one of each tuple).
+CHECK_EVIDENCE = {
+    "check_readonly_memmap_input": [("mmap_mode",), ("setflags(write=False)",)],
+    "check_f_contiguous_array_estimator": [("asfortranarray",)],
+    "check_estimators_dtypes": [("float32", "uint16"), ("float", "/ 255")],
+    "check_dtype_object": [("object",)],
+    "check_complex_data": [("complex",)],
+    "check_estimators_empty_data_messages": [("[:0]", "0 images")],
+    "check_estimators_nan_inf": [("nan", "NaN"), ("inf",)],
+    "check_positive_only_tag_during_fit": [("-(", "-0.5", "negative")],
+    "check_fit2d_1feature": [("tabular",)],
+    "check_fit2d_predict1d": [("tabular", "1-D")],
+    "check_fit_check_is_fitted": [("NotFittedError", "not fitted")],
+    "check_estimators_pickle": [("pickle", "fresh_process")],
+    "check_dict_unchanged": [("vars(",)],
+    "check_pipeline_consistency": [("pipeline", "deterministic")],
+    "check_estimators_overwrite_params": [("get_params",)],
+    "check_dont_overwrite_parameters": [("get_params",)],
+    "check_methods_sample_order_invariance": [("permutation",)],
+    "check_methods_subset_invariance": [("[2:4]", "[5:9]")],
+    "check_supervised_y_2d": [("reshape(-1, 1)",)],
+    "check_class_weight_classifiers": [("class_weight",)],
+    "check_fit_idempotent": [(".fit(",)],
+    "check_estimators_fit_returns_self": [("is clf", "is extractor")],
+    "check_classifier_data_not_an_array": [("list(",)],
+    "check_transformer_data_not_an_array": [("tensor", "list(")],
+}
+
+
+def assert_checks_backed(table: dict, estimator: tuple) -> None:
+    """Each ``check -> "module.py::test"`` of ``table`` names a test marked
+    ``@pytest.mark.covers(check)`` whose source uses the estimator (one of
+    the words of ``estimator``) and does what :data:`CHECK_EVIDENCE` asks
+    of that check; and every check a test claims to cover is in the table."""
+    import importlib
+    import inspect
+
+    claimed = {}
+    for check, target in table.items():
+        module_name, name = target.split(" ")[0].split("::")
+        module = importlib.import_module(f"tests.{module_name.removesuffix('.py')}")
+        test = getattr(module, name, None)
+        assert test is not None, f"{target} (for {check}) does not exist"
+        marks = [m for m in getattr(test, "pytestmark", []) if m.name == "covers"]
+        covered = {c for m in marks for c in m.args}
+        assert check in covered, f"{target} does not declare that it covers {check}"
+        source = inspect.getsource(test)
+        assert any(word in source for word in estimator), f"{target} uses no estimator"
+        for words in CHECK_EVIDENCE.get(check.split("(")[0], []):
+            assert any(w in source for w in words), f"{target} never does {words}"
+        claimed.setdefault(target, set()).update(covered)
+    for target, covered in claimed.items():
+        assert covered <= set(table), f"{target} claims {covered - set(table)}"

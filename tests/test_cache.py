@@ -135,7 +135,7 @@ def test_cache_is_thread_safe():
         thread.start()
     for thread in threads:
         thread.join()
-    assert cache.nbytes == sum(v.nbytes for v in cache._entries.values())
+    assert cache.nbytes == sum(v.nbytes for v in cache._memory._entries.values())
     assert cache.nbytes <= cache.max_bytes
 
 
@@ -300,9 +300,36 @@ def test_clear_caches_forgets_shared_state_but_not_fitted_estimators(counted, im
     model, counter = counted
     extractor = make(model, "memory").fit(images)
     expected = extractor.transform(images)
-    assert len(default_cache()) > 0 and len(_network._NETWORKS._entries) > 0
+    assert len(default_cache()) > 0 and len(_network._NETWORKS) > 0
     sktransfer.clear_caches()
-    assert len(default_cache()) == 0 and len(_network._NETWORKS._entries) == 0
+    assert len(default_cache()) == 0 and len(_network._NETWORKS) == 0
     before = counter.count
     assert_same_rows(extractor.transform(images), expected)
     assert counter.count - before == len(images)  # recomputed, not remembered
+
+
+def test_networks_on_a_device_live_only_as_long_as_their_estimators(tiny_cnn):
+    """The memo keeps the CPU network; a copy on another device is held
+    weakly, shared while an estimator uses it and gone (its device memory
+    freed) with the last one. ("meta" stands in for a GPU here.)"""
+    import gc
+
+    import torch
+
+    from sktransfer import _network
+
+    def build(device):
+        return _network.build(
+            tiny_cnn, "DEFAULT", None, torch.device(device), None, None, "avg", "m"
+        )
+
+    first, second = build("meta"), build("meta")
+    assert first.net is second.net
+    assert next(first.net.parameters()).device.type == "meta"
+    cpu = build("cpu").net
+    assert next(cpu.parameters()).device.type == "cpu" and cpu is not first.net
+    assert len(_network._ON_DEVICE) == 1
+    del first, second
+    gc.collect()
+    assert len(_network._ON_DEVICE) == 0
+    assert build("cpu").net is cpu  # the CPU network stays in the bounded memo

@@ -600,7 +600,6 @@ def test_a_bad_checkpoint_names_the_file(tmp_path, pictures, content):
 
 
 # -- the property: a cached row is the uncached row --------------------------------
-hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

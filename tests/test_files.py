@@ -489,8 +489,8 @@ def test_decoding_errors_stop_the_workers(hazards):
 
 # -- properties ----------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
-st = pytest.importorskip("hypothesis.strategies")
+import hypothesis  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 MODES = {
     "L": (np.uint8, ()),

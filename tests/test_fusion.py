@@ -277,9 +277,11 @@ def test_a_misbehaving_operator_falls_back_with_one_warning(
     calls = _broken_operator(monkeypatch, behaviour)
     if behaviour == "raise":  # the self-test passes, the real call fails
         monkeypatch.setattr(_fusion, "_self_test", lambda *form: True)
-    with pytest.warns(RuntimeWarning, match="run unfused") as record:
-        with torch.inference_mode():
-            first = net(x)[0]
+    with (
+        pytest.warns(RuntimeWarning, match="run unfused") as record,
+        torch.inference_mode(),
+    ):
+        first = net(x)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.inference_mode():

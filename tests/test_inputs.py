@@ -18,6 +18,7 @@ def extractor(tiny_cnn, images):
     ).fit(images)
 
 
+@pytest.mark.covers("check_fit2d_1feature", "check_fit2d_predict1d")
 def test_tabular_input_raises(extractor):
     """1-D and 2-D data are refused before reaching the network."""
     for X in (np.zeros((5, 3)), np.zeros(5), [[1.0, 2.0]]):
@@ -25,6 +26,7 @@ def test_tabular_input_raises(extractor):
             extractor.transform(X)
 
 
+@pytest.mark.covers("check_estimators_empty_data_messages")
 def test_empty_input_raises(extractor):
     """Zero images or zero-sized images are errors."""
     with pytest.raises(ValueError, match="0 images"):
@@ -33,6 +35,7 @@ def test_empty_input_raises(extractor):
         extractor.transform(np.zeros((2, 0, 8, 3), np.uint8))
 
 
+@pytest.mark.covers("check_complex_data", "check_dtype_object")
 def test_bad_dtypes_raise_type_error(extractor):
     """Complex, object, bool and wide integer arrays get a TypeError."""
     for dtype in (np.complex128, object, bool, np.int64, np.int32):
@@ -68,6 +71,7 @@ def test_wrong_channel_counts_raise(extractor):
         extractor.transform(np.zeros((1, 2, 8, 8, 3), np.uint8))
 
 
+@pytest.mark.covers("check_estimators_nan_inf")
 def test_nan_or_inf_raise_naming_the_row(extractor):
     """A NaN or infinite pixel fails with the index of its image."""
     X = np.full((300, 8, 8, 3), 0.5, np.float32)
@@ -79,6 +83,7 @@ def test_nan_or_inf_raise_naming_the_row(extractor):
         extractor.transform(torch.from_numpy(X).permute(0, 3, 1, 2))
 
 
+@pytest.mark.covers("check_positive_only_tag_during_fit")
 def test_float_images_outside_unit_range_raise(extractor):
     """Floats must be in [0, 1]; 0..255 floats and negatives get an error."""
     X = np.full((3, 8, 8, 3), 0.5)
@@ -94,6 +99,7 @@ def test_float_images_outside_unit_range_raise(extractor):
     assert extractor.transform(X).shape == (3, extractor.n_features_out_)
 
 
+@pytest.mark.covers("check_estimators_dtypes")
 def test_supported_dtypes_scale_alike(extractor):
     """uint8, uint16 and float images of the same picture embed alike."""
     rng = np.random.default_rng(1)
@@ -122,6 +128,7 @@ def test_grayscale_equals_repeated_rgb(extractor):
     )
 
 
+@pytest.mark.covers("check_transformer_data_not_an_array")
 def test_tensor_and_array_inputs_agree(extractor, images):
     """An (n, C, H, W) tensor and the (n, H, W, C) array give the same rows."""
     expected = extractor.transform(images)
@@ -129,6 +136,11 @@ def test_tensor_and_array_inputs_agree(extractor, images):
     assert_array_equal(extractor.transform(tensor), expected)
 
 
+@pytest.mark.covers(
+    "check_readonly_memmap_input",
+    "check_f_contiguous_array_estimator",
+    "check_transformer_general(readonly_memmap=True)",
+)
 def test_readonly_memmap_fortran_strided_inputs_unchanged(extractor, images, tmp_path):
     """Read-only, memory-mapped, Fortran and strided arrays work, untouched."""
     expected = extractor.transform(images)

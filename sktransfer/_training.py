@@ -1,0 +1,323 @@
+"""The training loop of :class:`~sktransfer.FineTunedClassifier`.
+
+It stands on the engine (``_engine``): training batches come through the
+same input path as validation and prediction (nvJPEG decoding and pinned
+copies on CUDA, Pillow on threads elsewhere, resized and normalised on the
+device), so a model is trained on exactly the pixels it later predicts on.
+It is split as skorch splits its ``fit_loop``: batches (:func:`image_batches`,
+:func:`feature_batches`), one optimisation step (:class:`TrainStep`), a
+validation score (a callable), early stopping (:class:`EarlyStopping`), and
+:func:`fit_loop` that runs the epochs. It knows nothing of sklearn.
+
+Randomness comes from generators the caller owns (shuffling, augmentation);
+only dropout inside the network draws from torch's global generator, and the
+caller forks it around the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from sktransfer import _engine
+from sktransfer._device import autocast
+
+__all__ = [
+    "Augmentation",
+    "EarlyStopping",
+    "History",
+    "TrainStep",
+    "feature_batches",
+    "fit_loop",
+    "image_batches",
+    "plan_batches",
+]
+
+Batches = Iterator[tuple[np.ndarray, torch.Tensor]]
+
+
+def plan_batches(n: int, batch_size: int) -> list[int]:
+    """Sizes of the batches of an epoch of ``n`` images.
+
+    Batches of ``batch_size``; a last batch of a single image (which batch
+    norm cannot train on) joins the one before it. No image is left out.
+    """
+    sizes = [batch_size] * (n // batch_size)
+    rest = n % batch_size
+    if rest == 1 and sizes:
+        sizes[-1] += 1
+    elif rest:
+        sizes.append(rest)
+    return sizes
+
+
+def image_batches(
+    images, preprocessing, order, batch_size, device, augment=None
+) -> Batches:
+    """Yield ``(rows, x)`` over ``order`` in the batches of
+    :func:`plan_batches`: ``x`` the preprocessed batch on ``device``, from
+    the engine's input path.
+
+    A batch of images that do not share one size after preprocessing (no
+    crop, images of different shapes) cannot be stacked: a ValueError says
+    how to give them one size, rather than training on fragments.
+    """
+    sizes = plan_batches(len(order), batch_size)
+    last = sizes[-1] if sizes else 0
+    if len(sizes) > 1 and last != sizes[0]:  # all but the last, then the last
+        cut = len(order) - last
+        parts = [(order[:cut], sizes[0]), (order[cut:], last)]
+    else:
+        parts = [(order, sizes[0] if sizes else batch_size)]
+    for rows, size in parts:
+        for start, batch in _engine.batches(images, preprocessing, size, device, rows):
+            expected = min(size, len(rows) - start)
+            if len(batch) != expected:
+                raise ValueError(
+                    f"The training images do not all have one size after "
+                    f"preprocessing (a batch of {expected} stops after "
+                    f"{len(batch)} images of {tuple(batch.shape[-2:])}), so they "
+                    "cannot be batched. Give them one size: "
+                    "preprocessing={'crop_size': N} (or 'resize_size': (H, W))."
+                )
+            x = _engine.device_input(preprocessing, batch, device, images.resizes)
+            if augment is not None:
+                x = augment(x)
+            yield rows[start : start + len(batch)], x
+
+
+def feature_batches(features: torch.Tensor, order, batch_size, device) -> Batches:
+    """Yield ``(rows, x)`` over ``order`` in the batches of
+    :func:`plan_batches`: rows of precomputed features, on ``device``."""
+    start = 0
+    for size in plan_batches(len(order), batch_size):
+        rows = order[start : start + size]
+        start += size
+        yield rows, features[rows].to(device, non_blocking=True)
+
+
+class Augmentation:
+    """A random resized crop (70-100% of the area, aspect 3/4 to 4/3) back to
+    ``size`` and a random horizontal flip, for each image of a batch, drawn
+    from ``generator`` (never from torch's global generator).
+
+    The crop follows torchvision's ``RandomResizedCrop``: ten tries at a
+    random area and aspect, else the central crop of the clamped aspect.
+    """
+
+    scale = (0.7, 1.0)
+    ratio = (3 / 4, 4 / 3)
+
+    def __init__(self, size, generator: torch.Generator):
+        self.size = [size, size] if isinstance(size, int) else list(size)
+        self.generator = generator
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` of one random crop."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * self._uniform(*self.scale)
+            aspect = math.exp(self._uniform(*log_ratio))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(
+                    torch.randint(0, height - h + 1, (), generator=self.generator)
+                )
+                left = int(
+                    torch.randint(0, width - w + 1, (), generator=self.generator)
+                )
+                return top, left, h, w
+        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
+        w, h = (width, round(width / aspect)) if width / height < aspect else (
+            round(height * aspect), height)  # fmt: skip
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for image in x:
+            top, left, h, w = self.crop_box(*image.shape[-2:])
+            image = TF.resized_crop(image, top, left, h, w, self.size, antialias=True)
+            if float(torch.rand((), generator=self.generator)) < 0.5:
+                image = TF.horizontal_flip(image)
+            out.append(image)
+        return torch.stack(out).contiguous(memory_format=torch.channels_last)
+
+
+class TrainStep:
+    """One optimisation step: forward, cross-entropy, backward, update.
+
+    The loss is the (class-weighted) mean over the batch, summed over
+    micro-batches: out of memory, the batch is split in halves, then
+    quarters..., and the gradients are accumulated, so the step is the same
+    step (batch-norm statistics then come from the smaller parts).
+
+    Parameters
+    ----------
+    forward : callable
+        Maps an input batch to logits.
+    optimizer : torch.optim.Optimizer
+    class_weight : torch.Tensor or None
+        Weight of each class in the loss.
+    device : torch.device
+    dtype : torch.dtype
+        The autocast dtype (float16 on CUDA uses a gradient scaler).
+    """
+
+    def __init__(self, forward, optimizer, class_weight, device, dtype):
+        self.forward = forward
+        self.optimizer = optimizer
+        self.class_weight = class_weight
+        self.device, self.dtype = device, dtype
+        self.loss = nn.CrossEntropyLoss(weight=class_weight, reduction="sum")
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=dtype == torch.float16 and device.type == "cuda"
+        )
+        self.micro: int | None = None  # micro-batch size after an OOM back-off
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> float:
+        """Take one step on ``(x, targets)``; return the batch's mean loss."""
+        targets = targets.to(self.device, non_blocking=True)
+        while True:
+            try:
+                return self._step(x, targets)
+            except Exception as exc:
+                if not _engine.is_oom(exc):
+                    raise _explained(exc, len(x)) from exc
+                size = self.micro or len(x)
+                if size == 1:
+                    raise RuntimeError(
+                        f"Out of memory on {self.device} training on a single "
+                        "image. Use smaller images (preprocessing={'crop_size': "
+                        "...}), fewer trainable_layers, or device='cpu'."
+                    ) from exc
+                self.micro = max(1, size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _step(self, x, targets) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.class_weight is None:
+            norm = float(len(targets))
+        else:
+            norm = float(self.class_weight[targets].sum())
+        total = 0.0
+        size = self.micro or len(x)
+        for part, part_targets in zip(x.split(size), targets.split(size), strict=True):
+            with autocast(self.device, self.dtype):
+                logits = self.forward(part)
+            loss = self.loss(logits.float(), part_targets) / norm
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total
+
+
+def _explained(exc: Exception, batch: int) -> Exception:
+    """Batch norm's refusal of a batch of one image, in our words."""
+    if batch == 1 and "Expected more than 1 value per channel" in str(exc):
+        return ValueError(
+            "A batch norm layer cannot train on a batch of one image (one value "
+            "per channel). Use batch_size >= 2, or freeze_batchnorm=True."
+        )
+    return exc
+
+
+class EarlyStopping:
+    """Stop when the validation score has not improved by ``tol`` for
+    ``patience`` epochs, keeping the weights of the best epoch (as
+    scikit-learn's ``MLPClassifier`` does).
+
+    Call it with each epoch's score and the network; it returns True when
+    training should stop. ``best_state`` holds a copy of the best weights.
+    """
+
+    def __init__(self, patience: int, tol: float):
+        self.patience, self.tol = patience, tol
+        self.best_score: float | None = None
+        self.best_state: dict | None = None
+        self.stale = 0
+
+    def __call__(self, score: float, net: nn.Module) -> bool:
+        best = self.best_score
+        self.stale = 0 if best is None or score > best + self.tol else self.stale + 1
+        if best is None or score > best:
+            self.best_score = score
+            self.best_state = copy.deepcopy(net.state_dict())
+        return self.stale >= self.patience
+
+
+@dataclass
+class History:
+    """What an estimator records of its training."""
+
+    loss_curve: list[float] = field(default_factory=list)
+    validation_scores: list[float] | None = None
+    n_iter: int = 0
+
+
+def fit_loop(
+    *,
+    net: nn.Module,
+    step: TrainStep,
+    batches: Callable[[np.ndarray], Batches],
+    targets: torch.Tensor,
+    train_rows: np.ndarray,
+    max_epochs: int,
+    generator: torch.Generator,
+    train_mode: Callable[[], None],
+    validate: Callable[[], float] | None = None,
+    stopper: EarlyStopping | None = None,
+    verbose: bool = True,
+) -> History:
+    """Train ``net`` for up to ``max_epochs`` epochs over ``train_rows``,
+    shuffled by ``generator``; ``batches(order)`` yields ``(rows, x)`` and
+    ``step`` updates the network on each.
+
+    After each epoch ``validate()`` (if given) scores the network and
+    ``stopper`` decides whether to go on. Every image of ``train_rows`` is
+    in one batch of each epoch.
+    """
+    history = History(validation_scores=[] if validate is not None else None)
+    for epoch in range(max_epochs):
+        train_mode()
+        order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
+        total, seen = 0.0, 0
+        with tqdm(
+            total=len(order),
+            desc=f"Epoch {epoch + 1}/{max_epochs}",
+            unit="img",
+            disable=not verbose,
+            leave=False,
+        ) as bar:
+            for rows, x in batches(order):
+                loss = step(x, targets[rows])
+                total += loss * len(rows)
+                seen += len(rows)
+                bar.update(len(rows))
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+        if seen != len(order):
+            raise AssertionError(f"an epoch saw {seen} of {len(order)} images")
+        history.n_iter = epoch + 1
+        history.loss_curve.append(total / seen)
+        if validate is None:
+            continue
+        score = validate()
+        assert history.validation_scores is not None
+        history.validation_scores.append(score)
+        if stopper is not None and stopper(score, net):
+            break
+    return history
