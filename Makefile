@@ -13,7 +13,7 @@ SHARED_WEIGHTS := ../shared/weights/mobilenet_v2_imagenet.pth
 # one, otherwise the model's published default weights (downloaded if online).
 DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),DEFAULT)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-oldest lint docs clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,32 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The suite on the oldest torch, torchvision, scikit-learn and numpy the
+# package admits (requirements/oldest.txt), in a second environment.
+OLDEST := .venv-oldest
+$(OLDEST)/.installed-stamp: pyproject.toml requirements/oldest.txt
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet -r requirements/oldest.txt
+	$(OLDEST)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-oldest: $(OLDEST)/.installed-stamp
+	$(OLDEST)/bin/python -m pytest -p no:cacheprovider
+
+# The documentation site: Sphinx, numpydoc and sphinx-gallery, the examples
+# run at build time; warnings are errors. Output: docs/_build/html.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 lint: $(STAMP)
-	$(BIN)/ruff check sktransfer tests benchmarks
-	$(BIN)/ruff format --check sktransfer tests benchmarks
+	$(BIN)/ruff check sktransfer tests benchmarks docs
+	$(BIN)/ruff format --check sktransfer tests benchmarks docs
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache docs/_build docs/auto_examples docs/generated

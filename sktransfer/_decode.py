@@ -1,6 +1,6 @@
 """Image files and PIL images to correct pixel arrays.
 
-The rules (``shared/RELIABILITY.md``, "Files"), all without touching Pillow's
+The rules (the user guide's "Images and files" page), all without touching Pillow's
 global settings:
 
 - only ordinary formats are opened: JPEG (and MPO, the multi-picture JPEG of
@@ -95,9 +95,8 @@ DECODER_TAG = "decode-v1:exif,white,first-frame"
 #: Reduced decoding keeps at least this many times the resize target, as
 #: Pillow's ``thumbnail`` does by default: the DCT scaling is a box filter,
 #: and leaving the last 2x or more of the shrinking to the antialiased
-#: resize halves its effect on the rows (measured on 12-MP photos with
-#: MobileNetV2: median 3.0-7.0% of a row's norm with a gap of 1, 1.6-3.5%
-#: with 2, against 3.7-4.2% for bfloat16; ``bench_reduced_decoding.py``).
+#: resize about halves its effect on the rows (figures in
+#: ``benchmarks/RESULTS.md``, from ``bench_reduced_decoding.py``).
 REDUCING_GAP = 2
 
 

@@ -1,20 +1,24 @@
-"""The engine: device, precision, batching, inference, progress, output.
+"""The engine: the input path and the inference loop.
 
-It runs any module that maps a preprocessed ``(n, 3, H, W)`` float batch to a
-list of ``(n, d_i)`` tensors over the batches of an input adapter, and writes
-the concatenated rows, in input order, into one preallocated float32 array.
-It knows nothing of sklearn.
+:func:`batches` and :func:`device_input` are the one input path of
+inference, validation and training (``_training`` builds on them): batches
+from the input adapter (nvJPEG decoding of JPEG files on CUDA), copied to the
+device (pinned, non-blocking on CUDA), resized and normalised there,
+channels_last. :func:`extract` runs any module that maps such a batch to a
+list of ``(n, d_i)`` tensors over all the images, and writes the
+concatenated rows, in input order, into one preallocated float32 array.
+The device and precision are chosen elsewhere (``_device``); the engine
+knows nothing of sklearn.
 
-Speed, in order of value (``shared/PERFORMANCE.md``): large batches; uint8
-batches to the device, resized and normalised there; reduced precision
-(bf16 autocast) where the hardware has it; channels_last. On CUDA: pinned
-host memory and non-blocking copies both ways, so the host prepares batch
-k+1 while the device computes batch k; cuDNN autotuning; JPEG files decoded
-by nvJPEG, a batch at a time. On the CPU: batch norms folded and
-convolutions fused with their activations and residual adds (``_layers``,
-``_fusion``), and batches run in blocks of a few images that stay in cache.
-Out of memory, the batch is halved and retried (down to one image) and the
-result is unchanged.
+Speed, in order of value: large batches; uint8 batches to the device,
+resized and normalised there; reduced precision (autocast) where the
+hardware has it; channels_last. On CUDA: the host prepares batch k+1 while
+the device computes batch k; cuDNN autotuning. On the CPU: batch norms
+folded and convolutions fused with their activations and residual adds
+(``_layers``, ``_fusion``; this applies to the extractor's networks), and
+batches run in blocks of a few images that stay in cache. Out of memory,
+the batch is halved and retried (down to one image) and the result is
+unchanged.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ __all__ = ["batches", "device_input", "extract", "is_oom", "run_batch"]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
 # whatever the batch size: a block's activations stay in the caches and below
-# the C allocator's threshold for fresh, page-faulting memory (ResNet-18 bf16
-# on 2 cores: 126 img/s in blocks of 16, 94 in one block of 64).
+# the C allocator's threshold for fresh, page-faulting memory (measured in
+# benchmarks/RESULTS.md, the CPU engine's table).
 CPU_BLOCK_PIXELS = 16 * 224 * 224
 
 

@@ -432,7 +432,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         return digest(self.cache_key_, numerics(self.device_, dtype))
 
     def transform(self, X):
-        """Embed each image as one row.
+        r"""Embed each image as one row.
 
         Parameters
         ----------
@@ -441,7 +441,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
         Returns
         -------
-        X_new : ndarray of shape (n_images, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_images, n_features_out\_), dtype float32
             One row per image, in input order; NaN for images that could not
             be read when ``on_error="nan"``.
         """

@@ -186,8 +186,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
 
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Mixed-precision training (autocast; weights and optimiser state stay
-        float32). ``"auto"``: float32 on CPUs and MPS; bfloat16 on CUDA GPUs
-        that support it, else float16 (with a gradient scaler).
+        float32). ``"auto"``: float32 on CPUs and MPS; on CUDA, bfloat16
+        where the GPU supports it (Ampere and later), else float16, with a
+        gradient scaler.
         ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16 or AMX.
 
     num_workers : int or None, default=None
@@ -208,10 +209,13 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         under different keys.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the new head, the shuffling, the validation split, dropout and
-        augmentation through a private generator (torch's global RNG is
-        forked and restored). An int gives the same predictions on the same
-        machine (CPU).
+        Seeds the validation split, the new head's initialisation, the
+        shuffling and the augmentation (generators owned by the fit), the
+        initial weights with ``weights=None``, and dropout in trained stages
+        (torch's global generator, forked for the fit and restored after
+        it). Fitting never changes numpy's or torch's global random state; an
+        int gives the same model on the same machine (CPU), whatever ran
+        before. None: fresh randomness at each fit.
 
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, then MPS, else the CPU.

@@ -2,9 +2,8 @@
 
 After batch-norm folding, a CNN is mostly ``conv -> [+ residual] -> [act]``.
 In eager PyTorch each of the three is a pass over a large activation tensor,
-and on a CPU the element-wise passes cost a quarter of the time (ResNet-18,
-bf16: ReLU, residual add and max-pool take 25% of the profile, convolutions
-the rest). oneDNN, the CPU convolution library PyTorch ships, can apply the
+and on a CPU the element-wise passes cost a good part of the time (see
+``docs/speed.md``). oneDNN, the CPU convolution library PyTorch ships, can apply the
 add and the activation while the convolution's output is still in cache: one
 pass instead of three. ``torch.compile`` does exactly this on CPU (through the
 same ``torch.ops.mkldnn._convolution_pointwise`` operator); this graph pass
@@ -229,8 +228,7 @@ class ConvPointwise(nn.Module):
 
         The layout is chosen for the largest batch seen so far, and redone
         when a larger one comes: a weight packed for the one-image probe of
-        ``fit`` serves blocks of 16 images correctly but slowly (EfficientNet-B0
-        in bf16, end to end: 68 img/s so, 99-135 repacked).
+        ``fit`` serves blocks of 16 images correctly but slowly.
         """
         address = self.weight.data_ptr()
         key = (dtype, address)
@@ -289,8 +287,8 @@ class StemMaxPool(nn.Module):
 
     There (bf16/fp16, even height and width, no autograd) it is computed as
     two separable passes of element-wise maxima over strided views: the same
-    values (a maximum is exact), in half the time of ATen's pooling kernel
-    (6.7 versus 12.6 ms for 16 ResNet stems in bf16 on 2 cores). Elsewhere,
+    values (a maximum is exact), faster than ATen's pooling kernel there
+    (``benchmarks/RESULTS.md``). Elsewhere,
     and in float32 where ATen's kernel is the faster, it is that kernel.
     """
 

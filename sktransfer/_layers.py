@@ -115,9 +115,9 @@ def _inference_graph(module: nn.Module) -> nn.Module:
     itself if it cannot be traced. ``module`` is not changed.
 
     Each batch norm that follows a convolution is folded into it (one layer
-    fewer to run: 5-20% faster on CPU), then each convolution is fused with
-    the activation and residual add that follow it (``_fusion``: 10-50%
-    faster on CPU; no change elsewhere).
+    fewer to run), then each convolution is fused with the activation and
+    residual add that follow it (``_fusion``: faster on the CPU, no change
+    elsewhere; figures in ``benchmarks/RESULTS.md``).
     """
     # (A deep copy of a traced module comes back in train mode: eval() again.)
     copied = copy.deepcopy(module).eval()

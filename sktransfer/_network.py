@@ -1,7 +1,7 @@
 """Building an extractor's truncated network, and sharing it between clones.
 
 ``GridSearchCV`` fits dozens of clones of one extractor; loading and tracing
-the same network for each (about 0.5 s for a MobileNetV2 on a laptop CPU)
+the same network for each (a noticeable fraction of a second per clone)
 would cost more than the cached embeddings save. Networks are inference-only
 (eval mode, never trained or modified), so clones share them through small
 process-wide memos, keyed by an identity of the weights that is cheap to

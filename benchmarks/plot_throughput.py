@@ -3,7 +3,7 @@
 Run the benchmark with its output saved, then plot it::
 
     .venv/bin/python benchmarks/bench_throughput.py | tee throughput.md
-    .venv/bin/python docs/examples/plot_throughput.py throughput.md
+    .venv/bin/python benchmarks/plot_throughput.py throughput.md
 
 Several files may be given (their rows are joined, e.g. one run per model).
 Writes ``docs/images/throughput.png`` (or ``--out``): images per second of
@@ -45,7 +45,9 @@ def read_rows(paths):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("tables", nargs="+")
-    parser.add_argument("--out", default=str(HERE.parent / "images/throughput.png"))
+    parser.add_argument(
+        "--out", default=str(HERE.parent / "docs/images/throughput.png")
+    )
     args = parser.parse_args()
     rates, header = read_rows(args.tables)
     if not rates:
