@@ -322,7 +322,7 @@ def main():
     )
     args = parser.parse_args()
 
-    from sktransfer._device import resolve_device, resolve_precision
+    from sktransfer._device import dtype_name, resolve_device, resolve_precision
     from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)
@@ -332,7 +332,7 @@ def main():
         f"{os.cpu_count()} CPUs | GPU: {gpu} | torch {torch.__version__} | "
         f"torchvision {torchvision.__version__} | Pillow {Image.__version__} | "
         f"device {device} | auto precision: "
-        f"{str(resolve_precision('auto', device)).removeprefix('torch.')}"
+        f"{dtype_name(resolve_precision('auto', device))}"
     )
     if args.memory:
         memory(args, device)

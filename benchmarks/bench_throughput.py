@@ -150,11 +150,11 @@ def main():
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from sktransfer._device import resolve_device, resolve_precision
+    from sktransfer._device import dtype_name, resolve_device, resolve_precision
     from sktransfer._identity import cpu_model
 
     device = resolve_device(args.device)
-    default = str(resolve_precision("auto", device)).removeprefix("torch.")
+    default = dtype_name(resolve_precision("auto", device))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(
         f"# {time.strftime('%Y-%m-%d')} | CPU {cpu_model()} | "

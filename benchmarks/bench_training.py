@@ -61,11 +61,11 @@ def main():
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from sktransfer._device import resolve_device, resolve_precision
+    from sktransfer._device import dtype_name, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    auto = str(resolve_precision("auto", device)).removeprefix("torch.")
+    auto = dtype_name(resolve_precision("auto", device))
     print(
         f"# {time.strftime('%Y-%m-%d')} | {platform.machine()} | "
         f"{os.cpu_count()} CPUs | GPU: {gpu} | torch {torch.__version__} | "

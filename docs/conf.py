@@ -5,6 +5,7 @@ ImageNet MobileNetV2 checkpoint beside the checkout when there is one,
 through a temporary torch hub cache; elsewhere torchvision downloads it).
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -69,6 +70,7 @@ html_theme_options = {"navigation_with_keys": False}
 _SHARED = HERE.parents[1] / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
 if _SHARED.is_file() and "SKTRANSFER_DOCS_TORCH_HOME" not in os.environ:
     _home = Path(tempfile.mkdtemp(prefix="sktransfer-docs-torch-"))
+    atexit.register(shutil.rmtree, _home, True)
     (_home / "hub" / "checkpoints").mkdir(parents=True)
     shutil.copy(_SHARED, _home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth")
     os.environ["TORCH_HOME"] = str(_home)

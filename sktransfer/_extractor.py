@@ -409,7 +409,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.taps_ = [name for name in computed if name not in layers]
         self.preprocessing_ = prep
         self.device_ = device
-        self.precision_ = str(dtype).removeprefix("torch.")
+        self.precision_ = _device.dtype_name(dtype)
         self.numerics_ = numerics(device, dtype)
         self.errors_: list[ImageReadError] = []
         self.network_ = built.net

@@ -198,15 +198,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         Larger image files are refused before decoding, as in the extractor.
 
     reduced_decoding : bool, default=True
-        JPEG files that the resize will shrink by 2x or more are decoded
-        directly at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT-domain
-        scaling, Pillow's ``Image.draft``), never below the resize target:
-        a 12-megapixel photo then decodes several times faster, and its row
-        moves by far less than bfloat16 moves it. ``max_pixels`` still
-        applies to the full size. False decodes every file in full (for
-        bit-for-bit comparisons with a full decode). CPU only: on CUDA,
-        JPEGs are decoded in full by nvJPEG. Rows of both kinds are cached
-        under different keys.
+        Big JPEG files are decoded directly at a reduced size (never below
+        the resize target), as in the extractor; False decodes every file in
+        full.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the validation split, the new head's initialisation, the

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from sktransfer._device import dtype_name
+
 __all__ = ["FUSION_ENV", "ConvPointwise", "StemMaxPool", "enabled", "fuse_pointwise"]
 
 # oneDNN's name of each activation and its scalars (torch.compile's mapping).
@@ -81,21 +83,20 @@ def enabled() -> bool:
     }
 
 
-_BROKEN_WARNED: set = set()
+_BROKEN: set = set()  # (dtype, activation, residual) of the forms that failed
 
 
 def _form(dtype: torch.dtype, activation, residual: bool) -> str:
     act = activation[0] if activation else "none"
-    return f"conv{' + add' if residual else ''} + {act} in {str(dtype)[6:]}"
+    return f"conv{' + add' if residual else ''} + {act} in {dtype_name(dtype)}"
 
 
 def _give_up(dtype: torch.dtype, activation, residual: bool, why: str) -> None:
     """Record that a form does not work here, with one warning per form."""
     key = (dtype, activation, residual)
-    _BROKEN[key] = False
-    if key in _BROKEN_WARNED:
+    if key in _BROKEN:
         return
-    _BROKEN_WARNED.add(key)
+    _BROKEN.add(key)
     warnings.warn(
         f"oneDNN's fused convolution ({_form(dtype, activation, residual)}) "
         f"{why} with torch {torch.__version__}; those convolutions run unfused "
@@ -104,9 +105,6 @@ def _give_up(dtype: torch.dtype, activation, residual: bool, why: str) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
-
-
-_BROKEN: dict = {}  # (dtype, activation, residual) -> False once it failed
 
 
 @functools.cache

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from sktransfer._device import dtype_name
 from sktransfer._memo import Memo
 
 __all__ = [
@@ -314,7 +315,7 @@ def numerics(device: torch.device, dtype: torch.dtype) -> str:
     version. float32 on a GPU runs without TF32 here (see ``_engine``) but
     accumulates in another order than a CPU: it gets its device type.
     """
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     if dtype == torch.float32 and device.type == "cpu":
         return name
     if device.type == "cpu":

@@ -17,13 +17,13 @@ caller forks it around the loop.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
@@ -107,43 +107,29 @@ def feature_batches(features: torch.Tensor, order, batch_size, device) -> Batche
 class Augmentation:
     """A random resized crop (70-100% of the area, aspect 3/4 to 4/3) back to
     ``size`` and a random horizontal flip, for each image of a batch, drawn
-    from ``generator`` (never from torch's global generator).
+    from ``generator``.
 
-    The crop follows torchvision's ``RandomResizedCrop``: ten tries at a
-    random area and aspect, else the central crop of the clamped aspect.
+    The crop is torchvision's ``RandomResizedCrop.get_params``, run in a
+    fork of torch's global generator seeded from ``generator``: the caller's
+    global random state is left as it was.
     """
 
-    scale = (0.7, 1.0)
-    ratio = (3 / 4, 4 / 3)
+    scale = [0.7, 1.0]
+    ratio = [3 / 4, 4 / 3]
 
     def __init__(self, size, generator: torch.Generator):
         self.size = [size, size] if isinstance(size, int) else list(size)
         self.generator = generator
 
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=self.generator))
-
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """``(top, left, h, w)`` of one random crop."""
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * self._uniform(*self.scale)
-            aspect = math.exp(self._uniform(*log_ratio))
-            w = round(math.sqrt(target * aspect))
-            h = round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(
-                    torch.randint(0, height - h + 1, (), generator=self.generator)
-                )
-                left = int(
-                    torch.randint(0, width - w + 1, (), generator=self.generator)
-                )
-                return top, left, h, w
-        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
-        w, h = (width, round(width / aspect)) if width / height < aspect else (
-            round(height * aspect), height)  # fmt: skip
-        return (height - h) // 2, (width - w) // 2, h, w
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            box = RandomResizedCrop.get_params(
+                torch.empty(1, height, width, device="meta"), self.scale, self.ratio
+            )
+        return tuple(int(v) for v in box)  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = []

@@ -185,7 +185,6 @@ def fresh_checks():
     def forget():
         _fusion._self_test.cache_clear()
         _fusion._BROKEN.clear()
-        _fusion._BROKEN_WARNED.clear()
 
     forget()
     yield
