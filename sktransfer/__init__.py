@@ -7,6 +7,7 @@ from sktransfer._finetune import FineTunedClassifier
 from sktransfer._folders import list_images, load_image_folder
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
+from sktransfer._probe import ProbeResult, probe
 from sktransfer.exceptions import ImageReadError, WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
@@ -16,6 +17,7 @@ __all__ = [
     "FineTunedClassifier",
     "ImageReadError",
     "Preprocessing",
+    "ProbeResult",
     "PretrainedFeatureExtractor",
     "WeightsUnavailableError",
     "clear_caches",
@@ -24,6 +26,7 @@ __all__ = [
     "list_layers",
     "list_models",
     "load_image_folder",
+    "probe",
 ]
 
 

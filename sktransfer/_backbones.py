@@ -256,6 +256,14 @@ def _unavailable(model_name: str, weights: WeightsEnum, exc) -> WeightsUnavailab
     )
 
 
+def weights_at_hand(model: str) -> list[str]:
+    """Names of the model's published weights whose files are in the torch
+    hub cache (usable offline), best (DEFAULT) first."""
+    enum = torchvision.models.get_model_weights(model)
+    members = sorted(set(enum), key=lambda w: w is not enum.DEFAULT)
+    return [f"{enum.__name__}.{w.name}" for w in members if hub_path(w).exists()]
+
+
 #: Published weights that could not be had in this process (the file the
 #: torch cache lacks -> the error), so that the next clone fails at once.
 _UNAVAILABLE: dict[Path, WeightsUnavailableError] = {}

@@ -27,6 +27,7 @@ __all__ = [
     "check_numerics",
     "did_you_mean",
     "owned_random_state",
+    "require",
 ]
 
 #: Parameters that both estimators take, with the same meaning.
@@ -97,3 +98,16 @@ def did_you_mean(name: str, choices, n: int = 3) -> str:
     an empty string when none is close: the end of an error message."""
     close = difflib.get_close_matches(name, list(choices), n=n)
     return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{purpose} needs the optional dependency {module!r}, which is not "
+            f"installed. Install it with: pip install 'sktransfer[{extra}]'"
+        ) from exc

@@ -401,7 +401,19 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             lambda name: named_preprocessing(self.model, name),
         )
         _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
-        widths, row, probe = _network.output_widths(built, prep, images, device, dtype)
+        cache_key = digest(built.identity, repr(prep), str(self.pooling))
+        config = digest(cache_key, numerics(device, dtype))
+
+        def cached(row):  # the probe image's vectors, if all are cached
+            image = images.decoded_digest(row)
+            if store is None or image is None:
+                return None
+            vectors = [store.get((config, name, image)) for name in computed]
+            return None if any(v is None for v in vectors) else vectors
+
+        widths, row, probe = _network.output_widths(
+            built, prep, images, device, dtype, cached
+        )
         self.weights_ = backbone.weights
         self.layers_ = layers
         self.computed_layers_ = computed
@@ -415,11 +427,11 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.network_ = built.net
         self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
-        self.cache_key_ = digest(built.identity, repr(prep), str(self.pooling))
+        self.cache_key_ = cache_key
         self.__dict__.pop("_network_state", None)  # from an earlier unpickling
         image = images.decoded_digest(row)  # of the bytes the probe decoded
         if store is not None and probe is not None and image is not None:
-            config = self._cache_config(dtype)  # the probe's work is kept
+            # the probe's work is kept
             store.put_many(
                 ((config, name, image), vector)
                 for name, vector in zip(computed, probe, strict=True)

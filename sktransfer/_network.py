@@ -167,13 +167,14 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     return Built(backbone, layers, computed, net, loaded["digest"], key)
 
 
-def output_widths(built: Built, prep, images, device, dtype):
+def output_widths(built: Built, prep, images, device, dtype, cached=None):
     """Width of each computed layer's output, probing one image if needed.
 
     The widths depend on the network, the input size and the precision only,
-    so a clone's probe serves all the others. Returns the widths, the row of
-    the probe image (the first readable one) and its features (None when no
-    probe ran).
+    so a clone's probe serves all the others, and so do the probe image's
+    vectors in the embedding cache: ``cached(row)`` returns them (or None).
+    Returns the widths, the row of the probe image (the first readable one)
+    and its features (None when no probe ran).
     """
     row, image = images.first(prep.geometry)
     size = tuple(image.shape[-2:])
@@ -181,7 +182,11 @@ def output_widths(built: Built, prep, images, device, dtype):
         size = prep.output_size(*size)
     key = None if built.key is None else (built.key, size, dtype)
     widths = _WIDTHS.get(key)
+    if widths is None and cached is not None:
+        vectors = cached(row)
+        widths = None if vectors is None else [len(v) for v in vectors]
     if widths is not None:
+        _WIDTHS.put(key, widths)
         return widths, row, None
     feats = _engine.run_batch(
         built.net, prep, image, device, dtype, split=True, resized=images.resizes

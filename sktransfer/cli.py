@@ -1,4 +1,10 @@
-"""The ``sktransfer`` command.
+"""The ``sktransfer`` command: ``probe``, ``embed`` and ``demo``.
+
+``sktransfer probe DIR``: which pretrained model, and which of its layers,
+for a folder of labelled images (:func:`sktransfer.probe`).
+
+``sktransfer embed DIR_OR_LIST -o OUT``: the embeddings of a folder or a
+list of image files, to Parquet or ``.npy``.
 
 ``sktransfer demo``: the two ways of transfer on scikit-learn's bundled digits
 (no download). The target task is digits 5-9 with a handful of labels per
@@ -17,12 +23,16 @@ are rarely centred. It compares, on the same held-out images:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
+from sktransfer._backbones import weights_at_hand
 from sktransfer.exceptions import WeightsUnavailableError
+
+DEMO_DESCRIPTION = __doc__[__doc__.index("``sktransfer demo``") :].replace("``", "'")
 
 PRETRAINED_LAYERS = {
     "mobilenet_v2": ["features.3", "features.6", "features.10", "features.13", None],
@@ -104,18 +114,6 @@ def _reuse(extractor, layers, X, y, train, test, cv):
     return layer, per_layer, search.score(X[test], y[test])
 
 
-def cached_imagenet_weights(model: str) -> list[str]:
-    """Names of the model's published weights whose files are in the torch
-    hub cache (usable offline), best (DEFAULT) first."""
-    import torchvision
-
-    from sktransfer._backbones import hub_path
-
-    enum = torchvision.models.get_model_weights(model)
-    members = sorted(set(enum), key=lambda w: w is not enum.DEFAULT)
-    return [f"{enum.__name__}.{w.name}" for w in members if hub_path(w).exists()]
-
-
 def _pretrained(args, X):
     from sktransfer import PretrainedFeatureExtractor
 
@@ -132,7 +130,7 @@ def _pretrained(args, X):
     try:
         return extractor.fit(X[:1])
     except WeightsUnavailableError as exc:
-        at_hand = cached_imagenet_weights(args.model)
+        at_hand = weights_at_hand(args.model)
         if args.weights == "DEFAULT" and at_hand:
             # DEFAULT names the newest weights; an older ImageNet set in the
             # cache is still ImageNet weights: use it, and say which.
@@ -237,14 +235,52 @@ def demo(args) -> int:
 DESCRIPTION = """\
 sktransfer: transfer learning from pretrained image models, as scikit-learn
 estimators. Everything the command does can be done in Python with
-PretrainedFeatureExtractor and FineTunedClassifier.
+PretrainedFeatureExtractor, FineTunedClassifier and sktransfer.probe.
 
 commands:
+  probe  which pretrained model, and which of its layers, for a folder of
+         labelled images: a linear probe scored by cross-validation on every
+         cut point of several models, ranked
+  embed  the embeddings of a folder or list of images, to Parquet or .npy
   demo   transfer learning on scikit-learn's digits, offline: raw pixels, a
          network trained from scratch, a source model developed on digits 0-4
          and reused frozen, and a frozen ImageNet model, each with its cut
          point chosen by a grid search (about a minute on 2 CPU cores)
+
+Results go to stdout; progress and notes to stderr. Exit status: 0 on
+success, 1 on a failure (unreadable data, weights that cannot be had), 2 on
+a usage error.
 """
+
+PROBE_EPILOG = """\
+examples:
+  sktransfer probe photos/                      # photos/<class>/<image>
+  sktransfer probe photos/ --labels labels.csv  # columns path,label
+  sktransfer probe photos/ --models resnet50 mobilenet_v2:IMAGENET1K_V1 \\
+      --report report/ --json ranking.json --save best.joblib
+  sktransfer probe photos/ --models resnet18 --weights ./resnet18.pth \\
+      --layers layer2 layer3 None --cv 10
+  sktransfer probe photos/ --models resnet50 mobilenet_v2 \\
+      --layers resnet50:layer3 resnet50:None mobilenet_v2:features.13
+
+Each image goes through each model's network once, all its cut points tapped
+in that pass; with --cache DIR a second probe of the same images reuses them.
+"""
+
+EMBED_EPILOG = """\
+examples:
+  sktransfer embed photos/ -o photos.parquet
+  sktransfer embed files.txt -o emb.npy --model resnet18 --layer layer3
+  sktransfer embed photos/ -o emb.parquet --on-error nan --cache ~/.emb-cache
+
+The rows are in the order of the list (a folder: its files sorted, subfolders
+included). An interrupted job resumes from its cache: OUT.partial/ beside the
+output (removed once the output is written) unless --cache names one.
+"""
+
+
+class UsageError(ValueError):
+    """A command line that cannot be run as given (exit status 2)."""
 
 
 class _Help(
@@ -253,17 +289,367 @@ class _Help(
     """Descriptions as written, and each option's default."""
 
 
-def main(argv=None) -> int:
+def _stderr(quiet):
+    def say(message):
+        if not quiet:
+            print(message, file=sys.stderr)
+
+    return say
+
+
+def _note(message):
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _layer_value(text: str):
+    return None if text.lower() == "none" else text
+
+
+def _preprocessing(args):
+    if args.size is None:
+        return "auto"
+    return {"resize_size": args.size, "crop_size": args.size}
+
+
+def read_labels(folder, labels_csv):
+    """Paths and labels: from a ``path,label`` CSV (paths relative to
+    ``folder``), or from ``folder``'s class folders."""
+    import csv
+    from pathlib import Path
+
+    from sktransfer import load_image_folder
+
+    if labels_csv is None:
+        return load_image_folder(folder)
+    with open(labels_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise UsageError(
+                f"The labels file {labels_csv!r} lacks the column(s) "
+                f"{', '.join(sorted(missing))}: it needs a header with 'path' and "
+                f"'label'. It has: {reader.fieldnames}."
+            )
+        rows = [(r["path"], r["label"]) for r in reader]
+    if not rows:
+        raise UsageError(f"The labels file {labels_csv!r} has no rows.")
+    root = Path(folder)
+    X = np.asarray([str(root / path) for path, _ in rows], dtype=object)
+    return X, np.asarray([label for _, label in rows])
+
+
+def probe_command(args) -> int:
+    from sktransfer._probe import DEFAULT_MODELS, probe
+
+    say = _stderr(args.quiet)
+    X, y = read_labels(args.dir, args.labels)
+    say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}")
+    models = args.models or DEFAULT_MODELS
+    layers = _layers_argument(args.layers, models)
+    result = probe(
+        X,
+        y,
+        models=models,
+        weights=args.weights,
+        layers=layers,
+        cv=args.cv,
+        finetune=args.finetune,
+        finetune_epochs=args.finetune_epochs,
+        preprocessing=_preprocessing(args),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        cache=args.cache or "memory",
+        n_jobs=args.n_jobs,
+        random_state=args.seed,
+        verbose=not args.quiet,
+        log=_note,
+    )
+    table = result.table()
+    if args.json == "-":
+        print(result.to_json())
+        say(table)
+    else:
+        print(table)
+        if args.json is not None:
+            with open(args.json, "w") as f:
+                f.write(result.to_json() + "\n")
+            say(f"ranking written to {args.json}")
+    networks = sum(run["seconds"] for run in result.runs)
+    say(
+        f"time: networks {networks:.1f} s (each image once per model: "
+        + ", ".join(f"{r['model']} {r['network_images']}" for r in result.runs)
+        + f" images), linear probes {result.classifier_seconds:.1f} s"
+    )
+    if args.report is not None:
+        path = result.write_report(args.report, _data_code(args, X, result))
+        say(f"report written to {path} (plot: {path.parent / 'probe.png'})")
+    if args.save is not None:
+        import joblib
+
+        pipeline = result.best_pipeline().set_params(**_quiet_params(result))
+        keep = np.setdiff1d(np.arange(len(y)), result.unreadable)
+        pipeline.fit(X[keep], y[keep])
+        joblib.dump(pipeline, args.save)
+        say(
+            f"winning pipeline fitted on all {len(keep)} images and saved to "
+            f"{args.save} with joblib (a pickle: load it with joblib.load, and "
+            "only from a source you trust; sktransfer has no pickle-free format "
+            "yet)."
+        )
+    return 0
+
+
+def _layers_argument(values, models):
+    """``--layers``: LAYER for every model, MODEL:LAYER for one."""
+    if values is None:
+        return "stages"
+    every = [_layer_value(v) for v in values if ":" not in v]
+    own: dict = {}
+    for value in values:
+        if ":" in value:
+            model, _, layer = value.partition(":")
+            own.setdefault(model, []).append(_layer_value(layer))
+    if not own:
+        return every
+    names = [m.partition(":")[0] for m in models]
+    return {**{name: every or "stages" for name in names}, **own}
+
+
+def _data_code(args, X, result) -> str:
+    """Python that loads the probe's images and labels, less those that
+    could not be read."""
+    if args.labels is None:
+        code = (
+            "from sktransfer import load_image_folder\n\n"
+            f"X, y = load_image_folder({args.dir!r})"
+        )
+    else:
+        code = (
+            "import csv\nimport os\n\n"
+            f"with open({args.labels!r}, newline='') as f:\n"
+            "    rows = list(csv.DictReader(f))\n"
+            f"X = [os.path.join({args.dir!r}, row['path']) for row in rows]\n"
+            "y = [row['label'] for row in rows]"
+        )
+    if result.unreadable:
+        left_out = sorted(str(X[i]) for i in result.unreadable)
+        code += (
+            f"\nleft_out = {set(left_out)!r}  # could not be read\n"
+            "X, y = map(list, zip(*[(x, t) for x, t in zip(X, y) "
+            "if x not in left_out]))"
+        )
+    return code
+
+
+def _quiet_params(result) -> dict:
+    key = (
+        "verbose"
+        if result.best["method"] == "fine-tuned"
+        else ("pretrainedfeatureextractor__verbose")
+    )
+    return {key: False}
+
+
+def embed_command(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from sktransfer import PretrainedFeatureExtractor, list_images
+    from sktransfer._embed import embed_files
+
+    say = _stderr(args.quiet)
+    source = Path(args.source)
+    if source.is_dir():
+        paths = list(list_images(source))
+    elif source.is_file():
+        lines = source.read_text().splitlines()
+        paths = [p for p in (line.strip() for line in lines) if p and p[0] != "#"]
+    else:
+        raise FileNotFoundError(f"{args.source!r} is neither a folder nor a file.")
+    output = Path(args.output)
+    partial = output.with_name(output.name + ".partial")
+    cache = None if args.cache == "none" else args.cache or str(partial)
+    if cache == str(partial) and partial.exists():
+        say(f"resuming from {partial}/")
+    extractor = PretrainedFeatureExtractor(
+        model=args.model,
+        weights=_layer_value(args.weights),
+        layer=[_layer_value(v) for v in args.layer] if args.layer else None,
+        pooling=args.pooling,
+        preprocessing=_preprocessing(args),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        on_error=args.on_error,
+        cache=cache,
+        random_state=args.seed,
+    )
+    errors = embed_files(
+        paths, output, extractor, chunk_size=args.chunk_size, verbose=not args.quiet
+    )
+    if cache == str(partial):
+        shutil.rmtree(partial, ignore_errors=True)
+    for error in errors:
+        print(f"warning: {error}", file=sys.stderr)
+    extra = (
+        f" and its paths to {_paths_file(output)}" if output.suffix == ".npy" else ""
+    )
+    say(
+        f"{len(paths)} rows of {extractor.n_features_out_} features written to "
+        f"{output}{extra} ({len(errors)} unreadable images)"
+    )
+    return 0
+
+
+def _paths_file(output):
+    from sktransfer._embed import paths_file
+
+    return paths_file(output)
+
+
+def _add_engine_options(p, batch_size=64):
+    p.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="weights: 'DEFAULT' (published, from the torch cache or downloaded), "
+        "a weights name, a checkpoint file, or 'none' (random, seeded by --seed)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize and crop the images to this side (default: the weights' own "
+        "preprocessing, e.g. 224)",
+    )
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'...")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+    )
+    p.add_argument("--seed", type=int, default=0, help="random state")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or notes on stderr"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sktransfer",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser(
+        "probe",
+        help="which model and which layer, for a folder of labelled images",
+        description="Rank pretrained models and their cut points for your images "
+        "by the cross-validated accuracy of a linear probe (StandardScaler + "
+        "LogisticRegression), on the same stratified folds for every row.",
+        epilog=PROBE_EPILOG,
+        formatter_class=_Help,
+    )
+    p.add_argument("dir", help="a folder with one subfolder of images per class")
+    p.add_argument(
+        "--labels",
+        metavar="FILE.csv",
+        help="a CSV with 'path' and 'label' columns instead of class folders "
+        "(paths relative to DIR)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL[:WEIGHTS]",
+        help="torchvision models, each optionally with its weights (default: "
+        "convnext_tiny resnet50 efficientnet_b0 mobilenet_v2, those whose "
+        "weights can be had)",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="LAYER",
+        help="cut points: LAYER for every model, MODEL:LAYER for one ('None': the "
+        "final embedding; default: each model's stage boundaries and its final "
+        "embedding)",
+    )
+    p.add_argument("--cv", type=int, default=5, help="cross-validation folds")
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="also score FineTunedClassifier (trainable_layers 0, 1, 2) on the "
+        "best model",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--cache", metavar="DIR", help="a persistent embedding cache")
+    p.add_argument("--n-jobs", type=int, default=None, help="jobs of the probes")
+    p.add_argument("--json", metavar="FILE", help="write the ranking ('-': stdout)")
+    p.add_argument("--report", metavar="DIR", help="write a plot and a Markdown report")
+    p.add_argument(
+        "--save", metavar="FILE", help="fit the winner on all images and save it"
+    )
+    _add_engine_options(p)
+    p.set_defaults(run=probe_command)
+
+    p = sub.add_parser(
+        "embed",
+        help="embeddings of a folder or list of images, to Parquet or .npy",
+        description="Embed images with a frozen pretrained model and write one "
+        "row per image, with its path.",
+        epilog=EMBED_EPILOG,
+        formatter_class=_Help,
+    )
+    p.add_argument(
+        "source",
+        metavar="DIR_OR_LIST",
+        help="a folder (its images, subfolders included) or a text file of "
+        "paths, one per line",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="OUT.parquet (columns row, path, embedding, error; needs pyarrow) or "
+        "OUT.npy (with OUT.paths.txt beside it)",
+    )
+    p.add_argument("--model", default="resnet50", help="a torchvision model")
+    p.add_argument(
+        "--layer",
+        nargs="+",
+        metavar="LAYER",
+        help="cut point(s), concatenated (default: the final embedding)",
+    )
+    p.add_argument(
+        "--pooling", default="avg", choices=["avg", "max", "avgmax", "cls", "flatten"]
+    )
+    p.add_argument(
+        "--on-error",
+        default="raise",
+        choices=["raise", "nan"],
+        help="an unreadable image stops the job, or gives an empty row",
+    )
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="embedding cache ('none' for no cache; default: OUT.partial/, "
+        "removed when done)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="images per step: the most an interruption loses",
+    )
+    _add_engine_options(p)
+    p.set_defaults(run=embed_command)
+
     p = sub.add_parser(
         "demo",
         help="transfer learning on scikit-learn's digits (offline)",
-        description=__doc__.split("\n\n", 1)[1].strip().replace("``", "'"),
+        description=DEMO_DESCRIPTION,
         formatter_class=_Help,
     )
     p.add_argument(
@@ -305,8 +691,31 @@ def main(argv=None) -> int:
         "--limit", type=int, default=None, help="use only the first N digits"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    from sktransfer._probe import ProbeUsageError
+
+    parser = _parser()
     args = parser.parse_args(argv)
-    return demo(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # stdout closed early (| head): not a failure
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (UsageError, ProbeUsageError) as exc:
+        print(f"sktransfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        # ImageReadError and WeightsUnavailableError are OSErrors
+        print(f"sktransfer {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sktransfer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

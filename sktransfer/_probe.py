@@ -1,0 +1,749 @@
+"""Which pretrained model, and which of its layers, for these images?
+
+:func:`probe` answers by measurement: for each model, every image goes
+through the network once, with all the cut points tapped in that one pass;
+then a linear probe (``StandardScaler`` + ``LogisticRegression``) is scored
+on each cut point by stratified cross-validation, on the same folds for
+every row. ``sktransfer probe`` is this function from the shell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_validate
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import _safe_indexing
+
+from sktransfer._backbones import _check_model_name, weights_at_hand
+from sktransfer._common import require
+from sktransfer._layers import FeatureNet
+from sktransfer.exceptions import WeightsUnavailableError
+
+__all__ = ["DEFAULT_MODELS", "ProbeResult", "ProbeUsageError", "probe"]
+
+#: Strong torchvision backbones for frozen features, from large to small.
+DEFAULT_MODELS = ("convnext_tiny", "resnet50", "efficientnet_b0", "mobilenet_v2")
+#: The linear probe's iteration limit (a probe that stops there is reported).
+MAX_ITER = 1000
+
+
+class ProbeUsageError(ValueError):
+    """A model, weights or layer specification that cannot be used."""
+
+
+def linear_probe() -> Pipeline:
+    """The classifier scored on every cut point."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
+
+
+def parse_model(spec) -> tuple[str, object]:
+    """``"name"`` or ``"name:weights"`` (or a pair) -> ``(name, weights)``;
+    weights None when not given. ``"none"`` means random weights."""
+    if isinstance(spec, tuple):
+        name, weights = spec
+    else:
+        name, _, weights = str(spec).partition(":")
+        weights = weights or None
+    try:
+        _check_model_name(name)
+    except ValueError as exc:
+        raise ProbeUsageError(str(exc)) from None
+    return name, weights
+
+
+def _weights_value(weights):
+    """The ``weights`` parameter for a specification: ``"none"`` is random."""
+    if isinstance(weights, str) and weights.lower() == "none":
+        return None
+    return weights
+
+
+def check_classes(y, cv: int) -> dict:
+    """The class counts; every class needs at least one image per fold."""
+    counts = dict(sorted(Counter(y.tolist()).items(), key=lambda kv: str(kv[0])))
+    if len(counts) < 2:
+        raise ValueError(
+            f"A probe needs at least 2 classes; the labels have {len(counts)}."
+        )
+    small = {c: k for c, k in counts.items() if k < cv}
+    if small:
+        listed = ", ".join(f"{c!r} ({k})" for c, k in small.items())
+        raise ValueError(
+            f"Some classes have fewer images than the {cv} cross-validation "
+            f"folds, so a fold would lack them: {listed}. Add images to them, "
+            f"remove them, or use fewer folds (at most {min(small.values())})."
+        )
+    return counts
+
+
+@dataclasses.dataclass
+class ModelRun:
+    """One model's pass over the images."""
+
+    model: str
+    weights: object  # the weights actually loaded (``weights_``)
+    layers: list  # cut points, shallow to deep; None is the final embedding
+    widths: list
+    embeddings: np.ndarray  # all cut points' columns, side by side
+    network_images: int  # images that went through the network
+    seconds: float  # fit + transform, decoding included
+
+    def columns(self, layer) -> np.ndarray:
+        i = self.layers.index(layer)
+        start = int(sum(self.widths[:i]))
+        return self.embeddings[:, start : start + self.widths[i]]
+
+
+def _count_network_images(counter: list):
+    """Count the images entering any extractor network (a global hook, for
+    the duration of one model's pass)."""
+
+    def hook(module, args):
+        if isinstance(module, FeatureNet):
+            counter[0] += len(args[0])
+
+    return torch.nn.modules.module.register_module_forward_pre_hook(hook)
+
+
+def _check_layers(model: str, layers) -> list:
+    from sktransfer._backbones import load_backbone
+    from sktransfer._layers import node_names, resolve_layers
+
+    backbone = load_backbone(model, None, seed=0)
+    try:
+        return resolve_layers(
+            layers, node_names(backbone.module, backbone.head), repr(model)
+        )
+    except ValueError as exc:
+        raise ProbeUsageError(str(exc)) from None
+
+
+def _embed(model, weights, X, layers, settings, log) -> ModelRun:
+    """All cut points of one model, in one pass over the images."""
+    from sktransfer import PretrainedFeatureExtractor
+
+    if layers == "stages":
+        first = {"layer": None, "cache_layers": "stages"}
+    else:
+        first = {"layer": _check_layers(model, layers), "cache_layers": None}
+    extractor = PretrainedFeatureExtractor(
+        model=model, weights=_weights_value(weights), on_error="nan", **settings
+    ).set_params(**first)
+    counter = [0]
+    handle = _count_network_images(counter)
+    start = time.perf_counter()
+    try:
+        try:
+            extractor.fit(X)
+        except WeightsUnavailableError:
+            at_hand = weights_at_hand(model)
+            if weights != "DEFAULT" or not at_hand:
+                raise
+            # DEFAULT names the newest weights; an older set in the cache is
+            # still the model's published weights: use it, and say which.
+            log(
+                f"{model}: the DEFAULT weights are not in the torch cache and "
+                f"cannot be downloaded; using {at_hand[0]}, the weights at hand."
+            )
+            extractor.set_params(weights=at_hand[0]).fit(X)
+        if layers == "stages":  # every cut point as output columns
+            extractor.set_params(layer=extractor.computed_layers_, cache_layers=None)
+            extractor.fit(X)
+        with warnings.catch_warnings():  # probe() says it once, for all models
+            warnings.filterwarnings("ignore", r"\d+ of \d+ images could not be read")
+            embeddings = extractor.transform(X)
+    finally:
+        handle.remove()
+    run = ModelRun(
+        model=model,
+        weights=extractor.weights_,
+        layers=list(extractor.layers_),
+        widths=list(extractor.n_features_per_layer_),
+        embeddings=embeddings,
+        network_images=counter[0],
+        seconds=time.perf_counter() - start,
+    )
+    if layers == "stages" and len(run.layers) > 1:
+        # The last stage, pooled, is often the final embedding itself (a
+        # ResNet's layer4): one row for both, the final embedding.
+        last = run.layers[-2]
+        if np.array_equal(run.columns(last), run.columns(None), equal_nan=True):
+            keep = np.ones(embeddings.shape[1], dtype=bool)
+            start = int(sum(run.widths[:-2]))
+            keep[start : start + run.widths[-2]] = False
+            run.embeddings = embeddings[:, keep]
+            del run.widths[-2], run.layers[-2]
+    return run
+
+
+def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, float, int]:
+    """Accuracy on each fold, the seconds it took, and how many of the fits
+    stopped at the iteration limit."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        result = cross_validate(estimator, X, y, cv=folds, n_jobs=n_jobs)
+    stopped = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    for w in caught:  # pass the others on
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result["test_score"], time.perf_counter() - start, stopped
+
+
+def _row(run: ModelRun | None, model, weights, scores, **fields) -> dict:
+    return {
+        "model": model,
+        "weights": None if weights is None else str(weights),
+        **fields,
+        "cv_accuracy": float(np.mean(scores)),
+        "cv_std": float(np.std(scores)),
+        "cv_scores": [float(s) for s in scores],
+        "images_per_s": (
+            None
+            if run is None or run.network_images == 0
+            else run.network_images / run.seconds
+        ),
+    }
+
+
+def probe(
+    X,
+    y,
+    *,
+    models=DEFAULT_MODELS,
+    weights="DEFAULT",
+    layers="stages",
+    cv=5,
+    finetune=False,
+    finetune_epochs=5,
+    preprocessing="auto",
+    batch_size=64,
+    precision="auto",
+    device="auto",
+    cache="memory",
+    n_jobs=None,
+    random_state=0,
+    verbose=True,
+    log=None,
+) -> ProbeResult:
+    """Score a linear probe on every cut point of several pretrained models.
+
+    For each model, every image goes through the network once, all cut
+    points tapped in that pass (and kept in the embedding cache); then
+    ``StandardScaler`` + ``LogisticRegression`` is scored on each cut point
+    by stratified ``cv``-fold cross-validation, on the same folds for every
+    row. Read more in the user guide, ``docs/choosing.md``.
+
+    Parameters
+    ----------
+    X : array-like of images or paths
+        Anything :class:`~sktransfer.PretrainedFeatureExtractor` takes.
+        Images that cannot be read are left out of every row, and said so.
+    y : array-like of shape (n_images,)
+        The class of each image.
+    models : list of str or (str, weights) pairs, default=DEFAULT_MODELS
+        torchvision model names, each optionally with its own weights as
+        ``"name:weights"``. A model whose weights cannot be had (offline,
+        not in the torch cache) is skipped, and said so; for ``"DEFAULT"``,
+        older published weights in the cache are used instead, and said so.
+    weights : str, path-like or None, default="DEFAULT"
+        The weights of the models that do not name their own (``"none"`` or
+        None: random weights, seeded by ``random_state``).
+    layers : "stages", list or dict, default="stages"
+        The cut points: every stage boundary of each model plus its final
+        embedding (None); the same list for every model; or a dict from
+        model name to either (models it does not name: "stages").
+    cv : int, default=5
+        Folds of the stratified cross-validation (shuffled, seeded by
+        ``random_state``; the same folds for every row).
+    finetune : bool, default=False
+        Also score :class:`~sktransfer.FineTunedClassifier` with
+        ``trainable_layers`` 0, 1 and 2 on the best model, on the same folds.
+    finetune_epochs : int, default=5
+        ``max_epochs`` of those fine-tunings.
+    preprocessing, batch_size, precision, device
+        As for :class:`~sktransfer.PretrainedFeatureExtractor`.
+    cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
+        The embedding cache: a directory makes a second probe of the same
+        images (another ``cv``, more models) skip the networks it has run.
+    n_jobs : int or None, default=None
+        Parallel jobs of the cross-validations.
+    random_state : int, default=0
+        Seeds the folds and random weights.
+    verbose : bool, default=True
+        Progress bars (on stderr).
+    log : callable or None, default=None
+        Called with each note (models skipped, weights substituted); None
+        issues them as warnings.
+
+    Returns
+    -------
+    result : ProbeResult
+        The ranked rows, the skipped models and what was measured.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import probe
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    >>> y = np.repeat([0, 1], 6)
+    >>> result = probe(X, y, models=["resnet18"], weights=None, cv=3,
+    ...                preprocessing={"resize_size": 32, "crop_size": 32},
+    ...                verbose=False)
+    >>> sorted({row["layer"] for row in result.rows}, key=str)  # None: final
+    [None, 'layer1', 'layer2', 'layer3']
+    >>> result.runs[0]["network_images"]  # once each, for all the cut points
+    12
+
+    (``layer4``, pooled, is the final embedding itself: one row for both.)
+    """
+    log = log or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
+    if not isinstance(cv, int) or cv < 2:
+        raise ProbeUsageError(f"cv must be an integer of at least 2. Got {cv!r}.")
+    candidates = [parse_model(spec) for spec in models]
+    if not candidates:
+        raise ProbeUsageError("Name at least one model.")
+    names = [name for name, _ in candidates]
+    if not isinstance(layers, dict):
+        layers = dict.fromkeys(names, layers)
+    unknown = set(layers) - set(names)
+    if unknown:
+        raise ProbeUsageError(
+            f"layers names models that are not probed: {sorted(unknown)}; the "
+            f"models are {names}."
+        )
+    for value in layers.values():
+        if not (value == "stages" or isinstance(value, (list, tuple)) and value):
+            raise ProbeUsageError(
+                f"The cut points of a model must be 'stages' or a non-empty "
+                f"list. Got {value!r}."
+            )
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(
+            f"X has {len(X)} images but y has shape {y.shape}: one label per image."
+        )
+    check_classes(y, cv)
+    settings = dict(
+        preprocessing=preprocessing,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        cache=cache,
+        random_state=random_state,
+        verbose=verbose,
+    )
+    runs, skipped = [], []
+    for name, own in candidates:
+        spec = weights if own is None else own
+        try:
+            cuts = layers.get(name, "stages")
+            runs.append(_embed(name, spec, X, cuts, settings, log))
+        except WeightsUnavailableError as exc:
+            skipped.append({"model": name, "reason": str(exc)})
+            log(f"{name}: skipped, its weights cannot be had here. {exc}")
+    if not runs:
+        raise WeightsUnavailableError(
+            "No model could be probed: the weights of every one are unavailable "
+            "(see above). Pass --weights FILE (or weights=...) for a checkpoint "
+            "at hand, or run once online to fill the torch cache."
+        )
+    unreadable = np.zeros(len(y), dtype=bool)
+    for run in runs:
+        unreadable |= np.isnan(run.embeddings).any(axis=1)
+    kept = np.flatnonzero(~unreadable)
+    if unreadable.any():
+        log(
+            f"{int(unreadable.sum())} of {len(y)} images could not be read and are "
+            f"left out of every row (rows {np.flatnonzero(unreadable)[:10].tolist()}"
+            f"{', ...' if unreadable.sum() > 10 else ''})."
+        )
+    y_kept = y[kept]
+    counts = check_classes(y_kept, cv)
+    folds = list(
+        StratifiedKFold(cv, shuffle=True, random_state=random_state).split(
+            np.zeros(len(y_kept)), y_kept
+        )
+    )
+    rows, stopped, fits, classifier_seconds = [], 0, 0, 0.0
+    for run in runs:
+        for depth, layer in enumerate(run.layers, start=1):
+            scores, seconds, n_stopped = _cv_scores(
+                linear_probe(), run.columns(layer)[kept], y_kept, folds, n_jobs
+            )
+            classifier_seconds += seconds
+            stopped, fits = stopped + n_stopped, fits + cv
+            rows.append(
+                _row(
+                    run,
+                    run.model,
+                    run.weights,
+                    scores,
+                    layer=layer,
+                    method="linear probe",
+                    trainable_layers=None,
+                    n_features=int(run.widths[run.layers.index(layer)]),
+                    depth=depth / len(run.layers),
+                )
+            )
+    if stopped:
+        log(
+            f"{stopped} of {fits} linear probes stopped at max_iter={MAX_ITER} "
+            "before converging; their scores may be slightly low."
+        )
+    if finetune:
+        rows += _finetune_rows(
+            rows, runs, X, kept, y_kept, folds, settings, finetune_epochs, n_jobs
+        )
+    return ProbeResult(
+        rows=rank(rows),
+        skipped=skipped,
+        runs=[
+            {
+                "model": run.model,
+                "weights": None if run.weights is None else str(run.weights),
+                "network_images": run.network_images,
+                "seconds": run.seconds,
+            }
+            for run in runs
+        ],
+        classes={str(c): k for c, k in counts.items()},
+        n_images=len(y),
+        unreadable=np.flatnonzero(unreadable).tolist(),
+        cv=cv,
+        random_state=random_state,
+        settings={k: v for k, v in settings.items() if k not in ("verbose", "cache")},
+        classifier_seconds=classifier_seconds,
+    )
+
+
+def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
+    """FineTunedClassifier with 0, 1 and 2 trainable stages of the best
+    frozen model, on the same folds."""
+    from sktransfer import FineTunedClassifier
+
+    best = max(rows, key=lambda row: row["cv_accuracy"])
+    run = next(r for r in runs if r.model == best["model"])
+    X_kept = _safe_indexing(X, kept)
+    out = []
+    for trainable in (0, 1, 2):
+        classifier = FineTunedClassifier(
+            model=run.model,
+            weights=run.weights,
+            trainable_layers=trainable,
+            max_epochs=epochs,
+            preprocessing=settings["preprocessing"],
+            precision=settings["precision"],
+            device=settings["device"],
+            random_state=settings["random_state"],
+            verbose=False,
+        )
+        scores, _, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
+        out.append(
+            _row(
+                None,
+                run.model,
+                run.weights,
+                scores,
+                layer=None,
+                method="fine-tuned",
+                trainable_layers=trainable,
+                n_features=int(run.widths[run.layers.index(None)])
+                if None in run.layers
+                else None,
+                depth=1.0,
+                max_epochs=epochs,
+            )
+        )
+    return out
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """Best first; rows within one standard deviation of the best marked."""
+    ranked = sorted(rows, key=lambda row: (-row["cv_accuracy"], row["cv_std"]))
+    if ranked:
+        best = ranked[0]
+        floor = best["cv_accuracy"] - best["cv_std"]
+        for i, row in enumerate(ranked, start=1):
+            row["rank"] = i
+            row["close_to_best"] = row["cv_accuracy"] >= floor
+    return ranked
+
+
+def _speed(row) -> str:
+    if row["method"] == "fine-tuned":
+        return "-"
+    speed = row["images_per_s"]
+    return "cached" if speed is None else f"{speed:.1f}"
+
+
+def _layer_label(row) -> str:
+    if row["method"] == "fine-tuned":
+        return f"fine-tuned, trainable_layers={row['trainable_layers']}"
+    return "final embedding" if row["layer"] is None else str(row["layer"])
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """What :func:`probe` measured.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per (model, cut point) (and fine-tuning), best first: ``rank``,
+        ``model``, ``weights``, ``layer`` (None: the final embedding),
+        ``method``, ``trainable_layers``, ``n_features``, ``cv_accuracy``,
+        ``cv_std``, ``cv_scores``, ``images_per_s`` (of the model's pass over
+        the images, decoding included; None when the cache answered),
+        ``depth`` (the cut point's position, 1.0 the final embedding) and
+        ``close_to_best`` (within one standard deviation of the best).
+    skipped : list of dict
+        The models left out, with the reason.
+    runs : list of dict
+        Per model: the weights loaded, the images sent through its network
+        (each image once, whatever the number of cut points) and the seconds.
+    classes : dict
+        The images per class (readable images only).
+    """
+
+    rows: list
+    skipped: list
+    runs: list
+    classes: dict
+    n_images: int
+    unreadable: list
+    cv: int
+    random_state: int
+    settings: dict
+    classifier_seconds: float
+
+    @property
+    def best(self) -> dict:
+        """The winning row."""
+        return self.rows[0]
+
+    def table(self) -> str:
+        """The ranking as text, with the winner and the statistical caveat."""
+        header = (
+            f"{'rank':>4}  {'model':<18}{'layer':<34}{'features':>8}  "
+            f"{'CV accuracy':<16}{'images/s':>9}"
+        )
+        lines = [header, "-" * len(header)]
+        for row in self.rows:
+            lines.append(
+                f"{row['rank']:>4}  {row['model']:<18}{_layer_label(row):<34}"
+                f"{row['n_features'] if row['n_features'] is not None else '-':>8}  "
+                f"{row['cv_accuracy']:.3f} +- {row['cv_std']:.3f}  "
+                f"{_speed(row):>9}"
+                f"{' *' if row['close_to_best'] else ''}"
+            )
+        best = self.best
+        close = sum(row["close_to_best"] for row in self.rows)
+        lines.append("")
+        if close > 1:
+            lines.append(
+                f"* {close} rows are within one standard deviation of the best "
+                f"({best['cv_accuracy']:.3f} - {best['cv_std']:.3f}): these folds "
+                "cannot tell them apart; prefer the cheapest."
+            )
+        lines.append(
+            f"winner: {best['model']} ({best['weights']}), {_layer_label(best)}: "
+            f"CV accuracy {best['cv_accuracy']:.3f} +- {best['cv_std']:.3f} "
+            f"({self.cv} stratified folds, {sum(self.classes.values())} images, "
+            f"{len(self.classes)} classes)"
+        )
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        """The ranking as a JSON list of objects, best first."""
+        return json.dumps(self.rows, indent=2)
+
+    def best_pipeline(self):
+        """The winning pipeline, not fitted."""
+        return _build(self._best_parameters())
+
+    def _best_parameters(self) -> dict:
+        best = self.best
+        # The weights loaded, by name or path: the same ones next time.
+        params = {"model": best["model"], "weights": best["weights"]}
+        for key in ("preprocessing", "batch_size", "precision", "device"):
+            if self.settings[key] != _DEFAULTS[key]:
+                params[key] = self.settings[key]
+        if best["weights"] is None:
+            params["random_state"] = self.random_state
+        if best["method"] == "fine-tuned":
+            params["trainable_layers"] = best["trainable_layers"]
+            params["max_epochs"] = best["max_epochs"]
+            params["random_state"] = self.random_state
+            params.pop("batch_size", None)
+            return {"finetune": params}
+        params["layer"] = best["layer"]
+        return {"extract": params}
+
+    def pipeline_code(self, data=None) -> str:
+        """Python that builds the winning pipeline and fits it.
+
+        ``data``: Python that sets ``X`` and ``y`` (and imports what it
+        needs); by default a line for the user to complete.
+        """
+        spec = self._best_parameters()
+        kind, params = next(iter(spec.items()))
+        indent = " " * (4 if kind == "finetune" else 8)
+        args = "".join(f"\n{indent}{k}={v!r}," for k, v in params.items())
+        if kind == "finetune":
+            body = f"pipeline = FineTunedClassifier({args}\n)"
+            imports = "from sktransfer import FineTunedClassifier"
+        else:
+            body = (
+                "pipeline = make_pipeline(\n"
+                f"    PretrainedFeatureExtractor({args}\n    ),\n"
+                "    StandardScaler(),\n"
+                f"    LogisticRegression(max_iter={MAX_ITER}),\n)"
+            )
+            imports = (
+                "from sklearn.linear_model import LogisticRegression\n"
+                "from sklearn.pipeline import make_pipeline\n"
+                "from sklearn.preprocessing import StandardScaler\n\n"
+                "from sktransfer import PretrainedFeatureExtractor"
+            )
+        data = data or "X, y = ...  # the images and their labels"
+        return f"{imports}\n\n{data}\n\n{body}\npipeline.fit(X, y)\n"
+
+    def plot(self, ax=None):
+        """CV accuracy against the depth of the cut point, one line per model.
+
+        Returns the matplotlib axes.
+        """
+        if ax is None:
+            plt = require("matplotlib.pyplot", "report", "The probe's plot")
+            _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        for model in dict.fromkeys(row["model"] for row in self.rows):
+            points = sorted(
+                (row["depth"], row["cv_accuracy"], row["cv_std"])
+                for row in self.rows
+                if row["model"] == model and row["method"] == "linear probe"
+            )
+            depth, mean, std = (np.asarray(v) for v in zip(*points, strict=True))
+            line = ax.plot(depth, mean, marker="o", label=model)[0]
+            ax.fill_between(
+                depth, mean - std, mean + std, color=line.get_color(), alpha=0.15
+            )
+        best = self.best
+        ax.scatter(
+            [best["depth"]],
+            [best["cv_accuracy"]],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            label="winner",
+        )
+        ax.set_xlabel("depth of the cut point (1 = the final embedding)")
+        ax.set_ylabel(f"linear probe, {self.cv}-fold CV accuracy")
+        ax.set_title("Which model, and which layer?")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return ax
+
+    def write_report(self, folder, data=None) -> Path:
+        """Write ``probe.png`` (the plot), ``probe.json`` and ``report.md``
+        (the table, the plot, the class counts and the Python that rebuilds
+        the winning pipeline) into ``folder``; return the report's path.
+
+        ``data``: as for :meth:`pipeline_code`.
+        """
+        plt = require("matplotlib.pyplot", "report", "The probe's report")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ax = self.plot()
+        ax.figure.savefig(folder / "probe.png", dpi=120)
+        plt.close(ax.figure)
+        (folder / "probe.json").write_text(self.to_json() + "\n")
+        import sktransfer
+
+        counts = "\n".join(f"| {c} | {k} |" for c, k in self.classes.items())
+        runs = "\n".join(
+            f"| {r['model']} | {r['weights']} | {r['network_images']} | "
+            f"{r['seconds']:.1f} |"
+            for r in self.runs
+        )
+        skipped = "".join(
+            f"\n- **{s['model']}** skipped: {s['reason']}" for s in self.skipped
+        )
+        unreadable = (
+            f"\n{len(self.unreadable)} unreadable images were left out "
+            f"(rows {self.unreadable[:20]}).\n"
+            if self.unreadable
+            else ""
+        )
+        text = f"""# Which model, and which layer?
+
+A linear probe (`StandardScaler` + `LogisticRegression`) on each cut point of
+each model, scored by {self.cv}-fold stratified cross-validation (shuffled,
+`random_state={self.random_state}`), the same folds for every row.
+sktransfer {sktransfer.__version__}, torch {torch.__version__}.
+
+![CV accuracy against depth](probe.png)
+
+```text
+{self.table()}
+```
+
+## The data
+
+{sum(self.classes.values())} images in {len(self.classes)} classes.
+{unreadable}
+| class | images |
+| --- | --- |
+{counts}
+
+## The networks
+
+Each image went once through each model's network, all cut points tapped in
+that one pass (0: the embedding cache answered).
+
+| model | weights | images through the network | seconds |
+| --- | --- | --- | --- |
+{runs}
+{skipped}
+
+## The winning pipeline
+
+```python
+{self.pipeline_code(data)}```
+"""
+        path = folder / "report.md"
+        path.write_text(text)
+        return path
+
+
+_DEFAULTS = {
+    "preprocessing": "auto",
+    "batch_size": 64,
+    "precision": "auto",
+    "device": "auto",
+}
+
+
+def _build(spec: dict):
+    from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+
+    kind, params = next(iter(spec.items()))
+    if kind == "finetune":
+        return FineTunedClassifier(**params)
+    return make_pipeline(
+        PretrainedFeatureExtractor(**params),
+        StandardScaler(),
+        LogisticRegression(max_iter=MAX_ITER),
+    )
