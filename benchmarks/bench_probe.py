@@ -14,7 +14,8 @@ Printed: the images each network saw (counted by ``probe``: a forward hook on
 the extractor's network, fit's one-image probe included), the seconds of the
 networks (decoding included) and of the 90 linear-probe fits, and the top of
 the ranking. A second run of the probe on a directory cache shows a repeat
-costs no network pass at all.
+costs no network pass at all. Last, the linear probes of one cut point with
+the default number of BLAS threads and with one (as ``probe`` runs them).
 
 Run: ``.venv/bin/python benchmarks/bench_probe.py [--n 1200]``
 """
@@ -83,6 +84,33 @@ def main() -> None:
                 f"{len(result.rows)} rows x {args.cv} folds"
             )
         print("\n" + "\n".join(result.table().splitlines()[:8]))
+        blas_threads(X, y, cache, mobilenet)
+
+
+def blas_threads(X, y, cache, weights) -> None:
+    """5 folds of the linear probe on MobileNetV2's final embedding (1,280
+    features), with one BLAS thread (as ``probe`` runs them) and with the
+    default number."""
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from sktransfer import PretrainedFeatureExtractor
+    from sktransfer._probe import linear_probe
+
+    features = PretrainedFeatureExtractor(
+        model="mobilenet_v2", weights=None if weights == "none" else weights,
+        random_state=0, cache=cache, verbose=False,
+    ).fit_transform(X)  # fmt: skip
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    default = max(
+        i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
+    )
+    print(f"\n5 folds of the linear probe on {features.shape} features:")
+    for limit in (default, 1):
+        with threadpool_limits(limits=limit, user_api="blas"):
+            start = time.perf_counter()
+            cross_validate(linear_probe(), features, y, cv=folds)
+            print(f"  {limit} BLAS thread(s): {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":

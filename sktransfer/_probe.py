@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
+from threadpoolctl import threadpool_limits
 
 from sktransfer._backbones import _check_model_name, weights_at_hand
 from sktransfer._common import require
@@ -133,6 +134,7 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     """All cut points of one model, in one pass over the images."""
     from sktransfer import PretrainedFeatureExtractor
 
+    first: dict
     if layers == "stages":
         first = {"layer": None, "cache_layers": "stages"}
     else:
@@ -187,10 +189,9 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     return run
 
 
-def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, float, int]:
-    """Accuracy on each fold, the seconds it took, and how many of the fits
-    stopped at the iteration limit."""
-    start = time.perf_counter()
+def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, int]:
+    """Accuracy on each fold, and how many of the fits stopped at the
+    iteration limit."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         result = cross_validate(estimator, X, y, cv=folds, n_jobs=n_jobs)
@@ -198,7 +199,7 @@ def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, float, int]:
     for w in caught:  # pass the others on
         if not issubclass(w.category, ConvergenceWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return result["test_score"], time.perf_counter() - start, stopped
+    return result["test_score"], stopped
 
 
 def _row(run: ModelRun | None, model, weights, scores, **fields) -> dict:
@@ -377,32 +378,13 @@ def probe(
             np.zeros(len(y_kept)), y_kept
         )
     )
-    rows, stopped, fits, classifier_seconds = [], 0, 0, 0.0
-    for run in runs:
-        for depth, layer in enumerate(run.layers, start=1):
-            scores, seconds, n_stopped = _cv_scores(
-                linear_probe(), run.columns(layer)[kept], y_kept, folds, n_jobs
-            )
-            classifier_seconds += seconds
-            stopped, fits = stopped + n_stopped, fits + cv
-            rows.append(
-                _row(
-                    run,
-                    run.model,
-                    run.weights,
-                    scores,
-                    layer=layer,
-                    method="linear probe",
-                    trainable_layers=None,
-                    n_features=int(run.widths[run.layers.index(layer)]),
-                    depth=depth / len(run.layers),
-                )
-            )
-    if stopped:
-        log(
-            f"{stopped} of {fits} linear probes stopped at max_iter={MAX_ITER} "
-            "before converging; their scores may be slightly low."
-        )
+    # One BLAS thread: on these small matrices, BLAS threads cost more than
+    # they give; one thread runs the probes several times faster (measured
+    # in benchmarks/RESULTS.md, the probe's section).
+    start = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        rows = _linear_probe_rows(runs, kept, y_kept, folds, n_jobs, log)
+    classifier_seconds = time.perf_counter() - start
     if finetune:
         rows += _finetune_rows(
             rows, runs, X, kept, y_kept, folds, settings, finetune_epochs, n_jobs
@@ -429,6 +411,37 @@ def probe(
     )
 
 
+def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
+    """A linear probe on every cut point of every model, on ``folds``."""
+    rows, stopped = [], 0
+    for run in runs:
+        for depth, layer in enumerate(run.layers, start=1):
+            scores, n_stopped = _cv_scores(
+                linear_probe(), run.columns(layer)[kept], y, folds, n_jobs
+            )
+            stopped += n_stopped
+            rows.append(
+                _row(
+                    run,
+                    run.model,
+                    run.weights,
+                    scores,
+                    layer=layer,
+                    method="linear probe",
+                    trainable_layers=None,
+                    n_features=int(run.widths[run.layers.index(layer)]),
+                    depth=depth / len(run.layers),
+                )
+            )
+    if stopped:
+        log(
+            f"{stopped} of {len(rows) * len(folds)} linear probes stopped at "
+            f"max_iter={MAX_ITER} before converging; their scores may be "
+            "slightly low."
+        )
+    return rows
+
+
 def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
     """FineTunedClassifier with 0, 1 and 2 trainable stages of the best
     frozen model, on the same folds."""
@@ -450,7 +463,7 @@ def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
             random_state=settings["random_state"],
             verbose=False,
         )
-        scores, _, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
+        scores, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
         out.append(
             _row(
                 None,
@@ -516,6 +529,19 @@ class ProbeResult:
         (each image once, whatever the number of cut points) and the seconds.
     classes : dict
         The images per class (readable images only).
+    n_images : int
+        The images given, readable or not.
+    unreadable : list of int
+        The rows of the images that could not be read (left out).
+    cv : int
+        The number of folds.
+    random_state : int
+        The seed of the folds (and of random weights).
+    settings : dict
+        The extractor's settings: preprocessing, batch size, precision,
+        device, random state.
+    classifier_seconds : float
+        The time of all the linear probes' cross-validations.
     """
 
     rows: list
@@ -550,13 +576,16 @@ class ProbeResult:
                 f"{' *' if row['close_to_best'] else ''}"
             )
         best = self.best
-        close = sum(row["close_to_best"] for row in self.rows)
+        close = [row for row in self.rows if row["close_to_best"]]
         lines.append("")
-        if close > 1:
+        if len(close) > 1:
+            smallest = min(close, key=lambda row: row["n_features"] or np.inf)
             lines.append(
-                f"* {close} rows are within one standard deviation of the best "
-                f"({best['cv_accuracy']:.3f} - {best['cv_std']:.3f}): these folds "
-                "cannot tell them apart; prefer the cheapest."
+                f"* {len(close)} rows are within one standard deviation of the "
+                f"best ({best['cv_accuracy']:.3f} - {best['cv_std']:.3f}): these "
+                "folds cannot tell them apart; prefer the cheapest (the fewest "
+                f"features: {smallest['model']}, {_layer_label(smallest)}, "
+                f"{smallest['n_features']})."
             )
         lines.append(
             f"winner: {best['model']} ({best['weights']}), {_layer_label(best)}: "
@@ -636,7 +665,9 @@ class ProbeResult:
                 if row["model"] == model and row["method"] == "linear probe"
             )
             depth, mean, std = (np.asarray(v) for v in zip(*points, strict=True))
-            line = ax.plot(depth, mean, marker="o", label=model)[0]
+            random = any(r["weights"] is None for r in self.rows if r["model"] == model)
+            label = f"{model} (random weights)" if random else model
+            line = ax.plot(depth, mean, marker="o", label=label)[0]
             ax.fill_between(
                 depth, mean - std, mean + std, color=line.get_color(), alpha=0.15
             )

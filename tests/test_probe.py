@@ -204,6 +204,20 @@ def test_argument_errors_exit_with_2_and_help_has_examples(capsys):
         assert f"examples:\n  sktransfer {command}" in capsys.readouterr().out
 
 
+def test_cut_points_for_one_model_or_all(folder, tmp_path, capsys):
+    ranking = tmp_path / "ranking.json"
+    argv = ["probe", str(folder), "--models", "resnet18:none", "mobilenet_v2:none"]
+    argv += [*SMALL, "--quiet", "--json", str(ranking)]
+    assert main([*argv, "--layers", "resnet18:layer2", "None"]) == 0
+    rows = json.loads(ranking.read_text())
+    assert sorted((r["model"], str(r["layer"])) for r in rows) == [
+        ("mobilenet_v2", "None"),
+        ("resnet18", "layer2"),
+    ]
+    assert main([*argv, "--layers", "resnet50:layer2"]) == 2
+    assert "not probed: ['resnet50']" in capsys.readouterr().err
+
+
 def test_labels_from_a_csv(folder, tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     lines = ["path,label"] + [
