@@ -99,6 +99,7 @@ class ModelRun:
     embeddings: np.ndarray  # all cut points' columns, side by side
     network_images: int  # images that went through the network
     seconds: float  # fit + transform, decoding included
+    errors: list  # ImageReadError of each image that could not be read
 
     def columns(self, layer) -> np.ndarray:
         i = self.layers.index(layer)
@@ -118,6 +119,7 @@ def _count_network_images(counter: list):
 
 
 def _check_layers(model: str, layers) -> list:
+    """The cut points, checked against the model's graph (a usage error)."""
     from sktransfer._backbones import load_backbone
     from sktransfer._layers import node_names, resolve_layers
 
@@ -175,6 +177,7 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
         embeddings=embeddings,
         network_images=counter[0],
         seconds=time.perf_counter() - start,
+        errors=list(extractor.errors_),
     )
     if layers == "stages" and len(run.layers) > 1:
         # The last stage, pooled, is often the final embedding itself (a
@@ -361,15 +364,16 @@ def probe(
             "(see above). Pass --weights FILE (or weights=...) for a checkpoint "
             "at hand, or run once online to fill the torch cache."
         )
+    errors = {e.index: e for run in runs for e in run.errors}
     unreadable = np.zeros(len(y), dtype=bool)
-    for run in runs:
-        unreadable |= np.isnan(run.embeddings).any(axis=1)
+    unreadable[list(errors)] = True
     kept = np.flatnonzero(~unreadable)
-    if unreadable.any():
+    if errors:
+        first = errors[min(errors)]
         log(
-            f"{int(unreadable.sum())} of {len(y)} images could not be read and are "
-            f"left out of every row (rows {np.flatnonzero(unreadable)[:10].tolist()}"
-            f"{', ...' if unreadable.sum() > 10 else ''})."
+            f"{len(errors)} of {len(y)} images could not be read and are left out "
+            f"of every row (rows {sorted(errors)[:10]}"
+            f"{', ...' if len(errors) > 10 else ''}). The first: {first}"
         )
     y_kept = y[kept]
     counts = check_classes(y_kept, cv)

@@ -23,6 +23,7 @@ are rarely centred. It compares, on the same held-out images:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -301,7 +302,8 @@ def _note(message):
     print(f"note: {message}", file=sys.stderr)
 
 
-def _layer_value(text: str):
+def _none_or(text: str):
+    """None for the word 'none' (any case), else the text."""
     return None if text.lower() == "none" else text
 
 
@@ -315,7 +317,6 @@ def read_labels(folder, labels_csv):
     """Paths and labels: from a ``path,label`` CSV (paths relative to
     ``folder``), or from ``folder``'s class folders."""
     import csv
-    from pathlib import Path
 
     from sktransfer import load_image_folder
 
@@ -333,38 +334,23 @@ def read_labels(folder, labels_csv):
         rows = [(r["path"], r["label"]) for r in reader]
     if not rows:
         raise UsageError(f"The labels file {labels_csv!r} has no rows.")
-    root = Path(folder)
-    X = np.asarray([str(root / path) for path, _ in rows], dtype=object)
+    # (joined as the report's code joins them)
+    X = np.asarray([os.path.join(folder, path) for path, _ in rows], dtype=object)
     return X, np.asarray([label for _, label in rows])
 
 
 def probe_command(args) -> int:
-    from sktransfer._probe import DEFAULT_MODELS, probe
+    from sktransfer._probe import DEFAULT_MODELS
 
     say = _stderr(args.quiet)
     X, y = read_labels(args.dir, args.labels)
     say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}")
     models = args.models or DEFAULT_MODELS
     layers = _layers_argument(args.layers, models)
-    result = probe(
-        X,
-        y,
-        models=models,
-        weights=args.weights,
-        layers=layers,
-        cv=args.cv,
-        finetune=args.finetune,
-        finetune_epochs=args.finetune_epochs,
-        preprocessing=_preprocessing(args),
-        batch_size=args.batch_size,
-        precision=args.precision,
-        device=args.device,
-        cache=args.cache or "memory",
-        n_jobs=args.n_jobs,
-        random_state=args.seed,
-        verbose=not args.quiet,
-        log=_note,
-    )
+    # stdout is for results: what libraries print there (torch.hub's
+    # "Downloading: ...") goes to stderr with the progress.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _probe_run(args, X, y, models, layers)
     table = result.table()
     if args.json == "-":
         print(result.to_json())
@@ -389,7 +375,8 @@ def probe_command(args) -> int:
 
         pipeline = result.best_pipeline().set_params(**_quiet_params(result))
         keep = np.setdiff1d(np.arange(len(y)), result.unreadable)
-        pipeline.fit(X[keep], y[keep])
+        with contextlib.redirect_stdout(sys.stderr):
+            pipeline.fit(X[keep], y[keep])
         joblib.dump(pipeline, args.save)
         say(
             f"winning pipeline fitted on all {len(keep)} images and saved to "
@@ -404,12 +391,12 @@ def _layers_argument(values, models):
     """``--layers``: LAYER for every model, MODEL:LAYER for one."""
     if values is None:
         return "stages"
-    every = [_layer_value(v) for v in values if ":" not in v]
+    every = [_none_or(v) for v in values if ":" not in v]
     own: dict = {}
     for value in values:
         if ":" in value:
             model, _, layer = value.partition(":")
-            own.setdefault(model, []).append(_layer_value(layer))
+            own.setdefault(model, []).append(_none_or(layer))
     if not own:
         return every
     names = [m.partition(":")[0] for m in models]
@@ -435,20 +422,40 @@ def _data_code(args, X, result) -> str:
     if result.unreadable:
         left_out = sorted(str(X[i]) for i in result.unreadable)
         code += (
-            f"\nleft_out = {set(left_out)!r}  # could not be read\n"
+            f"\nleft_out = {left_out!r}  # could not be read\n"
             "X, y = map(list, zip(*[(x, t) for x, t in zip(X, y) "
             "if x not in left_out]))"
         )
     return code
 
 
-def _quiet_params(result) -> dict:
-    key = (
-        "verbose"
-        if result.best["method"] == "fine-tuned"
-        else ("pretrainedfeatureextractor__verbose")
+def _probe_run(args, X, y, models, layers):
+    from sktransfer._probe import probe
+
+    return probe(
+        X,
+        y,
+        models=models,
+        weights=args.weights,
+        layers=layers,
+        cv=args.cv,
+        finetune=args.finetune,
+        finetune_epochs=args.finetune_epochs,
+        preprocessing=_preprocessing(args),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        cache=args.cache or "memory",
+        n_jobs=args.n_jobs,
+        random_state=args.seed,
+        verbose=not args.quiet,
+        log=_note,
     )
-    return {key: False}
+
+
+def _quiet_params(result) -> dict:
+    fine_tuned = result.best["method"] == "fine-tuned"
+    return {"verbose" if fine_tuned else "pretrainedfeatureextractor__verbose": False}
 
 
 def embed_command(args) -> int:
@@ -456,7 +463,8 @@ def embed_command(args) -> int:
     from pathlib import Path
 
     from sktransfer import PretrainedFeatureExtractor, list_images
-    from sktransfer._embed import embed_files
+    from sktransfer._embed import embed_files, paths_file
+    from sktransfer._probe import _check_layers, parse_model
 
     say = _stderr(args.quiet)
     source = Path(args.source)
@@ -467,15 +475,19 @@ def embed_command(args) -> int:
         paths = [p for p in (line.strip() for line in lines) if p and p[0] != "#"]
     else:
         raise FileNotFoundError(f"{args.source!r} is neither a folder nor a file.")
+    model, _ = parse_model(args.model)  # usage errors before any work
+    layer = [_none_or(v) for v in args.layer] if args.layer else None
+    if layer is not None:
+        _check_layers(model, layer)
     output = Path(args.output)
     partial = output.with_name(output.name + ".partial")
     cache = None if args.cache == "none" else args.cache or str(partial)
     if cache == str(partial) and partial.exists():
         say(f"resuming from {partial}/")
     extractor = PretrainedFeatureExtractor(
-        model=args.model,
-        weights=_layer_value(args.weights),
-        layer=[_layer_value(v) for v in args.layer] if args.layer else None,
+        model=model,
+        weights=_none_or(args.weights),
+        layer=layer,
         pooling=args.pooling,
         preprocessing=_preprocessing(args),
         batch_size=args.batch_size,
@@ -485,27 +497,20 @@ def embed_command(args) -> int:
         cache=cache,
         random_state=args.seed,
     )
-    errors = embed_files(
-        paths, output, extractor, chunk_size=args.chunk_size, verbose=not args.quiet
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # (torch.hub prints)
+        errors = embed_files(
+            paths, output, extractor, chunk_size=args.chunk_size, verbose=not args.quiet
+        )
     if cache == str(partial):
         shutil.rmtree(partial, ignore_errors=True)
     for error in errors:
         print(f"warning: {error}", file=sys.stderr)
-    extra = (
-        f" and its paths to {_paths_file(output)}" if output.suffix == ".npy" else ""
-    )
+    extra = f" and its paths to {paths_file(output)}" if output.suffix == ".npy" else ""
     say(
         f"{len(paths)} rows of {extractor.n_features_out_} features written to "
         f"{output}{extra} ({len(errors)} unreadable images)"
     )
     return 0
-
-
-def _paths_file(output):
-    from sktransfer._embed import paths_file
-
-    return paths_file(output)
 
 
 def _add_engine_options(p, batch_size=64):
@@ -696,6 +701,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from sklearn.utils._param_validation import InvalidParameterError
+
     from sktransfer._probe import ProbeUsageError
 
     parser = _parser()
@@ -706,7 +713,7 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (UsageError, ProbeUsageError) as exc:
+    except (UsageError, ProbeUsageError, InvalidParameterError) as exc:
         print(f"sktransfer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError, ImportError) as exc:

@@ -243,11 +243,14 @@ def test_offline_models_without_weights_are_skipped_and_said_so(
     """resnet18 has no weights at hand: skipped, with the reason; for
     mobilenet_v2 the ImageNet weights in the cache stand in for DEFAULT."""
     argv = ["probe", str(folder), "--models", "resnet18", "mobilenet_v2", *SMALL]
-    assert main([*argv, "--layers", "None"]) == 0
+    assert main([*argv, "--layers", "None", "--json", "-"]) == 0
     out, err = capsys.readouterr()
     assert "resnet18: skipped, its weights cannot be had here" in err
     assert "using MobileNet_V2_Weights.IMAGENET1K_V1" in err
-    assert "winner: mobilenet_v2 (MobileNet_V2_Weights.IMAGENET1K_V1)" in out
+    assert "Downloading" in err  # torch.hub's line, kept off stdout
+    rows = json.loads(out)  # stdout: the results alone
+    assert {r["model"] for r in rows} == {"mobilenet_v2"}
+    assert "winner: mobilenet_v2 (MobileNet_V2_Weights.IMAGENET1K_V1)" in err
     assert main(["probe", str(folder), "--models", "resnet18", *SMALL]) == 1
     assert "No model could be probed" in capsys.readouterr().err
 
@@ -376,6 +379,21 @@ def test_parquet_without_pyarrow_says_what_to_install(
     out = tmp_path / "emb.parquet"
     assert main(["embed", str(folder), "-o", str(out), *EMBED]) == 1
     assert "pip install 'sktransfer[parquet]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet1"], "Did you mean 'resnet18'"),
+        (["--layer", "layer9"], "Did you mean 'layer4'"),
+        (["--batch-size", "0"], "'batch_size' parameter"),
+    ],
+)
+def test_embed_usage_errors_exit_with_2(folder, tmp_path, capsys, args, message):
+    out = tmp_path / "e.npy"
+    assert main(["embed", str(folder), "-o", str(out), *EMBED, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_embed_refuses_an_unknown_output_format(folder, tmp_path, capsys):
