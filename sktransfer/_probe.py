@@ -316,6 +316,11 @@ def probe(
     log = log or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
     if not isinstance(cv, int) or cv < 2:
         raise ProbeUsageError(f"cv must be an integer of at least 2. Got {cv!r}.")
+    if not isinstance(random_state, int):
+        raise ProbeUsageError(
+            f"random_state must be an integer (it seeds the folds that every row "
+            f"shares). Got {random_state!r}."
+        )
     candidates = [parse_model(spec) for spec in models]
     if not candidates:
         raise ProbeUsageError("Name at least one model.")
@@ -605,9 +610,11 @@ class ProbeResult:
 
     def best_pipeline(self):
         """The winning pipeline, not fitted."""
-        return _build(self._best_parameters())
+        return _build(*self._best_parameters())
 
-    def _best_parameters(self) -> dict:
+    def _best_parameters(self) -> tuple[str, dict]:
+        """``("extract", parameters)`` of the extractor of the winning
+        pipeline, or ``("finetune", parameters)`` of the classifier."""
         best = self.best
         # The weights loaded, by name or path: the same ones next time.
         params = {"model": best["model"], "weights": best["weights"]}
@@ -621,9 +628,9 @@ class ProbeResult:
             params["max_epochs"] = best["max_epochs"]
             params["random_state"] = self.random_state
             params.pop("batch_size", None)
-            return {"finetune": params}
+            return "finetune", params
         params["layer"] = best["layer"]
-        return {"extract": params}
+        return "extract", params
 
     def pipeline_code(self, data=None) -> str:
         """Python that builds the winning pipeline and fits it.
@@ -631,8 +638,7 @@ class ProbeResult:
         ``data``: Python that sets ``X`` and ``y`` (and imports what it
         needs); by default a line for the user to complete.
         """
-        spec = self._best_parameters()
-        kind, params = next(iter(spec.items()))
+        kind, params = self._best_parameters()
         indent = " " * (4 if kind == "finetune" else 8)
         args = "".join(f"\n{indent}{k}={v!r}," for k, v in params.items())
         if kind == "finetune":
@@ -771,10 +777,9 @@ _DEFAULTS = {
 }
 
 
-def _build(spec: dict):
+def _build(kind: str, params: dict):
     from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 
-    kind, params = next(iter(spec.items()))
     if kind == "finetune":
         return FineTunedClassifier(**params)
     return make_pipeline(

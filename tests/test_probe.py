@@ -270,6 +270,25 @@ def test_finetuning_rows_for_the_best_model(folder, tmp_path, capsys):
     assert "fine-tuned, trainable_layers=2" in capsys.readouterr().out
 
 
+def test_the_code_of_a_fine_tuned_winner_builds_that_classifier():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    y = np.repeat([0, 1], 6)
+    result = probe(
+        X, y, models=["resnet18:none"], layers=[None], cv=2, finetune=True,
+        finetune_epochs=1, preprocessing={"resize_size": 32, "crop_size": 32},
+        verbose=False,
+    )  # fmt: skip
+    result.rows = rank([r for r in result.rows if r["method"] == "fine-tuned"])
+    namespace = {"X": X, "y": y}
+    exec(result.pipeline_code("pass  # X and y are given"), namespace)
+    built = namespace["pipeline"]
+    assert isinstance(built, sktransfer.FineTunedClassifier)
+    assert built.get_params() == result.best_pipeline().get_params()
+    assert built.trainable_layers == result.best["trainable_layers"]
+    assert built.predict(X).shape == (12,)  # fitted by the code
+
+
 # -- sktransfer embed ---------------------------------------------------------
 
 
