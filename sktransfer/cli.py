@@ -287,7 +287,13 @@ class UsageError(ValueError):
 class _Help(
     argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
 ):
-    """Descriptions as written, and each option's default."""
+    """Descriptions as written, and each option's default (when it has one
+    worth showing)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _stderr(quiet):
@@ -527,16 +533,24 @@ def _add_engine_options(p, batch_size=64):
         help="resize and crop the images to this side (default: the weights' own "
         "preprocessing, e.g. 224)",
     )
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument(
+        "--batch-size", type=int, default=batch_size, help="images per forward pass"
+    )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'...")
     p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
+        help="compute precision ('auto': float32 on CPUs, bfloat16 on GPUs)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random state")
     p.add_argument(
-        "--quiet", action="store_true", help="no progress bars or notes on stderr"
+        "--seed", type=int, default=0, help="seeds random weights (and folds)"
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or progress messages (notes on skipped models "
+        "or images still go to stderr)",
     )
 
 
@@ -551,8 +565,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "probe",
         help="which model and which layer, for a folder of labelled images",
-        description="Rank pretrained models and their cut points for your images "
-        "by the cross-validated accuracy of a linear probe (StandardScaler + "
+        description="Rank pretrained models and their cut points for your images\n"
+        "by the cross-validated accuracy of a linear probe (StandardScaler +\n"
         "LogisticRegression), on the same stratified folds for every row.",
         epilog=PROBE_EPILOG,
         formatter_class=_Help,
@@ -587,7 +601,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also score FineTunedClassifier (trainable_layers 0, 1, 2) on the "
         "best model",
     )
-    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument(
+        "--finetune-epochs", type=int, default=5, help="epochs of each fine-tuning"
+    )
     p.add_argument("--cache", metavar="DIR", help="a persistent embedding cache")
     p.add_argument("--n-jobs", type=int, default=None, help="jobs of the probes")
     p.add_argument("--json", metavar="FILE", help="write the ranking ('-': stdout)")
@@ -601,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "embed",
         help="embeddings of a folder or list of images, to Parquet or .npy",
-        description="Embed images with a frozen pretrained model and write one "
+        description="Embed images with a frozen pretrained model and write one\n"
         "row per image, with its path.",
         epilog=EMBED_EPILOG,
         formatter_class=_Help,
@@ -628,7 +644,10 @@ def _parser() -> argparse.ArgumentParser:
         help="cut point(s), concatenated (default: the final embedding)",
     )
     p.add_argument(
-        "--pooling", default="avg", choices=["avg", "max", "avgmax", "cls", "flatten"]
+        "--pooling",
+        default="avg",
+        choices=["avg", "max", "avgmax", "cls", "flatten"],
+        help="how a layer's output becomes a vector",
     )
     p.add_argument(
         "--on-error",
