@@ -8,6 +8,7 @@ from sktransfer._folders import list_images, load_image_folder
 from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
 from sktransfer._probe import ProbeResult, probe
+from sktransfer._share import load, save, untrusted_types
 from sktransfer.exceptions import ImageReadError, WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
@@ -25,8 +26,11 @@ __all__ = [
     "list_images",
     "list_layers",
     "list_models",
+    "load",
     "load_image_folder",
     "probe",
+    "save",
+    "untrusted_types",
 ]
 
 

@@ -15,7 +15,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import _decode, _device, _engine, _layers, _network, _preprocess
-from sktransfer._backbones import check_weights, named_preprocessing
+from sktransfer._backbones import (
+    check_weights,
+    hub_path,
+    named_preprocessing,
+    resolve_weights,
+)
 from sktransfer._cache import (
     EmbeddingCache,
     check_cache_parameter,
@@ -252,8 +257,10 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     user guide, ``docs/images_and_files.md``.
     Output: a float32 array ``(n, n_features_out_)``, one row per image, in
     input order. Inference always runs in eval mode under
-    ``torch.inference_mode``, so an image's row does not depend on the batch
-    it arrives in.
+    ``torch.inference_mode``, so an image's row does not depend on the other
+    images of its batch, up to float32 rounding: CPU kernels are chosen by
+    batch size, so a row computed in a batch of 1 (``fit``'s probe image)
+    and in a batch of 64 can differ by about 1e-6 of its values.
 
     Pickles of an extractor that uses published weights store their name, not
     the tensors; other weights (random, checkpoint, own module) are stored as
@@ -598,9 +605,15 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     def _uses_published_weights(self) -> bool:
         return (
             isinstance(self.model, str)
-            and isinstance(self.weights_, str)
+            and isinstance(self.__dict__.get("weights_"), str)  # (fitted)
             and ("_Weights." in self.weights_)
         )
+
+    def _published_weights_file(self):
+        """The torch hub file of published weights (None for others)."""
+        if not self._uses_published_weights():
+            return None
+        return hub_path(resolve_weights(self.model, self.weights_))
 
     def _network(self) -> nn.Module:
         """The truncated network, rebuilt from the fitted state if needed."""

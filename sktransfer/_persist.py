@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from sktransfer import _share
 from sktransfer._backbones import cpu_module
 from sktransfer._device import restore_device
 
@@ -19,6 +20,9 @@ class TorchPickleMixin:
     estimator's ``_network()`` rebuilds it on first use. A module given as
     ``model`` is pickled on the CPU, and a CUDA-fitted estimator loaded where
     CUDA is missing runs on the CPU, with a warning.
+
+    While :func:`sktransfer.save` runs, the state is plain data instead (see
+    ``_share``), and ``__setstate__`` reads both kinds.
     """
 
     def _tensors_to_pickle(self, net: nn.Module) -> dict | None:
@@ -39,9 +43,13 @@ class TorchPickleMixin:
             state["model"] = cpu_module(state["model"])
         if "device_" in state:
             state["device_"] = str(state["device_"])
+        if _share.SHARING.get():
+            state = _share.plain_state(self, state)
         return state
 
     def __setstate__(self, state):
+        if _share.MARK in state:
+            state = _share.restore_state(self, state)
         if state.get("device_") is not None:
             state["device_"] = restore_device(state["device_"], type(self).__name__)
         super().__setstate__(state)  # type: ignore[misc]

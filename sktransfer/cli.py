@@ -258,7 +258,7 @@ examples:
   sktransfer probe photos/                      # photos/<class>/<image>
   sktransfer probe photos/ --labels labels.csv  # columns path,label
   sktransfer probe photos/ --models resnet50 mobilenet_v2:IMAGENET1K_V1 \\
-      --report report/ --json ranking.json --save best.joblib
+      --report report/ --json ranking.json --save best/
   sktransfer probe photos/ --models resnet18 --weights ./resnet18.pth \\
       --layers layer2 layer3 None --cv 10
   sktransfer probe photos/ --models resnet50 mobilenet_v2 \\
@@ -377,20 +377,38 @@ def probe_command(args) -> int:
         path = result.write_report(args.report, _data_code(args, X, result))
         say(f"report written to {path} (plot: {path.parent / 'probe.png'})")
     if args.save is not None:
+        _save_winner(args, result, X, y, say)
+    return 0
+
+
+def _save_winner(args, result, X, y, say) -> None:
+    """Fit the winner on all readable images; save it in the safe format
+    (a folder or ``.skops`` file, with a card holding the ranking), or with
+    joblib for a ``.joblib`` / ``.pkl`` path."""
+    pipeline = result.best_pipeline().set_params(**_quiet_params(result))
+    keep = np.setdiff1d(np.arange(len(y)), result.unreadable)
+    with contextlib.redirect_stdout(sys.stderr):
+        pipeline.fit(X[keep], y[keep])
+    done = f"winning pipeline fitted on all {len(keep)} images and saved to"
+    if args.save.endswith((".joblib", ".pkl")):
         import joblib
 
-        pipeline = result.best_pipeline().set_params(**_quiet_params(result))
-        keep = np.setdiff1d(np.arange(len(y)), result.unreadable)
-        with contextlib.redirect_stdout(sys.stderr):
-            pipeline.fit(X[keep], y[keep])
         joblib.dump(pipeline, args.save)
         say(
-            f"winning pipeline fitted on all {len(keep)} images and saved to "
-            f"{args.save} with joblib (a pickle: load it with joblib.load, and "
-            "only from a source you trust; sktransfer has no pickle-free format "
-            "yet)."
+            f"{done} {args.save} with joblib: a pickle, which runs code when "
+            "loaded; load it only from a source you trust (without the .joblib "
+            "suffix it is saved with sktransfer.save, which needs no pickle)."
         )
-    return 0
+        return
+    from sktransfer import save
+
+    best = result.best
+    metrics = (
+        f"sktransfer probe: {result.cv}-fold CV accuracy "
+        f"{best['cv_accuracy']:.3f} +- {best['cv_std']:.3f}\n\n{result.table()}"
+    )
+    path = save(pipeline, args.save, metrics=metrics)
+    say(f"{done} {path} (load it with sktransfer.load({args.save!r}))")
 
 
 def _layers_argument(values, models):
@@ -609,7 +627,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the ranking ('-': stdout)")
     p.add_argument("--report", metavar="DIR", help="write a plot and a Markdown report")
     p.add_argument(
-        "--save", metavar="FILE", help="fit the winner on all images and save it"
+        "--save",
+        metavar="PATH",
+        help="fit the winner on all images and save it: a folder or .skops file "
+        "(sktransfer.save, with a model card; needs sktransfer[share]), or a "
+        ".joblib file (a pickle)",
     )
     _add_engine_options(p)
     p.set_defaults(run=probe_command)

@@ -108,6 +108,22 @@ def test_probe_command_table_json_report_and_saved_winner(
     assert loaded[0].layer == rows[0]["layer"]
 
 
+def test_the_winner_is_saved_without_pickle_with_the_ranking_in_its_card(
+    folder, tmp_path, capsys
+):
+    pytest.importorskip("skops")
+    saved = tmp_path / "best"
+    argv = ["probe", str(folder), "--models", "resnet18:none", *SMALL, "--quiet"]
+    assert main([*argv, "--layers", "layer1", "None", "--save", str(saved)]) == 0
+    table = capsys.readouterr().out.strip()
+    card = (saved / "README.md").read_text()
+    assert "sktransfer probe: 3-fold CV accuracy" in card and table in card
+    X, _ = sktransfer.load_image_folder(folder)
+    pipeline = sktransfer.load(saved)
+    assert pipeline.predict(X).shape == (len(X),)
+    assert pipeline[0].layer in ("layer1", None)
+
+
 def test_each_image_goes_through_each_network_once(tmp_path):
     """All cut points of a model come from one pass; a directory cache makes
     a second probe (another process, say) run no network at all."""

@@ -1,0 +1,257 @@
+"""sktransfer.save / sktransfer.load: sharing without pickle."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import sktransfer
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer._share import TamperedModelError, UntrustedTypesError
+
+pytest.importorskip("skops")
+pytest.importorskip("safetensors")
+
+SMALL = {"resize_size": 32, "crop_size": 32}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    return X, np.repeat(["cat", "dog"], 6)
+
+
+def _extractor(**extra):
+    # cache=None: every row computed in one batch on both sides, so that
+    # outputs can be compared exactly (a batch of 1 rounds differently).
+    params = {"model": "resnet18", "weights": None, "random_state": 0, "cache": None}
+    params.update(extra)
+    return PretrainedFeatureExtractor(preprocessing=SMALL, verbose=False, **params)
+
+
+def _in_a_fresh_process(folder, names, trusted, env=None):
+    """Load each saved model in a new Python process and return what it
+    computes on the saved X (transform, or predict_proba)."""
+    script = f"""
+import numpy as np, sktransfer
+X = np.load({str(folder / "X.npy")!r})
+for name in {names!r}:
+    model = sktransfer.load({str(folder)!r} + "/" + name, trusted={trusted!r})
+    out = getattr(model, "predict_proba", getattr(model, "transform", None))(X)
+    np.save({str(folder)!r} + "/" + name + ".out.npy", out)
+"""
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+    )
+    return {name: np.load(folder / f"{name}.out.npy") for name in names}
+
+
+def test_round_trips_in_a_fresh_process(
+    data, tmp_path, shared_weights, hub_with_real_weights
+):
+    """Published weights, a local checkpoint (deleted before loading: its
+    tensors are in the file), a fine-tuned classifier, a pipeline and a grid
+    search over cut points: identical outputs after loading elsewhere."""
+    X, y = data
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    np.save(folder / "X.npy", X)
+    checkpoint = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    models = {
+        "published": _extractor(model="mobilenet_v2", weights="IMAGENET1K_V1").fit(X),
+        "checkpoint": _extractor(weights=checkpoint, layer="layer3").fit(X),
+        "finetuned": FineTunedClassifier(
+            model="resnet18",
+            weights=None,
+            trainable_layers=1,
+            max_epochs=1,
+            preprocessing=SMALL,
+            random_state=0,
+            verbose=False,
+        ).fit(X, y),  # fmt: skip
+        "pipeline": make_pipeline(
+            _extractor(), StandardScaler(), LogisticRegression()
+        ).fit(X, y),
+        "search": GridSearchCV(
+            make_pipeline(
+                _extractor(cache_layers=["layer2", None]), LogisticRegression()
+            ),
+            {"pretrainedfeatureextractor__layer": ["layer2", None]},
+            cv=2,
+        ).fit(X, y),
+    }
+    expected = {}
+    for name, model in models.items():
+        sktransfer.save(model, folder / name)
+        expected[name] = (
+            model.predict_proba(X)
+            if hasattr(model, "predict_proba")
+            else model.transform(X)
+        )
+    checkpoint.unlink()
+    trusted = sktransfer.untrusted_types(folder / "search")
+    assert trusted == [
+        "sklearn.metrics._scorer._PassthroughScorer",
+        "sklearn.model_selection._split.StratifiedKFold",
+    ]
+    got = _in_a_fresh_process(
+        folder, list(models), trusted, {"TORCH_HOME": str(hub_with_real_weights)}
+    )
+    for name in models:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    # Published weights are a name and a digest, not tensors: a few KB.
+    assert (folder / "published" / "model.skops").stat().st_size < 20_000
+    assert (folder / "pipeline" / "model.skops").stat().st_size > 40e6
+    # A fine-tuned ResNet-18 is about the size of its weights.
+    weights = sum(t.numel() * t.element_size() for t in models["finetuned"]
+                  ._network().state_dict().values())  # fmt: skip
+    size = (folder / "finetuned" / "model.skops").stat().st_size
+    assert weights < size < 1.02 * weights
+
+
+def test_the_folder_is_a_hub_repository_with_a_card(data, tmp_path):
+    X, y = data
+    pipe = make_pipeline(_extractor(layer="layer2"), LogisticRegression()).fit(X, y)
+    sktransfer.save(pipe, tmp_path / "repo", metrics={"cv_accuracy": 0.9})
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.skops",
+    ]
+    card = (tmp_path / "repo" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sktransfer\n")
+    for needed in ("| model | `resnet18` |", "| layers | `['layer2']` |",
+                   "| pooling | `avg` |", "| cv_accuracy | 0.9 |",
+                   "| scikit-learn |", "LogisticRegression()",
+                   'sktransfer.load("repo")'):  # fmt: skip
+        assert needed in card, needed
+    config = json.loads((tmp_path / "repo" / "config.json").read_text())
+    assert config["model_file"] == "model.skops"
+    assert config["components"][0]["layers"] == ["layer2"]
+    # A single .skops file gets its card beside it.
+    sktransfer.save(pipe, tmp_path / "one.skops", metrics="a table")
+    assert "a table" in (tmp_path / "one.md").read_text()
+
+
+def test_published_weights_are_checked_at_load(
+    data, tmp_path, hub_with_real_weights, offline
+):
+    X, _ = data
+    extractor = _extractor(model="mobilenet_v2", weights="IMAGENET1K_V1").fit(X)
+    sktransfer.save(extractor, tmp_path / "m")
+    cached = extractor._published_weights_file()
+    original = cached.read_bytes()
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), cached)  # others
+    with pytest.raises(ValueError, match="differs from the one this model was saved"):
+        sktransfer.load(tmp_path / "m")
+    cached.unlink()  # and offline: said so, with the cache path
+    sktransfer.clear_caches()
+    with pytest.raises(sktransfer.WeightsUnavailableError, match=str(cached)):
+        sktransfer.load(tmp_path / "m")
+    cached.write_bytes(original)
+    again = sktransfer.load(tmp_path / "m")
+    np.testing.assert_array_equal(again.transform(X), extractor.transform(X))
+
+
+def _rewrite(path, change):
+    """Rewrite the zip at ``path`` with ``change(name, data) -> data``."""
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, content in entries:
+            z.writestr(info, change(info.filename, content))
+
+
+def test_a_changed_tensor_blob_or_config_is_refused(data, tmp_path):
+    X, _ = data
+    sktransfer.save(_extractor(layer="layer2").fit(X), tmp_path / "a.skops")
+    sktransfer.save(_extractor(layer="layer2").fit(X), tmp_path / "b.skops")
+
+    def flip_a_byte(name, content):
+        if name.endswith(".bin"):  # the safetensors blob
+            assert len(content) > 1e6
+            content = bytearray(content)
+            content[-100] ^= 1
+        return bytes(content)
+
+    def other_layer(name, content):
+        if name == "schema.json":
+            assert b"layer2" in content
+            content = content.replace(b"layer2", b"layer3")
+        return content
+
+    _rewrite(tmp_path / "a.skops", flip_a_byte)
+    _rewrite(tmp_path / "b.skops", other_layer)
+    for name in ("a.skops", "b.skops"):
+        with pytest.raises(TamperedModelError, match="changed after it was saved"):
+            sktransfer.load(tmp_path / name)
+
+
+class Payload:
+    """What an attacker's file would build: its __setstate__ runs code."""
+
+    def __setstate__(self, state):
+        open(state["marker"], "w").close()
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import skops.io
+
+    marker = tmp_path / "ran"
+    payload = Payload()
+    payload.__dict__["marker"] = str(marker)
+    skops.io.dump({"model": payload}, tmp_path / "evil.skops")
+    with pytest.raises(UntrustedTypesError, match=r"test_share\.Payload"):
+        sktransfer.load(tmp_path / "evil.skops")
+    # A pickle (of open(marker, "w")) is never opened at all.
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))
+    with pytest.raises(ValueError, match="not a file written by sktransfer.save"):
+        sktransfer.load(tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_what_cannot_be_shared_says_how_to_share_it(data, tmp_path):
+    X, _ = data
+    module = torchvision.models.resnet18()
+    own = _extractor(model=module, weights="DEFAULT").fit(X)
+    with pytest.raises(TypeError, match="checkpoint of a known architecture"):
+        sktransfer.save(own, tmp_path / "own")
+    cached = _extractor(cache=sktransfer.EmbeddingCache()).fit(X)
+    with pytest.raises(TypeError, match="Set cache='memory'"):
+        sktransfer.save(cached, tmp_path / "cache")
+    assert not (tmp_path / "own").exists()  # nothing written
+
+
+def test_pickle_keeps_working_and_needs_neither_extra(data, monkeypatch):
+    X, _ = data
+    extractor = _extractor().fit(X)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    again = pickle.loads(pickle.dumps(extractor))
+    np.testing.assert_array_equal(again.transform(X), extractor.transform(X))
+
+
+def test_without_the_extra_the_error_says_what_to_install(data, tmp_path, monkeypatch):
+    X, _ = data
+    monkeypatch.setitem(sys.modules, "skops", None)
+    monkeypatch.setitem(sys.modules, "skops.io", None)
+    with pytest.raises(ImportError, match=r"pip install 'sktransfer\[share\]'"):
+        sktransfer.save(_extractor().fit(X), tmp_path / "m")
