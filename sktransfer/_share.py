@@ -266,7 +266,8 @@ def save(obj, path, *, metrics=None) -> Path:
     model_file, card_file, config_file = _paths(path)
     token = SHARING.set(True)
     try:
-        data = sio.dumps(obj)
+        # Deflated: the JSON shrinks about tenfold; float tensors by ~7%.
+        data = sio.dumps(obj, compression=zipfile.ZIP_DEFLATED)
     finally:
         SHARING.reset(token)
     ours = _ours(obj)

@@ -116,13 +116,13 @@ def test_round_trips_in_a_fresh_process(
     for name in models:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     # Published weights are a name and a digest, not tensors: a few KB.
-    assert (folder / "published" / "model.skops").stat().st_size < 20_000
+    assert (folder / "published" / "model.skops").stat().st_size < 8_000
     assert (folder / "pipeline" / "model.skops").stat().st_size > 40e6
     # A fine-tuned ResNet-18 is about the size of its weights.
     weights = sum(t.numel() * t.element_size() for t in models["finetuned"]
                   ._network().state_dict().values())  # fmt: skip
     size = (folder / "finetuned" / "model.skops").stat().st_size
-    assert weights < size < 1.02 * weights
+    assert 0.85 * weights < size < 1.02 * weights  # (deflated: ~7% smaller)
 
 
 def test_the_folder_is_a_hub_repository_with_a_card(data, tmp_path):
