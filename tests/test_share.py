@@ -75,6 +75,13 @@ def test_round_trips_in_a_fresh_process(
     torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
     models = {
         "published": _extractor(model="mobilenet_v2", weights="IMAGENET1K_V1").fit(X),
+        "published_pipeline": make_pipeline(
+            _extractor(
+                model="mobilenet_v2", weights="IMAGENET1K_V1", layer="features.13"
+            ),
+            StandardScaler(),
+            LogisticRegression(),
+        ).fit(X, y),
         "checkpoint": _extractor(weights=checkpoint, layer="layer3").fit(X),
         "finetuned": FineTunedClassifier(
             model="resnet18",
@@ -115,8 +122,10 @@ def test_round_trips_in_a_fresh_process(
     )
     for name in models:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    # Published weights are a name and a digest, not tensors: a few KB.
+    # Published weights are a name and a digest, not tensors: a few KB (the
+    # pipeline adds its scaler's and classifier's arrays for 96 features).
     assert (folder / "published" / "model.skops").stat().st_size < 8_000
+    assert (folder / "published_pipeline" / "model.skops").stat().st_size < 12_000
     assert (folder / "pipeline" / "model.skops").stat().st_size > 40e6
     # A fine-tuned ResNet-18 is about the size of its weights.
     weights = sum(t.numel() * t.element_size() for t in models["finetuned"]
@@ -255,3 +264,15 @@ def test_without_the_extra_the_error_says_what_to_install(data, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "skops.io", None)
     with pytest.raises(ImportError, match=r"pip install 'sktransfer\[share\]'"):
         sktransfer.save(_extractor().fit(X), tmp_path / "m")
+
+
+def test_the_core_imports_without_the_extras():
+    blocked = ["skops", "skops.io", "safetensors", "pyarrow", "matplotlib"]
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+        "import sktransfer; print(sktransfer.save.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "save"
