@@ -132,6 +132,13 @@ def plain_state(estimator, state: dict) -> dict:
     if published is not None:
         from sktransfer._identity import file_digest
 
+        if not published.exists():
+            raise FileNotFoundError(
+                f"This {name} uses published weights whose file {str(published)!r} "
+                "is no longer in the torch cache, so the digest that checks them "
+                "at load cannot be recorded. Fit it again (which downloads them), "
+                "then save it."
+            )
         state["_weights_file_digest"] = file_digest(published)
     state[MARK] = VERSION
     state["_sktransfer_checksum"] = _checksum(state)

@@ -103,6 +103,10 @@ def test_round_trips_in_a_fresh_process(
             cv=2,
         ).fit(X, y),
     }
+    # A fine-tuned classifier reused as a frozen backbone.
+    models["reused"] = _extractor(
+        model=models["finetuned"], weights="DEFAULT", layer="layer3"
+    ).fit(X)
     expected = {}
     for name, model in models.items():
         sktransfer.save(model, folder / name)
@@ -170,6 +174,8 @@ def test_published_weights_are_checked_at_load(
     with pytest.raises(ValueError, match="differs from the one this model was saved"):
         sktransfer.load(tmp_path / "m")
     cached.unlink()  # and offline: said so, with the cache path
+    with pytest.raises(FileNotFoundError, match="no longer in the torch cache"):
+        sktransfer.save(extractor, tmp_path / "again")
     sktransfer.clear_caches()
     with pytest.raises(sktransfer.WeightsUnavailableError, match=str(cached)):
         sktransfer.load(tmp_path / "m")
