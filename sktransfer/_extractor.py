@@ -264,7 +264,8 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
     Pickles of an extractor that uses published weights store their name, not
     the tensors; other weights (random, checkpoint, own module) are stored as
-    CPU tensors.
+    CPU tensors. To share a fitted extractor (or a pipeline holding one)
+    without pickle, use :func:`sktransfer.save` and :func:`sktransfer.load`.
 
     ``fit`` sets every fitted attribute; ``transform`` sets one, ``errors_``:
     it reports on the images of the call that just ran (their rows are NaN),
