@@ -108,6 +108,7 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"{purpose} needs the optional dependency {module!r}, which is not "
+            f"{purpose} needs the optional dependency {module.split('.')[0]!r}, "
+            "which is not "
             f"installed. Install it with: pip install 'sktransfer[{extra}]'"
         ) from exc

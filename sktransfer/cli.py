@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from sktransfer._backbones import weights_at_hand
+from sktransfer._common import require
 from sktransfer.exceptions import WeightsUnavailableError
 
 DEMO_DESCRIPTION = __doc__[__doc__.index("``sktransfer demo``") :].replace("``", "'")
@@ -349,6 +350,10 @@ def probe_command(args) -> int:
     from sktransfer._probe import DEFAULT_MODELS
 
     say = _stderr(args.quiet)
+    if args.save is not None and not args.save.endswith((".joblib", ".pkl")):
+        require("skops.io", "share", "--save in the safe format")  # before the work
+    if args.report is not None:
+        require("matplotlib", "report", "--report")
     X, y = read_labels(args.dir, args.labels)
     say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}")
     models = args.models or DEFAULT_MODELS

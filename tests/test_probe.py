@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import joblib
 import numpy as np
@@ -122,6 +123,17 @@ def test_the_winner_is_saved_without_pickle_with_the_ranking_in_its_card(
     pipeline = sktransfer.load(saved)
     assert pipeline.predict(X).shape == (len(X),)
     assert pipeline[0].layer in ("layer1", None)
+
+
+def test_a_missing_extra_stops_the_probe_before_any_work(folder, capsys, monkeypatch):
+    from sktransfer import _probe
+
+    monkeypatch.setitem(sys.modules, "skops", None)
+    monkeypatch.setitem(sys.modules, "skops.io", None)
+    monkeypatch.setattr(_probe, "_embed", None)  # would fail if reached
+    argv = ["probe", str(folder), "--models", "resnet18:none", "--save", "best/"]
+    assert main(argv) == 1
+    assert "pip install 'sktransfer[share]'" in capsys.readouterr().err
 
 
 def test_each_image_goes_through_each_network_once(tmp_path):
