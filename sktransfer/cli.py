@@ -309,6 +309,17 @@ def _note(message):
     print(f"note: {message}", file=sys.stderr)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _none_or(text: str):
     """None for the word 'none' (any case), else the text."""
     return None if text.lower() == "none" else text
@@ -551,13 +562,16 @@ def _add_engine_options(p, batch_size=64):
     )
     p.add_argument(
         "--size",
-        type=int,
+        type=_positive_int,
         default=None,
         help="resize and crop the images to this side (default: the weights' own "
         "preprocessing, e.g. 224)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=batch_size, help="images per forward pass"
+        "--batch-size",
+        type=_positive_int,
+        default=batch_size,
+        help="images per forward pass",
     )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'...")
     p.add_argument(
@@ -617,7 +631,7 @@ def _parser() -> argparse.ArgumentParser:
         "final embedding; default: each model's stage boundaries and its final "
         "embedding)",
     )
-    p.add_argument("--cv", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--cv", type=int, default=5, help="cross-validation folds (>= 2)")
     p.add_argument(
         "--finetune",
         action="store_true",
@@ -625,7 +639,10 @@ def _parser() -> argparse.ArgumentParser:
         "best model",
     )
     p.add_argument(
-        "--finetune-epochs", type=int, default=5, help="epochs of each fine-tuning"
+        "--finetune-epochs",
+        type=_positive_int,
+        default=5,
+        help="epochs of each fine-tuning",
     )
     p.add_argument("--cache", metavar="DIR", help="a persistent embedding cache")
     p.add_argument("--n-jobs", type=int, default=None, help="jobs of the probes")
@@ -690,7 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chunk-size",
-        type=int,
+        type=_positive_int,
         default=1024,
         help="images per step: the most an interruption loses",
     )

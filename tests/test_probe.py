@@ -433,7 +433,6 @@ def test_parquet_without_pyarrow_says_what_to_install(
     [
         (["--model", "resnet1"], "Did you mean 'resnet18'"),
         (["--layer", "layer9"], "Did you mean 'layer4'"),
-        (["--batch-size", "0"], "'batch_size' parameter"),
     ],
 )
 def test_embed_usage_errors_exit_with_2(folder, tmp_path, capsys, args, message):
@@ -441,6 +440,14 @@ def test_embed_usage_errors_exit_with_2(folder, tmp_path, capsys, args, message)
     assert main(["embed", str(folder), "-o", str(out), *EMBED, *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--chunk-size", "--batch-size", "--size"])
+def test_sizes_must_be_positive_integers(folder, tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exit_:
+        main(["embed", str(folder), "-o", str(tmp_path / "e.npy"), option, "0"])
+    assert exit_.value.code == 2
+    assert "must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_embed_refuses_an_unknown_output_format(folder, tmp_path, capsys):
