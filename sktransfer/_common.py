@@ -27,6 +27,7 @@ __all__ = [
     "check_numerics",
     "did_you_mean",
     "owned_random_state",
+    "replace_file",
     "require",
 ]
 
@@ -112,3 +113,21 @@ def require(module: str, extra: str, purpose: str):
             "which is not "
             f"installed. Install it with: pip install 'sktransfer[{extra}]'"
         ) from exc
+
+
+def replace_file(path, write) -> None:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file beside
+    ``path``, which is then renamed to it, so that ``path`` is either the
+    old file (or absent) or the complete new one, never half written."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sktransfer._common import require
+from sktransfer._common import replace_file, require
 from sktransfer.exceptions import ImageReadError
 
 __all__ = ["FORMATS", "embed_files", "paths_file"]
@@ -111,17 +111,6 @@ def _shifted(error: ImageReadError, start: int) -> ImageReadError:
     return shifted
 
 
-def _replace(output: Path, write) -> None:
-    """Write through a temporary file renamed into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _write_parquet(output, paths, rows, errors, metadata) -> None:
     pa = require("pyarrow", "parquet", "Writing Parquet")
     import pyarrow.compute as pc
@@ -141,7 +130,7 @@ def _write_parquet(output, paths, rows, errors, metadata) -> None:
             "error": pa.array([failed.get(i) for i in range(len(paths))], pa.string()),
         }
     ).replace_schema_metadata({f"sktransfer.{k}": v for k, v in metadata.items()})
-    _replace(output, lambda path: pq.write_table(table, path))
+    replace_file(output, lambda path: pq.write_table(table, path))
 
 
 def _write_npy(output, paths, rows) -> None:
@@ -149,8 +138,8 @@ def _write_npy(output, paths, rows) -> None:
         with open(path, "wb") as f:
             np.save(f, rows)
 
-    _replace(output, write)
-    _replace(
+    replace_file(output, write)
+    replace_file(
         paths_file(output),
         lambda path: Path(path).write_text("".join(p + "\n" for p in paths)),
     )

@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer._common import require
+from sktransfer._common import replace_file, require
 from sktransfer.exceptions import ImageReadError
 
 __all__ = ["load", "save", "untrusted_types"]
@@ -210,15 +210,6 @@ def _paths(path) -> tuple[Path, Path, Path | None]:
     return path / MODEL_FILE, path / "README.md", path / "config.json"
 
 
-def _write(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def save(obj, path, *, metrics=None) -> Path:
     """Save a fitted model without pickle, with a model card.
 
@@ -278,11 +269,12 @@ def save(obj, path, *, metrics=None) -> Path:
     finally:
         SHARING.reset(token)
     ours = _ours(obj)
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    _write(model_file, data)
-    _write(card_file, _card(obj, ours, model_file, metrics).encode())
+    replace_file(model_file, lambda tmp: tmp.write_bytes(data))
+    card = _card(obj, ours, model_file, metrics)
+    replace_file(card_file, lambda tmp: tmp.write_text(card))
     if config_file is not None:
-        _write(config_file, (json.dumps(_config(obj, ours), indent=2) + "\n").encode())
+        config = json.dumps(_config(obj, ours), indent=2) + "\n"
+        replace_file(config_file, lambda tmp: tmp.write_text(config))
     return model_file
 
 
