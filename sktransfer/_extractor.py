@@ -611,7 +611,6 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         )
 
     def _published_weights_file(self):
-        """The torch hub file of published weights (None for others)."""
         if not self._uses_published_weights():
             return None
         return hub_path(resolve_weights(self.model, self.weights_))

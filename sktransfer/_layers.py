@@ -24,6 +24,7 @@ from sktransfer._fusion import fuse_pointwise
 __all__ = [
     "POOLINGS",
     "FeatureNet",
+    "LayerError",
     "is_valid",
     "list_layers",
     "node_names",
@@ -46,6 +47,11 @@ def is_valid(name: str, names: list[str]) -> bool:
     return name in names or any(n.startswith(prefix) for n in names)
 
 
+class LayerError(ValueError):
+    """The ``layer`` parameter names no cut point of the model (a usage
+    error: the command line exits with status 2)."""
+
+
 def resolve_layers(layer, names, model_label: str) -> list[str | None]:
     """Check the ``layer`` parameter and return it as a list.
 
@@ -53,7 +59,7 @@ def resolve_layers(layer, names, model_label: str) -> list[str | None]:
     """
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not layers:
-        raise ValueError(
+        raise LayerError(
             "The 'layer' parameter must not be an empty list. Use None for the "
             "model's standard embedding."
         )
@@ -65,12 +71,12 @@ def resolve_layers(layer, names, model_label: str) -> list[str | None]:
                 f"them. Got {name!r} of type {type(name).__name__}."
             )
         if name in seen:
-            raise ValueError(f"The 'layer' parameter names {name!r} twice.")
+            raise LayerError(f"The 'layer' parameter names {name!r} twice.")
         seen.add(name)
         if name is not None and not is_valid(name, names):
             modules = sorted({n.split(".")[0] for n in names})
             hint = did_you_mean(name, names + modules)
-            raise ValueError(
+            raise LayerError(
                 f"The 'layer' parameter must name a node of the model's graph. Got "
                 f"{name!r}.{hint} See sktransfer.list_layers({model_label}) for the "
                 f"cut points ({len(names)} nodes in all with which='all')."

@@ -25,6 +25,11 @@ class TorchPickleMixin:
     ``_share``), and ``__setstate__`` reads both kinds.
     """
 
+    def _published_weights_file(self):
+        """The torch hub file of the published weights the network is
+        rebuilt from (None: its tensors are stored instead)."""
+        return None
+
     def _tensors_to_pickle(self, net: nn.Module) -> dict | None:
         """The tensors a pickle keeps: by default the whole network's."""
         return net.state_dict()

@@ -118,20 +118,6 @@ def _count_network_images(counter: list):
     return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
-def _check_layers(model: str, layers) -> list:
-    """The cut points, checked against the model's graph (a usage error)."""
-    from sktransfer._backbones import load_backbone
-    from sktransfer._layers import node_names, resolve_layers
-
-    backbone = load_backbone(model, None, seed=0)
-    try:
-        return resolve_layers(
-            layers, node_names(backbone.module, backbone.head), repr(model)
-        )
-    except ValueError as exc:
-        raise ProbeUsageError(str(exc)) from None
-
-
 def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     """All cut points of one model, in one pass over the images."""
     from sktransfer import PretrainedFeatureExtractor
@@ -140,7 +126,7 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     if layers == "stages":
         first = {"layer": None, "cache_layers": "stages"}
     else:
-        first = {"layer": _check_layers(model, layers), "cache_layers": None}
+        first = {"layer": layers, "cache_layers": None}  # checked by fit
     extractor = PretrainedFeatureExtractor(
         model=model, weights=_weights_value(weights), on_error="nan", **settings
     ).set_params(**first)
@@ -205,18 +191,17 @@ def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, int]:
     return result["test_score"], stopped
 
 
-def _row(run: ModelRun | None, model, weights, scores, **fields) -> dict:
+def _row(run: ModelRun, scores, timed=True, **fields) -> dict:
+    """A row of the ranking; ``timed``: the run's images/s apply to it."""
     return {
-        "model": model,
-        "weights": None if weights is None else str(weights),
+        "model": run.model,
+        "weights": None if run.weights is None else str(run.weights),
         **fields,
         "cv_accuracy": float(np.mean(scores)),
         "cv_std": float(np.std(scores)),
         "cv_scores": [float(s) for s in scores],
         "images_per_s": (
-            None
-            if run is None or run.network_images == 0
-            else run.network_images / run.seconds
+            run.network_images / run.seconds if timed and run.network_images else None
         ),
     }
 
@@ -424,7 +409,8 @@ def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
     """A linear probe on every cut point of every model, on ``folds``."""
     rows, stopped = [], 0
     for run in runs:
-        for depth, layer in enumerate(run.layers, start=1):
+        pairs = zip(run.layers, run.widths, strict=True)
+        for depth, (layer, width) in enumerate(pairs, start=1):
             scores, n_stopped = _cv_scores(
                 linear_probe(), run.columns(layer)[kept], y, folds, n_jobs
             )
@@ -432,13 +418,11 @@ def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
             rows.append(
                 _row(
                     run,
-                    run.model,
-                    run.weights,
                     scores,
                     layer=layer,
                     method="linear probe",
                     trainable_layers=None,
-                    n_features=int(run.widths[run.layers.index(layer)]),
+                    n_features=int(width),
                     depth=depth / len(run.layers),
                 )
             )
@@ -475,10 +459,9 @@ def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
         scores, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
         out.append(
             _row(
-                None,
-                run.model,
-                run.weights,
+                run,
                 scores,
+                timed=False,
                 layer=None,
                 method="fine-tuned",
                 trainable_layers=trainable,
@@ -615,11 +598,14 @@ class ProbeResult:
     def _best_parameters(self) -> tuple[str, dict]:
         """``("extract", parameters)`` of the extractor of the winning
         pipeline, or ``("finetune", parameters)`` of the classifier."""
+        from sktransfer import PretrainedFeatureExtractor
+
         best = self.best
         # The weights loaded, by name or path: the same ones next time.
         params = {"model": best["model"], "weights": best["weights"]}
+        defaults = PretrainedFeatureExtractor().get_params()
         for key in ("preprocessing", "batch_size", "precision", "device"):
-            if self.settings[key] != _DEFAULTS[key]:
+            if self.settings[key] != defaults[key]:
                 params[key] = self.settings[key]
         if best["weights"] is None:
             params["random_state"] = self.random_state
@@ -767,14 +753,6 @@ that one pass (0: the embedding cache answered).
         path = folder / "report.md"
         path.write_text(text)
         return path
-
-
-_DEFAULTS = {
-    "preprocessing": "auto",
-    "batch_size": 64,
-    "precision": "auto",
-    "device": "auto",
-}
 
 
 def _build(kind: str, params: dict):

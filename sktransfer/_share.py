@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import io
 import json
 import os
 import platform
@@ -128,7 +129,7 @@ def plain_state(estimator, state: dict) -> dict:
         )
     if "errors_" in state:
         state["errors_"] = [[str(e), e.index, e.path] for e in state["errors_"]]
-    published = getattr(estimator, "_published_weights_file", lambda: None)()
+    published = estimator._published_weights_file()
     if published is not None:
         from sktransfer._identity import file_digest
 
@@ -268,20 +269,18 @@ def save(obj, path, *, metrics=None) -> Path:
         data = sio.dumps(obj, compression=zipfile.ZIP_DEFLATED)
     finally:
         SHARING.reset(token)
-    ours = _ours(obj)
+    config = _config(obj)
+    card = _card(obj, config, model_file, metrics)
     replace_file(model_file, lambda tmp: tmp.write_bytes(data))
-    card = _card(obj, ours, model_file, metrics)
     replace_file(card_file, lambda tmp: tmp.write_text(card))
     if config_file is not None:
-        config = json.dumps(_config(obj, ours), indent=2) + "\n"
-        replace_file(config_file, lambda tmp: tmp.write_text(config))
+        text = json.dumps(config, indent=2) + "\n"
+        replace_file(config_file, lambda tmp: tmp.write_text(text))
     return model_file
 
 
 def _read(path) -> bytes:
-    model_file = _paths(path)[0]
-    if Path(path).is_file():
-        model_file = Path(path)
+    model_file = Path(path) if Path(path).is_file() else _paths(path)[0]
     try:
         data = model_file.read_bytes()
     except OSError as exc:
@@ -289,7 +288,7 @@ def _read(path) -> bytes:
             f"No saved model at {str(path)!r} ({exc.strerror}): expected a folder "
             f"holding {MODEL_FILE} or a .skops file written by sktransfer.save."
         ) from exc
-    if not zipfile.is_zipfile(model_file):
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ValueError(
             f"{str(model_file)!r} is not a file written by sktransfer.save (not "
             "a skops zip; a pickle, perhaps). It is not opened: loading a pickle "
@@ -429,7 +428,7 @@ def _describe(estimator) -> dict:
         else f"FineTunedClassifier(model={estimator.model.model!r})",
         "weights": estimator.__dict__.get("weights_", str(estimator.weights)),
     }
-    published = getattr(estimator, "_published_weights_file", lambda: None)()
+    published = estimator._published_weights_file()
     if published is not None:
         from sktransfer._identity import file_digest
 
@@ -446,25 +445,28 @@ def _describe(estimator) -> dict:
     return out
 
 
-def _config(obj, ours) -> dict:
+def _config(obj) -> dict:
+    """``config.json``: what the model is made of (its fitted sktransfer
+    estimators), and the versions it was saved with."""
+    fitted = [e for e in _ours(obj) if "preprocessing_" in e.__dict__]
     return {
         "library_name": "sktransfer",
         "model_file": MODEL_FILE,
         "format": "skops",
         "estimator": f"{type(obj).__module__}.{type(obj).__qualname__}",
-        "components": [_describe(e) for e in ours if "preprocessing_" in e.__dict__],
+        "components": [_describe(e) for e in fitted],
         "versions": _versions(),
     }
 
 
-def _card(obj, ours, model_file: Path, metrics) -> str:
+def _card(obj, config: dict, model_file: Path, metrics) -> str:
+    """The model card (``README.md``): ``config`` for people."""
     import sklearn
 
     with sklearn.config_context(print_changed_only=True):
         summary = repr(obj)
     components = ""
-    fitted = [e for e in ours if "preprocessing_" in e.__dict__]
-    for described in map(_describe, fitted):
+    for described in config["components"]:
         rows = "\n".join(f"| {k} | `{v}` |" for k, v in described.items())
         components += f"\n| | |\n| --- | --- |\n{rows}\n"
     if metrics is None:
@@ -475,7 +477,7 @@ def _card(obj, ours, model_file: Path, metrics) -> str:
         )
     else:
         quality = f"```text\n{metrics}\n```"
-    versions = "\n".join(f"| {k} | {v} |" for k, v in _versions().items())
+    versions = "\n".join(f"| {k} | {v} |" for k, v in config["versions"].items())
     where = model_file.parent.name if model_file.name == MODEL_FILE else model_file.name
     return f"""---
 library_name: sktransfer

@@ -504,7 +504,7 @@ def embed_command(args) -> int:
 
     from sktransfer import PretrainedFeatureExtractor, list_images
     from sktransfer._embed import embed_files, paths_file
-    from sktransfer._probe import _check_layers, parse_model
+    from sktransfer._probe import parse_model
 
     say = _stderr(args.quiet)
     source = Path(args.source)
@@ -517,8 +517,6 @@ def embed_command(args) -> int:
         raise FileNotFoundError(f"{args.source!r} is neither a folder nor a file.")
     model, _ = parse_model(args.model)  # usage errors before any work
     layer = [_none_or(v) for v in args.layer] if args.layer else None
-    if layer is not None:
-        _check_layers(model, layer)
     output = Path(args.output)
     partial = output.with_name(output.name + ".partial")
     cache = None if args.cache == "none" else args.cache or str(partial)
@@ -766,6 +764,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from sklearn.utils._param_validation import InvalidParameterError
 
+    from sktransfer._layers import LayerError
     from sktransfer._probe import ProbeUsageError
 
     parser = _parser()
@@ -776,7 +775,7 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (UsageError, ProbeUsageError, InvalidParameterError) as exc:
+    except (UsageError, ProbeUsageError, LayerError, InvalidParameterError) as exc:
         print(f"sktransfer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
