@@ -97,8 +97,14 @@ _Module = TypeVar("_Module", bound=torch.nn.Module)
 
 
 def prepare_network(net: _Module) -> _Module:
-    """Lay out convolution weights channels_last (faster on CPU and GPU)."""
-    return net.to(memory_format=torch.channels_last)
+    """Lay out convolution weights channels_last (faster on CPU and GPU),
+    in place. Only 4-D tensors: ``Module.to(memory_format=...)`` also
+    converts 5-D buffers, and fails on them (timm's Swin has some)."""
+    with torch.no_grad():
+        for tensor in (*net.parameters(), *net.buffers()):
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return net
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
