@@ -26,7 +26,7 @@ _INTERPOLATIONS = {"nearest", "bilinear", "bicubic"}
 MAX_RESIZED_PIXELS = 1 << 24
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Preprocessing:
     """How a batch of images becomes the network's input.
 
@@ -45,6 +45,10 @@ class Preprocessing:
         Resampling filter of the resize.
     antialias : bool
         Whether downsizing is antialiased (as PIL does).
+    squash : bool
+        Resize both sides to ``resize_size``, aspect ratio not kept (timm's
+        ``crop_mode="squash"``, e.g. for CLIP and SigLIP image towers),
+        instead of the shorter one.
     """
 
     resize_size: int | None
@@ -53,6 +57,17 @@ class Preprocessing:
     std: tuple[float, ...] | None
     interpolation: str = "bilinear"
     antialias: bool = True
+    squash: bool = False
+
+    def __repr__(self) -> str:
+        # Part of cache keys: a new field shows only where it is set, so
+        # the keys of existing preprocessings stay what they were.
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not (f.name == "squash" and not self.squash)
+        ]
+        return f"Preprocessing({', '.join(shown)})"
 
     def __post_init__(self):
         for name in ("resize_size", "crop_size"):
@@ -83,6 +98,8 @@ class Preprocessing:
         """Size of an image of this size after the resize (before the crop)."""
         if self.resize_size is None:
             return height, width
+        if self.squash:
+            return self.resize_size, self.resize_size
         short, long = sorted((height, width))
         new_long = int(self.resize_size * long / short)
         if height <= width:
@@ -141,7 +158,7 @@ class Preprocessing:
                 batch = batch.to(torch.float32)
             batch = TF.resize(
                 batch,
-                [self.resize_size],
+                [self.resize_size] * (2 if self.squash else 1),
                 interpolation=InterpolationMode(self.interpolation),
                 antialias=self.antialias,
             )
