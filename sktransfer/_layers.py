@@ -9,6 +9,7 @@ standard embedding, since the classification head has been removed.
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 from torch import fx, nn
@@ -31,12 +32,68 @@ __all__ = [
     "resolve_layers",
 ]
 
-POOLINGS = ("avg", "max", "avgmax", "cls", "flatten")
+POOLINGS = ("avg", "max", "avgmax", "cls", "clsavg", "flatten")
+
+
+def tracer_kwargs(module: nn.Module) -> dict:
+    """How torch.fx traces ``module``: for a network built from timm's
+    classes, timm's own leaf modules and functions (the parts that torch.fx
+    cannot trace through, registered by timm); else torch.fx's defaults."""
+    timm_layers = sys.modules.get("timm.layers")  # (imported if it was used)
+    if timm_layers is None or not any(
+        type(sub).__module__.startswith("timm.") for sub in module.modules()
+    ):
+        return {}
+    return {
+        "leaf_modules": timm_layers.get_notrace_modules(),
+        "autowrap_functions": timm_layers.get_notrace_functions(),
+    }
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with further leaf modules."""
+
+    def __init__(self, leaf_modules=(), autowrap_functions=()):
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.leaves = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def _trace(module: nn.Module) -> fx.GraphModule:
+    if isinstance(module, fx.GraphModule):
+        return module
+    graph = _Tracer(**tracer_kwargs(module)).trace(module)
+    return fx.GraphModule(module, graph)
+
+
+def _feature_extractor(module: nn.Module, nodes) -> fx.GraphModule:
+    return create_feature_extractor(
+        module, return_nodes={n: n for n in nodes}, tracer_kwargs=tracer_kwargs(module)
+    )
+
+
+def prefix_tokens(module: nn.Module) -> int | None:
+    """How many tokens precede the patch tokens in the model's token
+    sequences (class and register tokens): timm's ``num_prefix_tokens``, 1
+    for torchvision's ViT; None where unknown (a module of the user's)."""
+    count = getattr(module, "num_prefix_tokens", None)
+    if isinstance(count, int):
+        return count
+    if isinstance(getattr(module, "class_token", None), torch.Tensor):
+        return 1
+    return None
 
 
 def node_names(module: nn.Module, head: str | None = None) -> list[str]:
     """Node names of the eval-mode graph, without the input and the head."""
-    names = get_graph_node_names(module)[1][1:]  # [0] is the input placeholder
+    graph = get_graph_node_names(
+        module, tracer_kwargs=tracer_kwargs(module), suppress_diff_warning=True
+    )
+    names = graph[1][1:]  # [0] is the input placeholder
     if head is not None:
         names = [n for n in names if n != head and not n.startswith(head + ".")]
     return names
@@ -84,18 +141,34 @@ def resolve_layers(layer, names, model_label: str) -> list[str | None]:
     return layers
 
 
-def pool(t: torch.Tensor, how: str | None, nhwc: bool = False) -> torch.Tensor:
-    """Reduce one layer's output to a ``(n, d)`` matrix."""
+def pool(
+    t: torch.Tensor, how: str | None, nhwc: bool = False, prefix: int | None = None
+) -> torch.Tensor:
+    """Reduce one layer's output to a ``(n, d)`` matrix.
+
+    Token sequences ``(n, tokens, dim)`` start with ``prefix`` class and
+    register tokens: ``"avg"``, ``"max"`` and ``"avgmax"`` pool the patch
+    tokens after them, ``"cls"`` takes the first, ``"clsavg"`` concatenates
+    both (the DINOv2 linear probe's features). ``prefix=None`` (unknown):
+    the first token is taken as the class token and all are pooled.
+    """
     if t.ndim == 2:
         return t
-    if how == "cls":
+    if how in ("cls", "clsavg"):
         if t.ndim != 3:
             raise ValueError(
-                "pooling='cls' takes the class token of a token sequence "
+                f"pooling={how!r} takes the class token of a token sequence "
                 f"(n, tokens, dim); this layer gives shape {tuple(t.shape)}. Use "
                 "'avg', 'max', 'avgmax' or 'flatten'."
             )
-        return t[:, 0]
+        if prefix == 0:
+            raise ValueError(
+                f"pooling={how!r} takes the class token, but this model has none "
+                "(its tokens are all patch tokens). Use 'avg', 'max' or 'avgmax'."
+            )
+        if how == "cls":
+            return t[:, 0]
+        return torch.cat([t[:, 0], t[:, (prefix or 1) :].mean(1)], dim=1)
     if how in (None, "flatten"):
         if nhwc and t.ndim == 4:
             t = t.permute(0, 3, 1, 2)
@@ -106,6 +179,7 @@ def pool(t: torch.Tensor, how: str | None, nhwc: bool = False) -> torch.Tensor:
             t = t.permute(0, 3, 1, 2)
         dims = (2, 3)
     elif t.ndim == 3:  # tokens: (n, tokens, dim)
+        t = t[:, prefix or 0 :]
         dims = (1,)
     else:
         return t.flatten(1)
@@ -128,7 +202,7 @@ def _inference_graph(module: nn.Module) -> nn.Module:
     # (A deep copy of a traced module comes back in train mode: eval() again.)
     copied = copy.deepcopy(module).eval()
     try:
-        graph = fuse(copied, inplace=True, no_trace=isinstance(copied, fx.GraphModule))
+        graph = fuse(_trace(copied), inplace=True, no_trace=True)
     except Exception:  # torch.fx raises many kinds of errors on untraceable code
         return module
     if isinstance(graph, fx.GraphModule):
@@ -151,15 +225,14 @@ class FeatureNet(nn.Module):
         self.layers = list(layers)
         self.pooling = pooling
         self.nhwc = nhwc
+        self.prefix = prefix_tokens(backbone)
         if self.layers == [None]:  # the plain embedding: no tracing needed
             self.body = None
             self.keys = [None]
         else:
             output = (names or node_names(backbone))[-1]
             self.keys = [output if name is None else name for name in self.layers]
-            self.body = create_feature_extractor(
-                backbone, return_nodes={k: k for k in dict.fromkeys(self.keys)}
-            )
+            self.body = _feature_extractor(backbone, dict.fromkeys(self.keys))
         self.eval()  # folding needs eval mode
         self.body = _inference_graph(self.body if self.body is not None else backbone)
         self.eval()  # inference only: dropout off (the folded copy starts in train)
@@ -177,7 +250,7 @@ class FeatureNet(nn.Module):
                     "tensor; choose another cut point."
                 )
             # pool in float32: low-precision sums over many positions drift
-            feats.append(pool(value.float(), self.pooling, self.nhwc))
+            feats.append(pool(value.float(), self.pooling, self.nhwc, self.prefix))
         return feats
 
 
@@ -232,9 +305,7 @@ def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
         wanted = names
     size = input_size or backbone.preprocessing.crop_size or 224
     # load_backbone returned a private copy: tracing it touches nothing of yours
-    extractor = create_feature_extractor(
-        module, return_nodes={n: n for n in wanted}
-    ).eval()
+    extractor = _feature_extractor(module, wanted).eval()
     with torch.inference_mode():
         out = extractor(torch.zeros(1, 3, size, size))
     return {

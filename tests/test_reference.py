@@ -15,7 +15,12 @@ ARCHITECTURES = {
     "mobilenet_v3_small": ("features.6", lambda t: t.mean((2, 3)), "classifier.3"),
     "efficientnet_b0": ("features.5", lambda t: t.mean((2, 3)), "classifier.1"),
     "convnext_tiny": ("features.3", lambda t: t.mean((2, 3)), "classifier.2"),
-    "vit_b_16": ("encoder.layers.encoder_layer_6", lambda t: t.mean(1), "heads.head"),
+    # tokens: the patch tokens are averaged, the class token (the first) left out
+    "vit_b_16": (
+        "encoder.layers.encoder_layer_6",
+        lambda t: t[:, 1:].mean(1),
+        "heads.head",
+    ),
 }
 
 
