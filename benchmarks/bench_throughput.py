@@ -8,6 +8,10 @@ and on the same device:
   replaced by ``nn.Identity``, in float32 under ``torch.inference_mode``.
 - ``img2vec``: ``img2vec_pytorch.Img2Vec.get_vec`` on a list of PIL images per
   batch (its documented use), float32.
+- ``plain timm`` (for ``timm/...`` models): what timm documents: the
+  model from ``timm.create_model(name, pretrained=True, num_classes=0)``, each
+  image through the eval transform of ``timm.data.create_transform`` (a PIL
+  image), batches in float32 under ``torch.inference_mode``.
 - ``sktransfer float32`` and ``sktransfer bfloat16``:
   ``PretrainedFeatureExtractor(...).transform`` with ``precision="float32"``
   (the default on CPUs) and ``"bfloat16"`` (the opt-in speed mode on CPUs,
@@ -17,15 +21,18 @@ Data: ``--n`` random uint8 images of 256x256x3 (content does not change the
 time). Weights: a seeded random state dict, saved in a temporary
 ``TORCH_HOME`` under the file names of the models' DEFAULT weights, so that
 every contender loads the very same tensors offline (img2vec always asks for
-DEFAULT weights). Each contender runs once to warm up, then ``--repeats``
-times, interleaved (each contender once per round, so that a slow spell of
-a shared machine falls on all alike); the median is reported in images per
-second, with the ratio of sktransfer's default to each peer. The header names the CPU
-and the last lines give the hardware's limit measured in the same run: a
-4096x4096 matrix product in float32 and bfloat16, in TFLOP/s. On CUDA, the
-fraction of
-ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
-traffic on an H100) is printed too.
+DEFAULT weights); for timm models, in a temporary Hugging Face hub cache, in
+the layout a download leaves. When both ``resnet50`` and a
+``timm/resnet50...`` are measured, the last line compares sktransfer's
+default on the two (same architecture, same input size). Each contender runs
+once to warm up, then ``--repeats`` times, interleaved (each contender once
+per round, so that a slow spell of a shared machine falls on all alike); the
+median is reported in images per second, with the ratio of sktransfer's
+default to each peer. The header names the CPU and the last lines give the
+hardware's limit measured in the same run: a 4096x4096 matrix product in
+float32 and bfloat16, in TFLOP/s. On CUDA, the fraction of ResNet-50's
+physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory traffic on
+an H100) is printed too.
 
 ``embetter`` (0.9.1) is not among the contenders: its ``TimmEncoder`` calls
 ``timm.create_model(name, pretrained=True)`` in its constructor, which
@@ -33,8 +40,9 @@ downloads the weights from the Hugging Face Hub, and it has no option for
 local weights, so it does not run offline.
 
 Run: ``.venv/bin/python benchmarks/bench_throughput.py [--models resnet18
-resnet50 --n 256 --device auto]``. Needs ``pip install -e ".[benchmarks]"``
-for img2vec (skipped with a note when it is not installed).
+resnet50 timm/resnet50.a1_in1k --n 256 --device auto]``. Needs ``pip
+install -e ".[benchmarks]"`` for img2vec (skipped with a note when it is not
+installed), ``sktransfer[timm]`` for timm models.
 """
 
 import argparse
@@ -55,8 +63,12 @@ LIMIT_IMG_S = {"resnet50": 75_000}  # H100, memory-traffic bound, PERFORMANCE.md
 
 
 def seed_weights(models, torch_home: Path):
-    """Save seeded random weights where torch looks for DEFAULT weights."""
+    """Save seeded random weights where torch (timm: the Hugging Face hub)
+    looks for DEFAULT weights."""
     for name in models:
+        if name.startswith("timm/"):
+            publish_timm(name, torch_home / "huggingface")
+            continue
         weights = torchvision.models.get_model_weights(name).DEFAULT
         path = torch_home / "hub" / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,47 @@ def seed_weights(models, torch_home: Path):
         torch.manual_seed(0)  # a benchmark may seed; the library never does
         state = torchvision.models.get_model(name, weights=None).state_dict()
         torch.save(state, path / filename)
+
+
+def publish_timm(name, hub: Path):
+    """Seeded random weights of a timm model, as a download leaves them in
+    the hub cache (``HF_HUB_CACHE``)."""
+    import safetensors.torch
+    import timm
+
+    full = timm.models.get_pretrained_cfg(name[len("timm/") :]).hf_hub_id
+    folder = hub / f"models--{full.replace('/', '--')}"
+    revision = "0" * 40
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    (folder / "snapshots" / revision).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = timm.create_model(name[len("timm/") :], pretrained=False)
+    safetensors.torch.save_file(
+        model.state_dict(), folder / "snapshots" / revision / "model.safetensors"
+    )
+
+
+def plain_timm_loop(name, device, batch_size):
+    import timm
+    from PIL import Image
+
+    model = timm.create_model(name[len("timm/") :], pretrained=True, num_classes=0)
+    model = model.eval().to(device)
+    config = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**config)
+
+    def run(X):
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(X), batch_size):
+                x = torch.stack(
+                    [transform(Image.fromarray(a)) for a in X[i : i + batch_size]]
+                )
+                out.append(model(x.to(device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    return run
 
 
 def headless(name, device):
@@ -165,12 +218,21 @@ def main():
     X = np.random.default_rng(0).integers(0, 256, (args.n, 256, 256, 3), np.uint8)
     with tempfile.TemporaryDirectory() as home:
         os.environ["TORCH_HOME"] = home
+        # (read when huggingface_hub is imported: before timm is)
+        os.environ["HF_HUB_CACHE"] = os.path.join(home, "huggingface")
+        os.environ["HF_HUB_OFFLINE"] = "1"
         seed_weights(args.models, Path(home))
         print("| model | contender | img/s | sktransfer speed-up |")
         print("| --- | --- | --- | --- |")
+        defaults = {}
         for name in args.models:
+            if name.startswith("timm/"):
+                plain = {"plain timm fp32": plain_timm_loop}
+            else:
+                plain = {"plain torchvision fp32": plain_loop}
             contenders = {
-                "plain torchvision fp32": plain_loop(name, device, args.batch_size),
+                label: make(name, device, args.batch_size)
+                for label, make in plain.items()
             }
             if name in IMG2VEC_MODELS:
                 try:
@@ -185,7 +247,7 @@ def main():
                 )
             rates = measure_all(contenders, X, args.repeats)
             mine = f"sktransfer {default}"
-            ours = rates[mine]
+            ours = defaults[name] = rates[mine]
             for label, rate in rates.items():
                 ratio = "" if label == mine else f"{ours / rate:.2f}x"
                 if label == mine:
@@ -197,6 +259,13 @@ def main():
                     f"| {ours / LIMIT_IMG_S[name]:.1%} | |"
                 )
             sys.stdout.flush()
+        for name in defaults:
+            if name.startswith("timm/resnet50.") and "resnet50" in defaults:
+                print(
+                    f"sktransfer {default}: {name} runs at "
+                    f"{defaults[name] / defaults['resnet50']:.1%} of torchvision's "
+                    "resnet50"
+                )
     for dtype in (torch.float32, torch.bfloat16):
         print(f"matmul 4096x4096 {dtype}: {matmul_tflops(dtype, device):.2f} TFLOP/s")
 

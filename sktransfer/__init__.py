@@ -63,12 +63,15 @@ def clear_caches() -> None:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names of the torchvision classification models, sorted.
+    """Names of the models the ``model`` parameter accepts, sorted.
 
     Parameters
     ----------
     pattern : str, default="*"
-        A glob filtering the names, e.g. ``"resnet*"``.
+        A glob filtering the names, e.g. ``"resnet*"``: torchvision's
+        classification models. A pattern that starts with ``"timm/"``
+        (``"timm/convnext*"``) lists timm's published weights instead, as
+        ``"timm/<architecture>.<tag>"`` (needs ``sktransfer[timm]``).
 
     Returns
     -------
@@ -80,7 +83,13 @@ def list_models(pattern: str = "*") -> list[str]:
     >>> from sktransfer import list_models
     >>> list_models("resnet*")[:3]
     ['resnet101', 'resnet152', 'resnet18']
+    >>> list_models("timm/resnet18.*")[:2]  # doctest: +SKIP
+    ['timm/resnet18.a1_in1k', 'timm/resnet18.a2_in1k']
     """
     import fnmatch
 
+    from sktransfer import _timm
+
+    if pattern.startswith(_timm.PREFIX):
+        return _timm.list_names(pattern[len(_timm.PREFIX) :])
     return [n for n in _model_names() if fnmatch.fnmatchcase(n, pattern)]

@@ -4,8 +4,9 @@ A backbone is an eval-mode CPU module whose classification head (its final
 ``nn.Linear``) has been replaced by ``nn.Identity``, so that its output is the
 model's standard embedding, plus the preprocessing its weights expect and a
 human-readable description of those weights. Published weights go through
-torchvision's weights API and the torch hub cache; local checkpoints are read
-with ``torch.load(..., weights_only=True)`` and nothing else.
+torchvision's weights API and the torch hub cache (timm models: timm's API and
+the Hugging Face hub cache, see ``_timm``); local checkpoints are read with
+``torch.load(..., weights_only=True)`` or safetensors, and nothing else.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _preprocess
-from sktransfer._common import did_you_mean
+from sktransfer import _preprocess, _timm
+from sktransfer._common import did_you_mean, require
 from sktransfer._families import Family, family_of
 from sktransfer._identity import content_digest, remember_file_digest
 from sktransfer.exceptions import WeightsUnavailableError
@@ -39,11 +40,12 @@ __all__ = [
     "load_backbone",
     "model_names",
     "named_preprocessing",
+    "published_weights_file",
     "replace_head",
     "resolve_weights",
 ]
 
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+_CHECKPOINT_SUFFIXES = _timm.CHECKPOINT_SUFFIXES
 
 
 @dataclass
@@ -63,6 +65,9 @@ def model_names() -> list[str]:
 
 
 def _check_model_name(name: str) -> None:
+    if _timm.is_timm(name):
+        _timm.check_name(name)
+        return
     names = model_names()
     if name not in names:
         hint = did_you_mean(name, names)
@@ -73,8 +78,11 @@ def _check_model_name(name: str) -> None:
         )
 
 
-def resolve_weights(model_name: str, weights) -> WeightsEnum | Path | None:
-    """Turn the ``weights`` parameter into a weights enum member or a path."""
+def resolve_weights(model_name: str, weights) -> WeightsEnum | str | Path | None:
+    """Turn the ``weights`` parameter into a weights enum member (timm: the
+    name of published weights) or a path."""
+    if _timm.is_timm(model_name):
+        return _timm.resolve_weights(model_name, weights)
     if weights is None:
         return None
     enum_cls = torchvision.models.get_model_weights(model_name)
@@ -124,10 +132,12 @@ def named_preprocessing(model, name: str) -> _preprocess.Preprocessing:
     """The preprocessing of the weights called ``name`` of ``model``."""
     if not isinstance(model, str):
         raise ValueError(
-            "A weights name as 'preprocessing' needs a torchvision model name "
-            f"as 'model'. Got preprocessing={name!r}; pass a dict instead."
+            "A weights name as 'preprocessing' needs a torchvision or timm model "
+            f"name as 'model'. Got preprocessing={name!r}; pass a dict instead."
         )
     resolved = resolve_weights(model, name)
+    if isinstance(resolved, str):  # timm weights
+        return _timm.preprocessing_of(_timm.pretrained_cfg(resolved), model)
     if not isinstance(resolved, WeightsEnum):
         raise ValueError(
             "The 'preprocessing' parameter must be 'auto', a weights name, a "
@@ -153,7 +163,8 @@ def replace_head(module: nn.Module, head: str) -> None:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict in a checkpoint file, loaded with ``weights_only=True``.
+    """The state_dict in a checkpoint file: a ``.safetensors`` file, or a
+    torch file loaded with ``weights_only=True``.
 
     The bytes are read once: their digest is remembered as the file's
     identity (``_identity``), so the network is identified by what was
@@ -175,6 +186,8 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     )
     if not data:
         raise ValueError(f"The checkpoint {str(path)!r} is empty (0 bytes). {expected}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, data)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zipfile and torch raise many types
@@ -198,6 +211,19 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             "torch.save(model.state_dict(), path)."
         )
     return dict(state)
+
+
+def _read_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    st = require("safetensors.torch", "share", "Reading a .safetensors file")
+    try:
+        return dict(st.load(data))
+    except Exception as exc:  # safetensors raises its own error types
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise ValueError(
+            f"The file {str(path)!r} ({len(data):,} bytes) is not a valid "
+            f"safetensors file ({type(exc).__name__}: {first_line}). Save one "
+            "with safetensors.torch.save_file(model.state_dict(), path)."
+        ) from exc
 
 
 def _load_state(module: nn.Module, state: Mapping, source: str) -> None:
@@ -258,7 +284,10 @@ def _unavailable(model_name: str, weights: WeightsEnum, exc) -> WeightsUnavailab
 
 def weights_at_hand(model: str) -> list[str]:
     """Names of the model's published weights whose files are in the torch
-    hub cache (usable offline), best (DEFAULT) first."""
+    hub cache (timm: the Hugging Face hub cache), usable offline, best
+    (DEFAULT) first."""
+    if _timm.is_timm(model):
+        return _timm.weights_at_hand(model)
     enum = torchvision.models.get_model_weights(model)
     members = sorted(set(enum), key=lambda w: w is not enum.DEFAULT)
     return [f"{enum.__name__}.{w.name}" for w in members if hub_path(w).exists()]
@@ -290,13 +319,19 @@ def check_weights(model, weights) -> None:
     the second candidate, in the parent, with the clear message, instead of
     failing every fit. Anything else is left to ``fit``.
     """
-    if not _UNAVAILABLE or not isinstance(model, str) or weights is None:
+    if not isinstance(model, str) or weights is None:
+        return
+    if not (_UNAVAILABLE or (_timm.UNAVAILABLE and _timm.is_timm(model))):
         return
     try:
         resolved = resolve_weights(model, weights)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OSError):
         return
-    if isinstance(resolved, WeightsEnum):
+    if isinstance(resolved, str):  # timm
+        known = _timm.UNAVAILABLE.get(resolved)
+        if known is not None and _timm.cached_weights_file(resolved) is None:
+            raise WeightsUnavailableError(str(known))
+    elif isinstance(resolved, WeightsEnum):
         path = hub_path(resolved)
         error = _UNAVAILABLE.get(path)
         if error is not None and not path.exists():
@@ -330,10 +365,13 @@ def _load(model, weights) -> Backbone:
     if not isinstance(model, str):
         raise TypeError(
             "The 'model' parameter must be a torchvision model name such as "
-            "'resnet50', a torch.nn.Module or a fitted FineTunedClassifier. Got "
+            "'resnet50', a timm model name such as 'timm/convnext_tiny.fb_in22k', "
+            "a torch.nn.Module or a fitted FineTunedClassifier. Got "
             f"{type(model).__name__}."
         )
     _check_model_name(model)
+    if _timm.is_timm(model):
+        return _load_timm(model, weights)
     resolved = resolve_weights(model, weights)
     enum_cls = torchvision.models.get_model_weights(model)
     description: str | None
@@ -353,6 +391,39 @@ def _load(model, weights) -> Backbone:
     if head is not None:
         replace_head(module, head)
     return Backbone(module.eval(), prep, description, family_of(model), head)
+
+
+def _load_timm(model: str, weights) -> Backbone:
+    """A timm model, its classifier removed by timm (``num_classes=0``)."""
+    module, description = _timm.create(
+        model, _timm.resolve_weights(model, weights), _read_checkpoint
+    )
+    prep = _timm.preprocessing_of(module.pretrained_cfg, model)
+    return Backbone(
+        module.eval(),
+        prep,
+        description,
+        family_of(model, module),
+        _timm.head_name(module),
+    )
+
+
+def published_weights_file(model, weights) -> Path | None:
+    """The cached file of the published weights a fitted estimator names
+    (``weights_``): torch hub's for torchvision, the hub cache's for timm
+    (a path that does not exist when it is not cached). None for other
+    weights (random, a checkpoint, a module)."""
+    if not isinstance(model, str) or not isinstance(weights, str):
+        return None
+    if _timm.is_timm(model):
+        resolved = _timm.resolve_weights(model, weights)
+        if not isinstance(resolved, str):
+            return None
+        return _timm.cached_weights_file(resolved) or _timm.cache_folder(resolved)
+    if "_Weights." not in weights:
+        return None
+    resolved = resolve_weights(model, weights)
+    return hub_path(resolved) if isinstance(resolved, WeightsEnum) else None
 
 
 def _load_custom(model: nn.Module, weights) -> Backbone:

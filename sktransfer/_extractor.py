@@ -17,9 +17,8 @@ from torch import nn
 from sktransfer import _decode, _device, _engine, _layers, _network, _preprocess
 from sktransfer._backbones import (
     check_weights,
-    hub_path,
     named_preprocessing,
-    resolve_weights,
+    published_weights_file,
 )
 from sktransfer._cache import (
     EmbeddingCache,
@@ -603,17 +602,9 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         return np.asarray(names, dtype=object)
 
     # -- persistence --------------------------------------------------------
-    def _uses_published_weights(self) -> bool:
-        return (
-            isinstance(self.model, str)
-            and isinstance(self.__dict__.get("weights_"), str)  # (fitted)
-            and ("_Weights." in self.weights_)
-        )
-
     def _published_weights_file(self):
-        if not self._uses_published_weights():
-            return None
-        return hub_path(resolve_weights(self.model, self.weights_))
+        # (weights_ is set once fitted)
+        return published_weights_file(self.model, self.__dict__.get("weights_"))
 
     def _network(self) -> nn.Module:
         """The truncated network, rebuilt from the fitted state if needed."""
@@ -633,7 +624,9 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         return net
 
     def _tensors_to_pickle(self, net):
-        return None if self._uses_published_weights() else net.backbone.state_dict()
+        if self._published_weights_file() is not None:
+            return None  # rebuilt from the published weights' name
+        return net.backbone.state_dict()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -12,15 +12,21 @@ family (including users' own modules) fall back to their top-level children.
 Parameters outside every stage (a ResNet's stem ``conv1``/``bn1``, a ViT's
 patch embedding, a ConvNeXt's norm before the head) are trained only with
 ``trainable_layers="all"``.
+
+timm models (``"timm/..."``, ``"hf-hub:..."``) form one family whose stages
+are the modules of timm's ``feature_info``; what follows the last stage (a
+final norm, a pooling head with a norm) joins the last group.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
+
+from sktransfer import _timm
 
 __all__ = ["Family", "family_of", "register_family"]
 
@@ -51,9 +57,12 @@ class Family:
     def trainable_groups(self, module: nn.Module) -> list[list[str]]:
         """The units of ``trainable_layers``, in execution order: one list of
         module names each (a stage; ViT: its final norm joins the last block)."""
-        groups = [[name] for name in self.stages(module)]
+        stages = self.stages(module)
+        groups = [[name] for name in stages]
         if self.name == "vit" and len(groups) > 1:
             groups[-2:] = [groups[-2] + groups[-1]]
+        elif self.name == "timm" and groups:
+            groups[-1] += _timm.tail(module, stages)
         return groups
 
 
@@ -127,6 +136,9 @@ def _maxvit_stages(module: nn.Module) -> list[str]:
     return _children(module, "blocks")
 
 
+register_family("timm", _timm.PREFIX + "*", _timm.HUB_PREFIX + "*")(_timm.stages)
+
+
 def _generic_stages(module: nn.Module) -> list[str]:
     return _children(module, "")
 
@@ -134,10 +146,16 @@ def _generic_stages(module: nn.Module) -> list[str]:
 GENERIC = Family("generic", (), _generic_stages)
 
 
-def family_of(model_name: str | None) -> Family:
-    """Return the family of a torchvision model name (generic if unknown)."""
+def family_of(model_name: str | None, module: nn.Module | None = None) -> Family:
+    """Return the family of a model name (generic if unknown). ``module``
+    (the model) tells whether its feature maps are laid out ``(n, H, W, C)``
+    where the name cannot (timm's ``output_fmt``)."""
+    found = GENERIC
     if model_name is not None:
         for family in _FAMILIES.values():
             if any(fnmatch.fnmatchcase(model_name, p) for p in family.patterns):
-                return family
-    return GENERIC
+                found = family
+                break
+    if getattr(module, "output_fmt", None) == "NHWC" and not found.nhwc:
+        found = replace(found, nhwc=True)
+    return found

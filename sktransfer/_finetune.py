@@ -452,8 +452,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         with torch.inference_mode():
             x = prep.finish(probe) if images.resizes else prep(probe)
             width = module(x).reshape(1, -1).shape[1]
-        family = family_of(self.model if isinstance(self.model, str) else None)
-        self.n_trainable_layers_ = freeze(module, family, self.trainable_layers)
+        self.n_trainable_layers_ = freeze(
+            module, backbone.family, self.trainable_layers
+        )
         net = ClassifierNetwork(module, new_head(width, len(self.classes_), generator))
         self.n_trainable_params_ = sum(
             p.numel() for p in net.parameters() if p.requires_grad
@@ -639,7 +640,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         backbone: nn.Module = self._network().backbone
         module = copy.deepcopy(backbone).cpu().eval()
         module.requires_grad_(False)
-        family = family_of(self.model if isinstance(self.model, str) else None)
+        family = family_of(self.model if isinstance(self.model, str) else None, module)
         description = f"FineTunedClassifier(model={self._model_label()})"
         return Backbone(
             module, self.preprocessing_, description, family, self._head_name

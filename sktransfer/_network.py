@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _device, _engine, _layers
+from sktransfer import _device, _engine, _layers, _timm
 from sktransfer._backbones import (
     Backbone,
     _check_model_name,
@@ -47,10 +47,11 @@ _ON_DEVICE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 def weights_identity(model, weights, seed) -> str | None:
     """Identify a network's weights by content, before loading them.
 
-    Published weights: their name and the digest of the cached file (or
-    ``absent``); a checkpoint: the digest of its bytes; a module or a fitted
-    classifier: :func:`~sktransfer._identity.module_digest` (code, settings,
-    hooks, tensors); seeded random weights: the model and the seed (in one
+    Published weights (torchvision's or timm's): their name and the digest
+    of the cached file (or ``absent``); a checkpoint: the digest of its
+    bytes; a module or a fitted classifier:
+    :func:`~sktransfer._identity.module_digest` (code, settings, hooks,
+    tensors); seeded random weights: the model and the seed (in one
     process, the same seed gives the same tensors). None: not shareable
     (unseeded random weights, or a specification that ``load_backbone``
     will refuse with a clear error).
@@ -79,6 +80,13 @@ def weights_identity(model, weights, seed) -> str | None:
             except OSError:
                 content = "absent"  # downloaded by load_backbone
             return f"{base}|{name}|{content}"
+        if isinstance(resolved, str):  # timm's
+            try:
+                cached = _timm.cached_weights_file(resolved)
+            except OSError:  # a hub config that cannot be had: load says so
+                return None
+            content = "absent" if cached is None else file_digest(cached)
+            return f"{base}|{resolved}|{content}"
         weights = resolved
     try:
         return f"{base}|file|{file_digest(weights)}"

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from sktransfer._backbones import _check_model_name, weights_at_hand
 from sktransfer._common import require
 from sktransfer._layers import FeatureNet
+from sktransfer._timm import HUB_PREFIX
 from sktransfer.exceptions import WeightsUnavailableError
 
 __all__ = ["DEFAULT_MODELS", "ProbeResult", "ProbeUsageError", "probe"]
@@ -54,8 +55,10 @@ def parse_model(spec) -> tuple[str, object]:
     if isinstance(spec, tuple):
         name, weights = spec
     else:
-        name, _, weights = str(spec).partition(":")
-        weights = weights or None
+        spec = str(spec)
+        scheme = HUB_PREFIX if spec.startswith(HUB_PREFIX) else ""
+        name, _, weights = spec[len(scheme) :].partition(":")
+        name, weights = scheme + name, weights or None
     try:
         _check_model_name(name)
     except ValueError as exc:

@@ -133,10 +133,10 @@ def plain_state(estimator, state: dict) -> dict:
     if published is not None:
         from sktransfer._identity import file_digest
 
-        if not published.exists():
+        if not published.is_file():
             raise FileNotFoundError(
                 f"This {name} uses published weights whose file {str(published)!r} "
-                "is no longer in the torch cache, so the digest that checks them "
+                "is no longer in the cache, so the digest that checks them "
                 "at load cannot be recorded. Fit it again (which downloads them), "
                 "then save it."
             )

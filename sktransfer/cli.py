@@ -435,11 +435,13 @@ def _layers_argument(values, models):
     own: dict = {}
     for value in values:
         if ":" in value:
-            model, _, layer = value.partition(":")
+            model, _, layer = value.rpartition(":")  # (layers have no ':')
             own.setdefault(model, []).append(_none_or(layer))
     if not own:
         return every
-    names = [m.partition(":")[0] for m in models]
+    from sktransfer._probe import parse_model
+
+    names = [parse_model(m)[0] for m in models]
     return {**{name: every or "stages" for name in names}, **own}
 
 

@@ -1,5 +1,11 @@
 """Shared fixtures: small images, a tiny CNN, the real ImageNet checkpoint."""
 
+import os
+
+# Tests never download: the Hugging Face hub (timm weights) is offline, so a
+# missing file is an error at once instead of minutes of retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import shutil
 import urllib.error
 from pathlib import Path

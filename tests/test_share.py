@@ -175,7 +175,7 @@ def test_published_weights_are_checked_at_load(
     with pytest.raises(ValueError, match="differs from the one this model was saved"):
         sktransfer.load(tmp_path / "m")
     cached.unlink()  # and offline: said so, with the cache path
-    with pytest.raises(FileNotFoundError, match="no longer in the torch cache"):
+    with pytest.raises(FileNotFoundError, match="no longer in the cache"):
         sktransfer.save(extractor, tmp_path / "again")
     sktransfer.clear_caches()
     with pytest.raises(sktransfer.WeightsUnavailableError, match=str(cached)):
