@@ -63,7 +63,7 @@ def clear_caches() -> None:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names of the models the ``model`` parameter accepts, sorted.
+    """Return the names of the models the ``model`` parameter accepts, sorted.
 
     Parameters
     ----------

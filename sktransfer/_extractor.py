@@ -48,8 +48,14 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     ----------
     model : str, torch.nn.Module or FineTunedClassifier, default="resnet50"
         A torchvision classification model name (see
-        :func:`sktransfer.list_models`), a module of your own (copied, never
-        modified), or a fitted :class:`FineTunedClassifier`, whose trained
+        :func:`sktransfer.list_models`); a timm model,
+        ``"timm/<architecture>[.<tag>]"`` such as
+        ``"timm/vit_small_patch14_dinov2.lvd142m"`` (see
+        ``list_models("timm/<glob>")``), or ``"hf-hub:<org>/<repo>"`` for a
+        timm model on the Hugging Face hub (these need
+        ``pip install 'sktransfer[timm]'``; see ``docs/backbones.md``); a
+        module of your own (copied, never
+        modified); or a fitted :class:`FineTunedClassifier`, whose trained
         backbone is then used frozen, with its preprocessing ("develop a
         source model, then reuse it"). Clones share the module or classifier
         rather than copy it: it is only read.
@@ -59,7 +65,11 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         the torch hub cache on first use); a weights name such as
         ``"IMAGENET1K_V1"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``; a path to
         a local ``state_dict`` checkpoint (loaded with ``weights_only=True``);
-        or ``None`` for random initialisation. For a module of your own,
+        or ``None`` for random initialisation. For a timm model,
+        ``"DEFAULT"`` is the weights its tag names (timm's default tag if it
+        names none), through the Hugging Face hub cache; a tag such as
+        ``"fb_in22k"`` names other weights of the architecture; a path may
+        also be a ``.safetensors`` file. For a module of your own,
         ``"DEFAULT"`` keeps its weights. Never silently replaced: if weights
         cannot be had, ``fit`` raises
         :class:`~sktransfer.exceptions.WeightsUnavailableError`.
@@ -74,17 +84,22 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         :func:`sktransfer.list_layers`. A list concatenates the pooled outputs
         of several layers (``None`` may be one of them).
 
-    pooling : {"avg", "max", "avgmax", "cls", "flatten"} or None, default="avg"
+    pooling : {"avg", "max", "avgmax", "cls", "clsavg", "flatten"} or None, \
+            default="avg"
         How a layer's output becomes a vector: average or maximum over the
-        spatial positions of a feature map (or over the tokens of a
-        transformer block), both concatenated (``"avgmax"``), the class token
-        of a transformer block (``"cls"``), or no pooling (``"flatten"`` or
-        ``None``). Outputs that are already vectors are used as they are.
+        spatial positions of a feature map (or over the patch tokens of a
+        transformer block, its class and register tokens left out), both
+        concatenated (``"avgmax"``), the class token of a transformer block
+        (``"cls"``), the class token and the average of the patch tokens
+        concatenated (``"clsavg"``, the features of the DINOv2 linear
+        probe), or no pooling (``"flatten"`` or ``None``). Outputs that are
+        already vectors are used as they are.
 
     preprocessing : "auto", str, dict or Preprocessing, default="auto"
         ``"auto"``: the preprocessing published with the weights (for
         ``weights=None`` or a checkpoint, that of the model's default
-        weights; for a module of your own, torchvision's ImageNet defaults).
+        weights; for a timm model, that of its tag's ``pretrained_cfg``; for
+        a module of your own, torchvision's ImageNet defaults).
         A weights name (``"IMAGENET1K_V1"``) takes that entry's preprocessing.
         A dict overrides some fields of the automatic choice, e.g.
         ``{"resize_size": 128, "crop_size": 112}``; keys are those of
@@ -181,8 +196,9 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
     Attributes
     ----------
     weights_ : str or None
-        The weights actually loaded, e.g. ``"ResNet50_Weights.IMAGENET1K_V2"``,
-        a checkpoint path, or ``None`` (random).
+        The weights actually loaded, e.g. ``"ResNet50_Weights.IMAGENET1K_V2"``
+        or ``"timm/convnext_tiny.fb_in22k"``, a checkpoint path, or ``None``
+        (random).
 
     layers_ : list of str or None
         The cut points, in output order.
@@ -408,7 +424,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             lambda name: named_preprocessing(self.model, name),
         )
         _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
-        cache_key = digest(built.identity, repr(prep), str(self.pooling))
+        pooling = str(self.pooling)
+        prefix = _layers.prefix_tokens(backbone.module)
+        if prefix:  # token rows pool after them: a key of their own (rows cached
+            # before this rule pooled the class token too)
+            pooling += f"|after {prefix} prefix tokens"
+        cache_key = digest(built.identity, repr(prep), pooling)
         config = digest(cache_key, numerics(device, dtype))
 
         def cached(row):  # the probe image's vectors, if all are cached

@@ -113,8 +113,11 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     ----------
     model : str or torch.nn.Module, default="resnet50"
         A torchvision classification model name (see
-        :func:`sktransfer.list_models`) or a module of your own whose final
-        ``nn.Linear`` is its head. Copied, never modified.
+        :func:`sktransfer.list_models`), a timm model
+        (``"timm/<architecture>[.<tag>]"``, ``"hf-hub:<org>/<repo>"``; needs
+        ``sktransfer[timm]``; see ``docs/backbones.md``), or a module of
+        your own whose final ``nn.Linear`` is its head. Copied, never
+        modified.
 
     weights : str, path-like, WeightsEnum or None, default="DEFAULT"
         The initial weights, as in :class:`PretrainedFeatureExtractor`
@@ -126,7 +129,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         linear probe, fitted by gradient descent); N also trains the last N
         stages (ResNet: ``layer4``, then ``layer3``...; MobileNet,
         EfficientNet, ConvNeXt: the last blocks of ``features``; ViT: the last
-        encoder blocks, the final norm with the last one); ``"all"`` trains
+        encoder blocks, the final norm with the last one; timm models: the
+        stages of their ``feature_info``, what follows the last one, such
+        as a final norm, with it); ``"all"`` trains
         every parameter, the pretrained weights being the initialisation.
         With 0 and ``augment=False``, the frozen backbone runs once over the
         images (in eval mode, so without dropout) and the head trains on its

@@ -245,10 +245,11 @@ def probe(
     y : array-like of shape (n_images,)
         The class of each image.
     models : list of str or (str, weights) pairs, default=DEFAULT_MODELS
-        torchvision model names, each optionally with its own weights as
-        ``"name:weights"``. A model whose weights cannot be had (offline,
-        not in the torch cache) is skipped, and said so; for ``"DEFAULT"``,
-        older published weights in the cache are used instead, and said so.
+        torchvision or timm model names (``"timm/<architecture>.<tag>"``),
+        each optionally with its own weights as ``"name:weights"``. A model
+        whose weights cannot be had (offline, not in the torch or hub cache)
+        is skipped, and said so; for ``"DEFAULT"``, older published weights
+        in the cache are used instead, and said so.
     weights : str, path-like or None, default="DEFAULT"
         The weights of the models that do not name their own (``"none"`` or
         None: random weights, seeded by ``random_state``).

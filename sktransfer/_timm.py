@@ -224,10 +224,11 @@ def cached_weights_file(name: str) -> Path | None:
 
 
 def _config_or_repo(name: str) -> dict:
-    try:
-        return pretrained_cfg(name)
-    except OSError:  # a hub config that cannot be had: its repo is the name
+    """Where the weights of ``name`` come from: its pretrained config, or
+    for a hub model its repo (named by the name: no download needed)."""
+    if name.startswith(HUB_PREFIX):
         return {"hf_hub_id": name[len(HUB_PREFIX) :]}
+    return pretrained_cfg(name)
 
 
 def cache_folder(name: str) -> Path:

@@ -619,7 +619,8 @@ def _parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         metavar="MODEL[:WEIGHTS]",
-        help="torchvision models, each optionally with its weights (default: "
+        help="torchvision or timm ('timm/<arch>.<tag>') models, each optionally "
+        "with its weights (default: "
         "convnext_tiny resnet50 efficientnet_b0 mobilenet_v2, those whose "
         "weights can be had)",
     )
@@ -680,7 +681,11 @@ def _parser() -> argparse.ArgumentParser:
         help="OUT.parquet (columns row, path, embedding, error; needs pyarrow) or "
         "OUT.npy (with OUT.paths.txt beside it)",
     )
-    p.add_argument("--model", default="resnet50", help="a torchvision model")
+    p.add_argument(
+        "--model",
+        default="resnet50",
+        help="a torchvision model, or a timm one ('timm/<arch>.<tag>')",
+    )
     p.add_argument(
         "--layer",
         nargs="+",

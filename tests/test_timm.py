@@ -6,6 +6,7 @@ timm's own loader finds "published" weights there without a download).
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,15 +50,20 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(_timm, "UNAVAILABLE", {})
 
-    def publish(repo, state):
+    def publish(repo, state=None, files=None):
+        """A snapshot of ``repo``: ``state`` as its model.safetensors, or
+        the files of the folder ``files``."""
         folder = cache / f"models--{repo.replace('/', '--')}"
         revision = "0123456789abcdef0123456789abcdef01234567"
         (folder / "refs").mkdir(parents=True)
         (folder / "refs" / "main").write_text(revision)
-        (folder / "snapshots" / revision).mkdir(parents=True)
-        path = folder / "snapshots" / revision / "model.safetensors"
-        st.save_file(state, path)
-        return path
+        snapshot = folder / "snapshots" / revision
+        if files is not None:
+            shutil.copytree(files, snapshot)
+        else:
+            snapshot.mkdir(parents=True)
+            st.save_file(state, snapshot / "model.safetensors")
+        return snapshot
 
     publish.cache = cache
     return publish
@@ -255,28 +261,37 @@ def test_grid_search_over_timm_cut_points_runs_each_image_once():
     assert search.best_params_["pretrainedfeatureextractor__layer"] in grid
 
 
-def test_finetuning_trains_only_the_last_stage_and_the_head():
+def test_finetuning_trains_only_the_last_stage_and_the_head(tmp_path):
+    """trainable_layers=1: layer4 and the new head move; every other tensor
+    (batch-norm statistics included) is the file's, bit for bit."""
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     y = np.arange(12) % 3
+    start = timm_model("resnet18", seed=2, num_classes=0).state_dict()
+    path = tmp_path / "resnet18.safetensors"
+    st.save_file(start, path)
     clf = FineTunedClassifier(
         model="timm/resnet18",
-        weights=None,
+        weights=path,
         trainable_layers=1,
         max_epochs=2,
         preprocessing={"resize_size": 32, "crop_size": 32},
         random_state=0,
         verbose=False,
-    )
-    before = timm_model("resnet18", num_classes=0)  # a template for the names
-    clf.fit(X, y)
+    ).fit(X, y)
     trained = {n for n, p in clf.network_.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith(("backbone.layer4.", "head.")) for n in trained)
+    after = clf.network_.backbone.state_dict()
+    moved = {k for k, v in after.items() if not torch.equal(v, start[k])}
+    assert moved and all(k.startswith("layer4.") for k in moved)
+    assert "layer4.1.conv2.weight" in moved
     assert clf.n_trainable_layers_ == 1
-    assert (
-        clf.n_trainable_params_
-        == sum(p.numel() for p in before.layer4.parameters()) + (512 + 1) * 3
+    layer4 = sum(
+        v.numel()
+        for k, v in start.items()
+        if k.startswith("layer4.") and ("running" not in k and "num_batches" not in k)
     )
+    assert clf.n_trainable_params_ == layer4 + (512 + 1) * 3
     assert clf.predict(X).shape == (12,)
     # a ViT: its last block with the final norm after it
     vit = FineTunedClassifier(model="timm/vit_tiny_patch16_224", weights=None)
@@ -320,6 +335,25 @@ def test_published_weights_from_the_hub_cache(images, hub_cache, tmp_path):
     }
     fresh = transform_in_fresh_process(extractor, images, tmp_path, env=env)
     assert_same_rows(fresh, rows)
+
+
+def test_a_timm_model_on_the_hub_by_its_repo(images, hub_cache, tmp_path):
+    """hf-hub:<org>/<repo>: the repo's config.json names the architecture,
+    its weights are the repo's."""
+    from timm.models._hub import save_for_hf
+
+    model = timm_model("resnet18", seed=6)
+    save_for_hf(model, str(tmp_path / "export"))
+    hub_cache("someone/tiny-resnet", files=tmp_path / "export")
+    extractor = PretrainedFeatureExtractor(
+        model="hf-hub:someone/tiny-resnet", preprocessing=SIZE, verbose=False
+    ).fit(images)
+    assert extractor.weights_ == "hf-hub:someone/tiny-resnet"
+    model.reset_classifier(0)
+    expected = timm_embedding(model, network_input(extractor, images))
+    assert_same_rows(extractor.transform(images), expected.numpy())
+    with pytest.raises(WeightsUnavailableError, match="someone--absent"):
+        PretrainedFeatureExtractor(model="hf-hub:someone/absent").fit(images)
 
 
 def test_offline_without_the_weights_is_a_clear_error(images, hub_cache):
