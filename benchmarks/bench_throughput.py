@@ -22,17 +22,18 @@ time). Weights: a seeded random state dict, saved in a temporary
 ``TORCH_HOME`` under the file names of the models' DEFAULT weights, so that
 every contender loads the very same tensors offline (img2vec always asks for
 DEFAULT weights); for timm models, in a temporary Hugging Face hub cache, in
-the layout a download leaves. When both ``resnet50`` and a
-``timm/resnet50...`` are measured, the last line compares sktransfer's
-default on the two (same architecture, same input size). Each contender runs
-once to warm up, then ``--repeats`` times, interleaved (each contender once
-per round, so that a slow spell of a shared machine falls on all alike); the
-median is reported in images per second, with the ratio of sktransfer's
-default to each peer. The header names the CPU and the last lines give the
-hardware's limit measured in the same run: a 4096x4096 matrix product in
-float32 and bfloat16, in TFLOP/s. On CUDA, the fraction of ResNet-50's
-physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory traffic on
-an H100) is printed too.
+the layout a download leaves. A ``timm/resnet50...`` also runs with
+torchvision's resize (bilinear to 232, where its weights ask for bicubic to
+235), to tell the network from the preprocessing; when ``resnet50`` is
+measured too, the last lines compare sktransfer's default on the two. Each
+contender runs once to warm up, then ``--repeats`` times, interleaved (each
+contender once per round, so that a slow spell of a shared machine falls on
+all alike); the median is reported in images per second, with the ratio of
+sktransfer's default to each peer. The header names the CPU and the last
+lines give the hardware's limit measured in the same run: a 4096x4096 matrix
+product in float32 and bfloat16, in TFLOP/s. On CUDA, the fraction of
+ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
+traffic on an H100) is printed too.
 
 ``embetter`` (0.9.1) is not among the contenders: its ``TimmEncoder`` calls
 ``timm.create_model(name, pretrained=True)`` in its constructor, which
@@ -60,6 +61,8 @@ import torchvision
 
 IMG2VEC_MODELS = {"resnet18", "resnet50", "efficientnet_b0"}
 LIMIT_IMG_S = {"resnet50": 75_000}  # H100, memory-traffic bound, PERFORMANCE.md
+#: ResNet50_Weights.IMAGENET1K_V2's resize, for timm's ResNet-50
+TORCHVISION_RESIZE = {"resize_size": 232, "interpolation": "bilinear"}
 
 
 def seed_weights(models, torch_home: Path):
@@ -160,7 +163,7 @@ def img2vec(name, device, batch_size):
     return run
 
 
-def sktransfer(name, device, batch_size, precision="auto"):
+def sktransfer(name, device, batch_size, precision="auto", preprocessing="auto"):
     from sktransfer import PretrainedFeatureExtractor
 
     extractor = PretrainedFeatureExtractor(
@@ -168,6 +171,7 @@ def sktransfer(name, device, batch_size, precision="auto"):
         batch_size=batch_size,
         device=str(device),
         precision=precision,
+        preprocessing=preprocessing,
         cache=None,  # measure the network, not the cache
         verbose=False,
     )
@@ -224,7 +228,7 @@ def main():
         seed_weights(args.models, Path(home))
         print("| model | contender | img/s | sktransfer speed-up |")
         print("| --- | --- | --- | --- |")
-        defaults = {}
+        defaults, same_resize = {}, {}
         for name in args.models:
             if name.startswith("timm/"):
                 plain = {"plain timm fp32": plain_timm_loop}
@@ -245,9 +249,17 @@ def main():
                 contenders[f"sktransfer {precision}"] = sktransfer(
                     name, device, args.batch_size, precision
                 )
+            if name.startswith("timm/resnet50."):
+                # the same network with torchvision's resnet50 preprocessing
+                # (bilinear to 232, where timm's weights ask for bicubic to
+                # 235): the difference to resnet50's row is the network's
+                contenders[f"sktransfer {default}, torchvision's resize"] = sktransfer(
+                    name, device, args.batch_size, default, TORCHVISION_RESIZE
+                )
             rates = measure_all(contenders, X, args.repeats)
             mine = f"sktransfer {default}"
             ours = defaults[name] = rates[mine]
+            same_resize[name] = rates.get(f"{mine}, torchvision's resize")
             for label, rate in rates.items():
                 ratio = "" if label == mine else f"{ours / rate:.2f}x"
                 if label == mine:
@@ -264,7 +276,8 @@ def main():
                 print(
                     f"sktransfer {default}: {name} runs at "
                     f"{defaults[name] / defaults['resnet50']:.1%} of torchvision's "
-                    "resnet50"
+                    f"resnet50; with torchvision's resize, at "
+                    f"{same_resize[name] / defaults['resnet50']:.1%}"
                 )
     for dtype in (torch.float32, torch.bfloat16):
         print(f"matmul 4096x4096 {dtype}: {matmul_tflops(dtype, device):.2f} TFLOP/s")

@@ -190,19 +190,37 @@ def pool(
     return torch.cat([t.mean(dims), t.amax(dims)], dim=1)  # avgmax
 
 
+def _skip_no_ops(gm: fx.GraphModule) -> None:
+    """Take the calls of hook-less ``nn.Identity`` and dropout modules (no-ops
+    in eval mode) out of the traced graph, in place."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        hooked = module._forward_hooks or module._forward_pre_hooks
+        if isinstance(module, (nn.Identity, nn.Dropout)) and not hooked:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
 def _inference_graph(module: nn.Module) -> nn.Module:
     """A copy of an eval-mode ``module`` made for inference, or ``module``
     itself if it cannot be traced. ``module`` is not changed.
 
-    Each batch norm that follows a convolution is folded into it (one layer
-    fewer to run), then each convolution is fused with the activation and
-    residual add that follow it (``_fusion``: faster on the CPU, no change
-    elsewhere; figures in ``benchmarks/RESULTS.md``).
+    Modules that compute nothing in eval mode (``nn.Identity``, dropout:
+    timm puts them between a convolution and its activation) are taken out
+    of the graph; each batch norm that follows a convolution is folded into
+    it (one layer fewer to run); then each convolution is fused with the
+    activation and residual add that follow it (``_fusion``: faster on the
+    CPU, no change elsewhere; figures in ``benchmarks/RESULTS.md``).
     """
     # (A deep copy of a traced module comes back in train mode: eval() again.)
     copied = copy.deepcopy(module).eval()
     try:
-        graph = fuse(_trace(copied), inplace=True, no_trace=True)
+        traced = _trace(copied)
+        _skip_no_ops(traced)
+        graph = fuse(traced, inplace=True, no_trace=True)
     except Exception:  # torch.fx raises many kinds of errors on untraceable code
         return module
     if isinstance(graph, fx.GraphModule):

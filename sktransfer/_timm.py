@@ -118,7 +118,10 @@ def pretrained_cfg(name: str) -> dict:
         return dict(_hub_config(name))
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
-        raise ValueError(f"timm has no pretrained config for {name!r}.")
+        raise ValueError(
+            f"timm publishes no weights for {name!r}: use weights=None (random) "
+            "or a local file."
+        )
     return cfg.to_dict()
 
 
@@ -162,7 +165,14 @@ def resolve_weights(model: str, weights) -> str | Path | None:
     timm = _timm()
     architecture, tag = timm.models.split_model_name_tag(name)
     if weights == "DEFAULT":
-        return f"{architecture}.{tag or pretrained_cfg(name)['tag']}"
+        full = f"{architecture}.{tag or pretrained_cfg(name)['tag']}"
+        cfg = pretrained_cfg(full)
+        if not any(cfg.get(key) for key in ("hf_hub_id", "url", "file")):
+            raise ValueError(
+                f"timm publishes no weights for {architecture!r} (its config is "
+                f"{cfg.get('tag')!r}): use weights=None (random) or a local file."
+            )
+        return full
     if weights.startswith(PREFIX):
         weights = weights[len(PREFIX) :]
     tags = _tags(architecture)
@@ -247,8 +257,7 @@ def cache_folder(name: str) -> Path:
 
 def weights_location(name: str) -> str:
     """Where the published weights ``name`` are cached, for messages."""
-    cfg = _config_or_repo(name)
-    folder = str(cache_folder(name))
+    cfg, folder = _config_or_repo(name), str(cache_folder(name))
     if cfg.get("hf_hub_id"):
         return (
             f"the Hugging Face hub cache, {folder!r} (set HF_HOME or HF_HUB_CACHE "
@@ -259,14 +268,16 @@ def weights_location(name: str) -> str:
 
 
 def weights_at_hand(model: str) -> list[str]:
-    """The published weights of the model's architecture whose files are
-    in the cache (usable offline), its own (or default) tag first."""
+    """The published weights of the model whose files are in the cache
+    (usable offline): a name with a tag has those weights only; an
+    architecture alone any of its tags, timm's default first."""
     name = _timm_name(model)
     if name.startswith(HUB_PREFIX):
         return [name] if cached_weights_file(name) else []
-    architecture = _timm().models.split_model_name_tag(name)[0]
+    architecture, tag = _timm().models.split_model_name_tag(name)
     first = resolve_weights(model, "DEFAULT")
-    names = sorted(_tags(architecture, full=True), key=lambda n: n != first)
+    names = [first] if tag else _tags(architecture, full=True)
+    names = sorted(names, key=lambda n: n != first)
     return [PREFIX + n for n in names if cached_weights_file(n) is not None]
 
 
@@ -360,7 +371,11 @@ def _create_model(name: str, **kwargs):
     size, and other sizes work too (the embeddings are interpolated), so
     the ``preprocessing`` parameter can choose the input size."""
     timm = _timm()
-    if pretrained_cfg(name).get("fixed_input_size"):
+    try:
+        fixed = pretrained_cfg(name).get("fixed_input_size")
+    except ValueError:  # an architecture without published weights
+        fixed = False
+    if fixed:
         try:
             return timm.create_model(
                 name, num_classes=0, dynamic_img_size=True, **kwargs

@@ -436,6 +436,8 @@ def test_names_tags_and_listing():
         )
     with pytest.raises(ValueError, match="no weights tagged 'nope'"):
         PretrainedFeatureExtractor(model="timm/resnet18.nope").fit(np.zeros((1, 8, 8)))
+    with pytest.raises(ValueError, match="publishes no weights for 'botnet50ts_256'"):
+        PretrainedFeatureExtractor(model="timm/botnet50ts_256").fit(np.zeros((1, 8, 8)))
     with pytest.raises(ValueError, match="Name them once"):
         PretrainedFeatureExtractor(
             model="timm/resnet18.a1_in1k", weights="a2_in1k"
@@ -456,3 +458,30 @@ def test_core_imports_without_timm_and_says_how_to_install_it():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'sktransfer[timm]'" in out
+
+
+def test_probe_ranks_timm_cut_points_in_one_pass():
+    from sktransfer import probe
+    from sktransfer._probe import parse_model
+
+    assert parse_model("hf-hub:someone/repo:none") == ("hf-hub:someone/repo", "none")
+    assert parse_model("timm/resnet18.a1_in1k") == ("timm/resnet18.a1_in1k", None)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    y = np.repeat(["a", "b"], 6)
+    result = probe(
+        X,
+        y,
+        models=["timm/resnet18:none"],
+        cv=2,
+        preprocessing={"resize_size": 32, "crop_size": 32},
+        verbose=False,
+    )
+    assert [r["network_images"] for r in result.runs] == [12]
+    assert {row["layer"] for row in result.rows} == {
+        "act1",
+        "layer1",
+        "layer2",
+        "layer3",
+        None,  # layer4, pooled, is the final embedding: one row
+    }
