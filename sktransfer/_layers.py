@@ -39,14 +39,14 @@ def tracer_kwargs(module: nn.Module) -> dict:
     """How torch.fx traces ``module``: for a network built from timm's
     classes, timm's own leaf modules and functions (the parts that torch.fx
     cannot trace through, registered by timm); else torch.fx's defaults."""
-    timm_layers = sys.modules.get("timm.layers")  # (imported if it was used)
-    if timm_layers is None or not any(
+    timm_models = sys.modules.get("timm.models")  # (imported if it was used)
+    if timm_models is None or not any(
         type(sub).__module__.startswith("timm.") for sub in module.modules()
     ):
         return {}
     return {
-        "leaf_modules": timm_layers.get_notrace_modules(),
-        "autowrap_functions": timm_layers.get_notrace_functions(),
+        "leaf_modules": timm_models.get_notrace_modules(),
+        "autowrap_functions": timm_models.get_notrace_functions(),
     }
 
 

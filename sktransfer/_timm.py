@@ -165,14 +165,7 @@ def resolve_weights(model: str, weights) -> str | Path | None:
     timm = _timm()
     architecture, tag = timm.models.split_model_name_tag(name)
     if weights == "DEFAULT":
-        full = f"{architecture}.{tag or pretrained_cfg(name)['tag']}"
-        cfg = pretrained_cfg(full)
-        if not any(cfg.get(key) for key in ("hf_hub_id", "url", "file")):
-            raise ValueError(
-                f"timm publishes no weights for {architecture!r} (its config is "
-                f"{cfg.get('tag')!r}): use weights=None (random) or a local file."
-            )
-        return full
+        return _default_weights(name)
     if weights.startswith(PREFIX):
         weights = weights[len(PREFIX) :]
     tags = _tags(architecture)
@@ -188,6 +181,20 @@ def resolve_weights(model: str, weights) -> str | Path | None:
             )
         return f"{architecture}.{wanted}"
     return _file_or_error(model, weights, ["DEFAULT", *tags])
+
+
+def _default_weights(name: str) -> str:
+    """``<architecture>.<tag>`` of the weights a timm name stands for: its
+    own tag, or timm's default one."""
+    architecture, tag = _timm().models.split_model_name_tag(name)
+    full = f"{architecture}.{tag or pretrained_cfg(name)['tag']}"
+    cfg = pretrained_cfg(full)
+    if not any(cfg.get(key) for key in ("hf_hub_id", "url", "file")):
+        raise ValueError(
+            f"timm publishes no weights for {architecture!r} (its config is "
+            f"{cfg.get('tag')!r}): use weights=None (random) or a local file."
+        )
+    return full
 
 
 def _file_or_error(model: str, weights: str, valid: list[str]) -> Path:
@@ -275,7 +282,7 @@ def weights_at_hand(model: str) -> list[str]:
     if name.startswith(HUB_PREFIX):
         return [name] if cached_weights_file(name) else []
     architecture, tag = _timm().models.split_model_name_tag(name)
-    first = resolve_weights(model, "DEFAULT")
+    first = _default_weights(name)
     names = [first] if tag else _tags(architecture, full=True)
     names = sorted(names, key=lambda n: n != first)
     return [PREFIX + n for n in names if cached_weights_file(n) is not None]
