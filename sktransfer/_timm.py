@@ -128,12 +128,13 @@ def pretrained_cfg(name: str) -> dict:
 @functools.lru_cache(maxsize=64)
 def _hub_config(name: str) -> dict:
     """The pretrained config in a hub repo's ``config.json`` (read once)."""
+    from huggingface_hub import try_to_load_from_cache
     from timm.models._hub import load_model_config_from_hf
 
-    known = UNAVAILABLE.get(name)
-    if known is not None:
-        raise type(known)(str(known))
     repo = name[len(HUB_PREFIX) :]
+    known = UNAVAILABLE.get(name)
+    if known is not None and try_to_load_from_cache(repo, "config.json") is None:
+        raise type(known)(str(known))  # (still not there: at once, no retries)
     try:
         cfg = load_model_config_from_hf(repo)[0]
     except OSError as exc:  # offline and not cached, or no such repo

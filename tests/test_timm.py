@@ -292,7 +292,10 @@ def test_finetuning_trains_only_the_last_stage_and_the_head(tmp_path):
         if k.startswith("layer4.") and ("running" not in k and "num_batches" not in k)
     )
     assert clf.n_trainable_params_ == layer4 + (512 + 1) * 3
-    assert clf.predict(X).shape == (12,)
+    predicted = clf.predict(X)
+    assert predicted.shape == (12,)
+    fresh = transform_in_fresh_process(clf, X, tmp_path, method="predict")
+    np.testing.assert_array_equal(fresh, predicted)
     # a ViT: its last block with the final norm after it
     vit = FineTunedClassifier(model="timm/vit_tiny_patch16_224", weights=None)
     vit.set_params(trainable_layers=1, max_epochs=1, random_state=0, verbose=False)
