@@ -2,6 +2,7 @@
 
 from sktransfer._backbones import model_names as _model_names
 from sktransfer._cache import EmbeddingCache, default_cache
+from sktransfer._embed import embed_dataset
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
 from sktransfer._folders import list_images, load_image_folder
@@ -23,6 +24,7 @@ __all__ = [
     "WeightsUnavailableError",
     "clear_caches",
     "default_cache",
+    "embed_dataset",
     "list_images",
     "list_layers",
     "list_models",

@@ -1,16 +1,29 @@
-"""Embed a list of image files to a file: Parquet, or ``.npy`` and a paths file.
+"""Embed a list of image files to a file (Parquet, or ``.npy`` and a paths
+file), or to a Parquet dataset (a folder, one file per partition).
 
-The job behind ``sktransfer embed``. Images go through the extractor in
-chunks; each chunk's rows land in the extractor's cache before the next one
-starts, so with a directory cache an interrupted job (a crash, Ctrl-C)
-resumes where it stopped: a re-run takes the finished chunks from the cache.
-The output file is written at the end, atomically (a temporary file renamed
-into place), so it is either absent or complete.
+The jobs behind ``sktransfer embed``. To one file: images go through the
+extractor in chunks; each chunk's rows land in the extractor's cache before
+the next one starts, so with a directory cache an interrupted job (a crash,
+Ctrl-C) resumes where it stopped: a re-run takes the finished chunks from
+the cache. The output file is written at the end, atomically (a temporary
+file renamed into place), so it is either absent or complete.
+
+To a dataset (:func:`embed_dataset`): each partition of ``partition_size``
+rows is one task that embeds its images and writes its own file, atomically;
+a re-run computes only the partitions whose file is missing. With a Dask
+``distributed`` client active, the tasks run on its cluster (the extractor
+sent once to each worker); a worker lost mid-job has its tasks re-run by
+Dask, and since a partition's file appears only complete, and identical
+whoever writes it, the output is the same as an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,9 +31,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sktransfer._common import replace_file, require
+from sktransfer._dask import active_client
 from sktransfer.exceptions import ImageReadError
 
-__all__ = ["FORMATS", "embed_files", "paths_file"]
+__all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file"]
 
 FORMATS = (".parquet", ".npy")
 
@@ -86,18 +100,23 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
                     raise _shifted(exc, start) from exc.__cause__
             errors += [_shifted(error, start) for error in extractor.errors_]
             bar.update(len(chunk))
-    metadata = {
+    metadata = _metadata(extractor)
+    if output.suffix == ".parquet":
+        _write_parquet(output, paths, rows, errors, metadata)
+    else:
+        _write_npy(output, paths, rows)
+    return errors
+
+
+def _metadata(extractor) -> dict:
+    """What a fitted extractor's output files say of it."""
+    return {
         "model": str(extractor.model),
         "weights": str(extractor.weights_),
         "layers": str(extractor.layers_),
         "pooling": str(extractor.pooling),
         "precision": extractor.precision_,
     }
-    if output.suffix == ".parquet":
-        _write_parquet(output, paths, rows, errors, metadata)
-    else:
-        _write_npy(output, paths, rows)
-    return errors
 
 
 def _shifted(error: ImageReadError, start: int) -> ImageReadError:
@@ -111,23 +130,25 @@ def _shifted(error: ImageReadError, start: int) -> ImageReadError:
     return shifted
 
 
-def _write_parquet(output, paths, rows, errors, metadata) -> None:
+def _write_parquet(output, paths, rows, errors, metadata, start=0) -> None:
+    """Rows ``start``.. of a job to one Parquet file, atomically."""
     pa = require("pyarrow", "parquet", "Writing Parquet")
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     failed = {e.index: str(e) for e in errors}
+    ids = range(start, start + len(paths))
     width = rows.shape[1]
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), width)
-    mask = pa.array([i in failed for i in range(len(paths))])
+    mask = pa.array([i in failed for i in ids])
     table = pa.table(
         {
-            "row": pa.array(np.arange(len(paths), dtype=np.int64)),
+            "row": pa.array(np.asarray(ids, dtype=np.int64)),
             "path": pa.array(paths, pa.string()),
             "embedding": pc.if_else(
                 mask, pa.nulls(len(paths), embedding.type), embedding
             ),
-            "error": pa.array([failed.get(i) for i in range(len(paths))], pa.string()),
+            "error": pa.array([failed.get(i) for i in ids], pa.string()),
         }
     ).replace_schema_metadata({f"sktransfer.{k}": v for k, v in metadata.items()})
     replace_file(output, lambda path: pq.write_table(table, path))
@@ -143,3 +164,142 @@ def _write_npy(output, paths, rows) -> None:
         paths_file(output),
         lambda path: Path(path).write_text("".join(p + "\n" for p in paths)),
     )
+
+
+#: A dataset folder's record of its job: what its partitions hold.
+JOB_FILE = "_sktransfer_job.json"
+
+
+def partition_file(folder, index: int) -> Path:
+    return Path(folder) / f"part-{index:05d}.parquet"
+
+
+def embed_dataset(paths, folder, extractor, *, partition_size=1000, verbose=True):
+    """Embed ``paths`` to a Parquet dataset: one file per partition.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        The image files; row ``i`` of the dataset is ``paths[i]``.
+    folder : path-like
+        The dataset: ``part-00000.parquet``, ``part-00001.parquet``... with
+        the columns of :func:`embed_files`'s Parquet output (``row`` is the
+        row in the whole job), and ``_sktransfer_job.json``, the job's
+        record (the paths' digest, the partition size, the extractor's
+        configuration). Read it with ``pyarrow.dataset.dataset(folder)`` or
+        ``pandas.read_parquet(folder)``.
+    extractor : PretrainedFeatureExtractor
+        Not fitted. Use ``on_error="nan"`` for a long job: unreadable images
+        then get an empty embedding and their error's text.
+    partition_size : int, default=1000
+        Rows per file and per task: the work a crash can lose.
+    verbose : bool, default=True
+        A progress bar on stderr.
+
+    Returns
+    -------
+    summary : dict
+        ``partitions`` (in all), ``written`` (by this run), ``skipped``
+        (already there), ``unreadable`` (images of the written partitions
+        that could not be read).
+    """
+    require("pyarrow", "parquet", "Writing Parquet")
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("No images to embed.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    extractor.set_params(verbose=False).fit(paths)
+    _check_job(folder, paths, partition_size, extractor)
+    count = math.ceil(len(paths) / partition_size)
+    todo = [i for i in range(count) if not partition_file(folder, i).exists()]
+    tasks = [
+        (paths[i * partition_size : (i + 1) * partition_size], i * partition_size)
+        for i in todo
+    ]
+    targets = [str(partition_file(folder, i)) for i in todo]
+    metadata = _metadata(extractor)
+    with tqdm(
+        total=len(todo), desc="Partitions", unit="file", disable=not verbose
+    ) as bar:
+        unreadable = _run(extractor, tasks, targets, metadata, bar)
+    for stale in folder.glob(".part-*.tmp"):  # (left by a killed writer)
+        stale.unlink(missing_ok=True)
+    return {
+        "partitions": count,
+        "written": len(todo),
+        "skipped": count - len(todo),
+        "unreadable": unreadable,
+    }
+
+
+def _check_job(folder: Path, paths, partition_size, extractor) -> None:
+    """Record the job in ``folder``, or check that its partitions are this
+    job's: a resume with other paths, another partition size or another
+    extractor would mix rows that do not belong together."""
+    import hashlib
+
+    from sktransfer._identity import digest
+
+    listing = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        listing.update(path.encode() + b"\n")
+    job = {
+        "rows": len(paths),
+        "partition_size": int(partition_size),
+        "paths": listing.hexdigest(),
+        "extractor": digest(extractor.cache_key_, extractor.numerics_),
+        "layers": [str(layer) for layer in extractor.layers_],
+    }
+    record = folder / JOB_FILE
+    if record.exists():
+        earlier = json.loads(record.read_text())
+        different = sorted(k for k in job if earlier.get(k) != job[k])
+        if different:
+            raise ValueError(
+                f"The folder {str(folder)!r} holds the partitions of another job "
+                f"(its {', '.join(different)} differ). Write to another folder, "
+                "or delete this one to start again."
+            )
+        return
+    replace_file(record, lambda path: Path(path).write_text(json.dumps(job, indent=1)))
+
+
+def _write_partition(extractor, paths, start, target, metadata) -> int:
+    """One partition: its rows, written atomically; returns how many of its
+    images could not be read."""
+    extractor = copy.copy(extractor)  # (errors_ of its own; the network shared)
+    with warnings.catch_warnings():  # (the file records them)
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            rows = extractor.transform(paths)
+        except ImageReadError as exc:  # on_error="raise"
+            raise _shifted(exc, start) from exc.__cause__
+    errors = [_shifted(error, start) for error in extractor.errors_]
+    _write_parquet(target, paths, rows, errors, metadata, start=start)
+    return len(errors)
+
+
+def _run(extractor, tasks, targets, metadata, bar) -> int:
+    """The partitions' tasks: on the active Dask client's cluster, else
+    here, one after the other."""
+    client = active_client()
+    if client is None:
+        unreadable = 0
+        for (paths, start), target in zip(tasks, targets, strict=True):
+            unreadable += _write_partition(extractor, paths, start, target, metadata)
+            bar.update()
+        return unreadable
+    distributed = sys.modules["distributed"]
+    shared = client.scatter(extractor, hash=False)
+    futures = [
+        client.submit(
+            _write_partition, shared, paths, start, target, metadata, pure=False
+        )
+        for (paths, start), target in zip(tasks, targets, strict=True)
+    ]
+    unreadable = 0
+    for future in distributed.as_completed(futures):
+        unreadable += future.result()
+        bar.update()
+    return unreadable

@@ -14,7 +14,15 @@ from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer import _decode, _device, _engine, _layers, _network, _preprocess
+from sktransfer import (
+    _dask,
+    _decode,
+    _device,
+    _engine,
+    _layers,
+    _network,
+    _preprocess,
+)
 from sktransfer._backbones import (
     check_weights,
     named_preprocessing,
@@ -401,6 +409,8 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
     def _fit(self, X):
         store = self._cache_store()  # (checks the parameter, before the data)
+        if _dask.is_dask(X):  # the one image fit runs, computed
+            X = _dask.first_images(X)
         images = self._images(X)
         device = _device.resolve_device(self.device)
         dtype = _device.resolve_precision(self.precision, device)
@@ -477,15 +487,25 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         Parameters
         ----------
         X : array-like of shape (n_images, height, width[, channels]) or list
-            Images or paths (see Notes of the class).
+            Images or paths (see Notes of the class), or a Dask collection:
+            a ``dask.array.Array`` of images chunked along the first axis,
+            or a ``dask.dataframe`` Series or ``dask.bag`` of paths (needs
+            ``sktransfer[dask]``; see ``docs/scale.md``).
 
         Returns
         -------
         X_new : ndarray of shape (n_images, n_features_out\_), dtype float32
             One row per image, in input order; NaN for images that could not
-            be read when ``on_error="nan"``.
+            be read when ``on_error="nan"``. For a Dask collection, a lazy
+            ``dask.array.Array``: one block of rows per input partition,
+            with known chunk sizes, computed when you compute it (the
+            rows of unreadable images are NaN there too, but ``errors_``
+            is not set).
         """
         check_is_fitted(self)
+        if _dask.is_dask(X):
+            check_numerics(self)
+            return _dask.lazy(self, X, "transform", self.n_features_out_, np.float32)
         images = self._images(X, fitted=True)
         check_numerics(self)
         store = self._cache_store()

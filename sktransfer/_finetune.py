@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
-from sktransfer import _decode, _device, _engine, _preprocess, _training
+from sktransfer import _dask, _decode, _device, _engine, _preprocess, _training
 from sktransfer._backbones import (
     Backbone,
     check_weights,
@@ -391,6 +391,12 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             return self._fit(X, y)
 
     def _fit(self, X, y):
+        if _dask.is_dask(X):
+            raise TypeError(
+                "FineTunedClassifier.fit trains on images in memory, not on a Dask "
+                "collection: compute the training set first (X.compute()). "
+                "predict and predict_proba take Dask collections."
+            )
         if y is None:
             raise ValueError(
                 "FineTunedClassifier requires y to be passed, but the target y is None."
@@ -604,14 +610,18 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_images, height, width[, channels]) or list
-            Images or paths.
+            Images or paths, or a Dask collection of them (as in
+            :meth:`PretrainedFeatureExtractor.transform`).
 
         Returns
         -------
         proba : ndarray of shape (n_images, n_classes)
-            Probabilities, columns in the order of ``classes_``.
+            Probabilities, columns in the order of ``classes_``; a lazy
+            ``dask.array.Array`` for a Dask collection.
         """
         check_is_fitted(self)
+        if _dask.is_dask(X):
+            return _dask.lazy(self, X, "predict_proba", len(self.classes_), np.float64)
         logits = torch.from_numpy(self._logits(self._images(X, fitted=True)))
         logits = logits.double()
         return torch.softmax(logits, dim=1).numpy()
@@ -622,14 +632,18 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_images, height, width[, channels]) or list
-            Images or paths.
+            Images or paths, or a Dask collection of them (as in
+            :meth:`PretrainedFeatureExtractor.transform`).
 
         Returns
         -------
         y_pred : ndarray of shape (n_images,)
-            Predicted labels, of the type of ``classes_``.
+            Predicted labels, of the type of ``classes_``; a lazy
+            ``dask.array.Array`` for a Dask collection.
         """
         check_is_fitted(self)
+        if _dask.is_dask(X):
+            return _dask.lazy(self, X, "predict", None, self.classes_.dtype)
         return self.classes_[self._logits(self._images(X, fitted=True)).argmax(axis=1)]
 
     # -- reuse as a backbone ------------------------------------------------
@@ -658,7 +672,9 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     def _network(self) -> ClassifierNetwork:
         net = self.__dict__.get("network_")
         if net is None:
-            state = self.__dict__.pop("_network_state")
+            # (kept until network_ is set: another thread may pickle this
+            # estimator meanwhile, as a Dask worker sending it to another)
+            state = self.__dict__["_network_state"]
             backbone = load_backbone(self.model, None)
             if backbone.head is None:
                 replace_head(backbone.module, self._head_name)
@@ -669,6 +685,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             net.requires_grad_(False)
             net = _device.prepare_network(net.to(self.device_).eval())
             self.network_ = net
+            self.__dict__.pop("_network_state", None)
         return net
 
     def __sklearn_tags__(self):

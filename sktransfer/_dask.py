@@ -1,0 +1,145 @@
+"""Dask collections in, lazy Dask arrays out.
+
+``transform`` (and ``predict``, ``predict_proba``) given a Dask collection
+returns a lazy ``dask.array.Array``, built from Dask's own API: each input
+partition becomes one block of rows, computed by the fitted estimator's
+in-memory method on that partition, in input order. Nothing runs until the
+caller computes, on whatever scheduler is active (threads, processes, or a
+``distributed`` cluster).
+
+The fitted estimator enters the graph once, as one value every block
+depends on (scattered to the cluster when a ``distributed`` client is
+active, else a ``dask.delayed`` value): a cluster sends it to each worker
+once, not with each task, and each worker unpickles it once and builds its
+network once (the estimator keeps the network it built), then reuses it for
+every block it computes. An extractor with published weights pickles to their name (a
+few KB); other networks travel as their tensors, once per worker.
+
+Dask is an optional dependency (``pip install 'sktransfer[dask]'``): nothing
+here imports it unless the input already is a Dask collection.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from sktransfer._common import require
+
+__all__ = ["active_client", "first_images", "is_dask", "lazy"]
+
+
+def is_dask(X) -> bool:
+    """Whether ``X`` is a Dask collection (array, dataframe Series, bag)."""
+    dask = sys.modules.get("dask")
+    return dask is not None and dask.is_dask_collection(X)
+
+
+def _apply(block, estimator, method: str):
+    """One block's rows: the estimator's in-memory method on it."""
+    return getattr(estimator, method)(block)
+
+
+def lazy(estimator, X, method: str, width: int | None, dtype):
+    """``estimator.<method>`` of every partition of ``X``, as a lazy array.
+
+    ``width`` is the number of columns of the output (None: one value per
+    row, as ``predict`` gives); ``dtype`` its dtype.
+    """
+    dask = require("dask", "dask", "A Dask collection as input")
+    da = require("dask.array", "dask", "A Dask collection as input")
+    shape = () if width is None else (width,)
+    meta = np.empty((0, *shape), dtype=dtype)
+    est = _shared(dask, estimator)
+    if isinstance(X, da.Array):
+        if X.ndim < 3:
+            raise ValueError(
+                "A Dask array of images must be (n, H, W) or (n, H, W, C) (or "
+                f"(n, C, H, W) for tensors' layout); got shape {X.shape}."
+            )
+        # whole images in every block: the chunks along the rows stay
+        X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+        return X.map_blocks(
+            _apply,
+            est,
+            method,
+            dtype=dtype,
+            meta=meta,
+            chunks=(X.chunks[0], *((s,) for s in shape)),
+            drop_axis=list(range(1 + len(shape), X.ndim)),
+        )
+    parts, lengths = _partitions(dask, X)
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_apply)(part, est, method),
+            shape=(n, *shape),
+            dtype=dtype,
+            meta=meta,
+        )
+        for part, n in zip(parts, lengths, strict=True)
+    ]
+    return da.concatenate(blocks) if blocks else da.from_array(meta)
+
+
+def _kind(X) -> str:
+    """``"bag"`` or ``"series"``: the collections of paths (or images)."""
+    bag = sys.modules.get("dask.bag")
+    if bag is not None and isinstance(X, bag.Bag):
+        return "bag"
+    frames = sys.modules.get("dask.dataframe")
+    if frames is not None and isinstance(X, frames.Series):
+        return "series"
+    raise TypeError(
+        "A Dask collection as input must be a dask.array.Array of images, or "
+        "a dask.dataframe Series or dask.bag.Bag of paths (or images). Got "
+        f"{type(X).__name__}; for a DataFrame, pass its column of paths."
+    )
+
+
+def _shared(dask, estimator):
+    """The estimator as one value of the graph, which each worker fetches
+    once: scattered to the cluster when a ``distributed`` client is active
+    (its tensors then stay out of the graph and the scheduler), else a
+    ``dask.delayed`` value."""
+    client = active_client()
+    if client is not None:
+        return client.scatter(estimator, hash=False)
+    return dask.delayed(estimator, pure=True)
+
+
+def active_client():
+    """The active Dask ``distributed`` client, if any (None: the local
+    schedulers, or Dask not even imported)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_client()
+    except ValueError:  # no client
+        return None
+
+
+def _partitions(dask, X):
+    """The delayed partitions of a Series or bag of paths (or images), and
+    their lengths. The lengths are computed now (the paths, not the
+    images), so that the result has known chunk sizes."""
+    if _kind(X) == "bag":
+        lengths = X.map_partitions(lambda part: [len(list(part))]).compute()
+        return [dask.delayed(list)(part) for part in X.to_delayed()], lengths
+    return X.to_delayed(), X.map_partitions(len).compute().tolist()
+
+
+def first_images(X, n: int = 1):
+    """The first ``n`` images of a Dask collection, computed: what ``fit``
+    needs (it runs one image through the network)."""
+    da = require("dask.array", "dask", "A Dask collection as input")
+    if isinstance(X, da.Array):
+        first = X[:n].compute()
+    elif _kind(X) == "bag":
+        first = list(X.take(n, npartitions=-1, warn=False))
+    else:
+        first = X.head(n, npartitions=-1).tolist()
+    if len(first) == 0:
+        raise ValueError("The Dask collection is empty: it has no image to fit on.")
+    return first

@@ -1,0 +1,377 @@
+"""Dask collections: lazy transform and predict on a real LocalCluster.
+
+The cluster is started by the tests (processes, 2 workers, 1 thread each),
+once for the module.
+"""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from tests.conftest import SMALL, assert_same_rows
+
+da = pytest.importorskip("dask.array")
+dd = pytest.importorskip("dask.dataframe")
+db = pytest.importorskip("dask.bag")
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def extractor(images):
+    return PretrainedFeatureExtractor(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        layer=["layer3", None],
+        preprocessing=SMALL,
+        cache=None,
+        verbose=False,
+    ).fit(images)
+
+
+def _count_network_builds():
+    """On a worker: count the networks estimators rebuild from here on."""
+    from sktransfer import _network
+
+    if not hasattr(_network, "original_rebuild"):
+        _network.original_rebuild = _network.rebuild
+
+        def counting(*args, **kwargs):
+            _network.builds += 1
+            return _network.original_rebuild(*args, **kwargs)
+
+        _network.rebuild = counting
+    _network.builds = 0
+
+
+def _network_builds():
+    from sktransfer import _network
+
+    return _network.builds
+
+
+def test_a_dask_array_is_embedded_lazily_one_network_per_worker(
+    client, images, extractor
+):
+    client.run(_count_network_builds)
+    lazy = extractor.transform(da.from_array(images, chunks=(2, 32, 32, 3)))
+    assert isinstance(lazy, da.Array)
+    assert lazy.chunks == ((2,) * 8, (extractor.n_features_out_,))
+    assert lazy.dtype == np.float32
+    assert_same_rows(lazy.compute(), extractor.transform(images))
+    builds = client.run(_network_builds)
+    # 8 blocks on 2 workers: each worker built its network once, at most
+    assert 1 <= sum(builds.values()) <= 2 and max(builds.values()) == 1
+
+
+def test_chunks_across_an_image_are_joined(client, images, extractor):
+    split = da.from_array(images, chunks=(5, 16, 32, 3))
+    assert_same_rows(extractor.transform(split).compute(), extractor.transform(images))
+
+
+@pytest.fixture(scope="module")
+def paths(images, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    out = []
+    for i, image in enumerate(images):
+        out.append(str(folder / f"{i:02d}.png"))
+        Image.fromarray(image).save(out[-1])
+    return out
+
+
+def test_a_series_or_bag_of_paths_is_embedded_in_order(client, paths, extractor):
+    import pandas as pd
+
+    expected = extractor.transform(paths)
+    series = dd.from_pandas(pd.Series(paths), npartitions=3)
+    lazy = extractor.transform(series)
+    assert lazy.chunks[0] == (6, 5, 5) or sum(lazy.chunks[0]) == len(paths)
+    assert_same_rows(lazy.compute(), expected)
+    bag = db.from_sequence(paths, npartitions=4)
+    assert_same_rows(extractor.transform(bag).compute(), expected)
+
+
+def test_unreadable_paths_give_nan_rows_in_place(client, paths, extractor):
+    import pandas as pd
+
+    tolerant = PretrainedFeatureExtractor(**extractor.get_params())
+    tolerant.set_params(on_error="nan").fit(paths[:1])
+    with_missing = [*paths[:5], "/no/such/file.png", *paths[5:]]
+    series = dd.from_pandas(pd.Series(with_missing), npartitions=3)
+    rows = tolerant.transform(series).compute()
+    assert np.isnan(rows[5]).all() and not np.isnan(np.delete(rows, 5, 0)).any()
+    assert_same_rows(np.delete(rows, 5, 0), extractor.transform(paths))
+
+
+def test_fit_on_a_dask_collection_runs_its_first_image(images):
+    """fit computes one image (its probe); fit_transform stays lazy."""
+    lazy_input = da.from_array(images, chunks=(4, 32, 32, 3))
+    extractor = PretrainedFeatureExtractor(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        preprocessing=SMALL,
+        cache=None,
+        verbose=False,
+    )
+    out = extractor.fit_transform(lazy_input)  # the local threaded scheduler
+    assert isinstance(out, da.Array)
+    assert_same_rows(out.compute(), extractor.transform(images))
+
+
+def test_predict_and_predict_proba_are_lazy_too(client, images):
+    y = np.arange(len(images)) % 2
+    clf = FineTunedClassifier(
+        model="resnet18",
+        weights=None,
+        max_epochs=1,
+        preprocessing=SMALL,
+        random_state=0,
+        verbose=False,
+    ).fit(images, y)
+    lazy = da.from_array(images, chunks=(4, 32, 32, 3))
+    proba = clf.predict_proba(lazy)
+    assert isinstance(proba, da.Array) and proba.chunks == ((4,) * 4, (2,))
+    np.testing.assert_allclose(proba.compute(), clf.predict_proba(images), atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(lazy).compute(), clf.predict(images))
+    with pytest.raises(TypeError, match="compute the training set first"):
+        clf.fit(lazy, y)
+
+
+def test_a_dask_dataframe_is_refused_with_what_to_pass(extractor, paths):
+    import pandas as pd
+
+    frame = dd.from_pandas(pd.DataFrame({"path": paths}), npartitions=2)
+    with pytest.raises(TypeError, match="pass its column of paths"):
+        extractor.transform(frame)
+
+
+def test_the_core_imports_without_dask():
+    code = (
+        "import sys; sys.modules['dask'] = None\n"
+        "import numpy as np, sktransfer\n"
+        "e = sktransfer.PretrainedFeatureExtractor(model='resnet18', weights=None,"
+        " preprocessing={'resize_size': 32, 'crop_size': 32}, verbose=False)\n"
+        "print(e.fit_transform(np.zeros((2, 32, 32, 3), np.uint8)).shape)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "(2, 512)"
+
+
+def _count_images():
+    """On a worker: count the extractor fits, and the images entering any
+    extractor network, from here on."""
+    import torch
+
+    from sktransfer import _layers, _network
+
+    _layers.images_seen = _network.fits = 0
+    if not hasattr(_layers, "counting_hook"):
+
+        def hook(module, args):
+            if isinstance(module, _layers.FeatureNet):
+                _layers.images_seen += len(args[0])
+
+        register = torch.nn.modules.module.register_module_forward_pre_hook
+        _layers.counting_hook = register(hook)
+        original = _network.build
+
+        def build(*args, **kwargs):  # (once per extractor fit)
+            _network.fits += 1
+            return original(*args, **kwargs)
+
+        _network.build = build
+
+
+def _counts():
+    from sktransfer import _layers, _network
+
+    return _network.fits, _layers.images_seen
+
+
+def test_grid_search_on_the_dask_backend_shares_a_directory_cache(
+    client, images, tmp_path
+):
+    """Fits run on both workers; with a shared directory cache and the grid's
+    cut points as cache_layers, the whole search sends each image through a
+    network at most once per cut point (twice where both workers embed the
+    same image at once, before either has stored it), not once per fit."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    X, y = images, np.arange(len(images)) % 2
+    grid = ["layer2", "layer3", None]
+
+    def search(cache):
+        extractor = PretrainedFeatureExtractor(
+            model="resnet18",
+            weights=None,
+            random_state=0,
+            preprocessing=SMALL,
+            cache=cache,
+            cache_layers=grid if cache else None,
+            verbose=False,
+        )
+        searcher = GridSearchCV(
+            make_pipeline(extractor, LogisticRegression(max_iter=200)),
+            {"pretrainedfeatureextractor__layer": grid},
+            cv=4,
+            n_jobs=-1,
+        )
+        client.run(_count_images)
+        with joblib.parallel_backend("dask"):
+            searcher.fit(X, y)
+        counts = client.run(_counts).values()
+        fits, seen = [c[0] for c in counts], [c[1] for c in counts]
+        assert sum(fits) == len(grid) * 4  # every fit ran on the cluster (the
+        # refit on the whole set runs here)
+        return searcher, fits, sum(seen)
+
+    shared, fits, seen = search(str(tmp_path / "cache"))
+    assert all(fits)  # both workers fitted
+    assert seen <= len(grid) * len(X) + len(grid)  # (+ a probe per cut point)
+    _, _, without = search(None)  # every fit embeds its images again
+    assert without >= len(grid) * 4 * len(X) * 3 / 4
+    assert shared.best_params_["pretrainedfeatureextractor__layer"] in grid
+
+
+def _dataset(folder):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder).sort_by("row")
+    return table.to_pydict()
+
+
+def _job_extractor(**params):
+    return PretrainedFeatureExtractor(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        preprocessing=SMALL,
+        on_error="nan",
+        cache=None,
+        **params,
+    )
+
+
+def test_a_dataset_job_resumes_with_the_missing_partitions_only(
+    paths, tmp_path, monkeypatch
+):
+    """Locally (no client): one file per partition; a re-run after a lost
+    partition embeds that partition's images only, and writes it the same."""
+    import torch
+
+    from sktransfer import _embed, _layers, embed_dataset
+
+    # (the module's cluster may be running: this job runs here)
+    monkeypatch.setattr(_embed, "active_client", lambda: None)
+
+    job = [*paths[:7], "/no/such/file.png", *paths[7:]]
+    folder = tmp_path / "out"
+    summary = embed_dataset(job, folder, _job_extractor(), partition_size=5)
+    assert summary == {"partitions": 4, "written": 4, "skipped": 0, "unreadable": 1}
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["_sktransfer_job.json"] + [
+        f"part-0000{i}.parquet" for i in range(4)
+    ]
+    first = _dataset(folder)
+    assert first["row"] == list(range(17)) and first["path"] == job
+    assert first["embedding"][7] is None and "no such file" in first["error"][7]
+    expected = _job_extractor().fit(paths).transform(paths)
+    rows = [r for r in first["embedding"] if r is not None]
+    assert_same_rows(np.array(rows, dtype=np.float32), expected)
+    before = (folder / "part-00002.parquet").read_bytes()
+    (folder / "part-00002.parquet").unlink()
+    seen = []
+
+    def count(module, args):
+        if isinstance(module, _layers.FeatureNet):
+            seen.append(len(args[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        summary = embed_dataset(job, folder, _job_extractor(), partition_size=5)
+    finally:
+        hook.remove()
+    assert summary["written"] == 1 and summary["skipped"] == 3
+    # that partition's images (and fit's one-image probe, unless remembered)
+    assert sum(seen) in (5, 6)
+    assert (folder / "part-00002.parquet").read_bytes() == before
+    with pytest.raises(ValueError, match="partition_size differ"):
+        embed_dataset(job, folder, _job_extractor(), partition_size=4)
+
+
+def test_a_worker_killed_mid_job_leaves_a_complete_identical_dataset(
+    client, paths, tmp_path
+):
+    """Dask re-runs the lost tasks: every partition once, whole, the same as
+    an uninterrupted local run's; no temporary file is left."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from sktransfer import embed_dataset
+
+    job = paths * 6  # 96 images, 24 partitions
+    reference = tmp_path / "reference"
+    embed_dataset(job, reference, _job_extractor(), partition_size=4, verbose=False)
+    folder = tmp_path / "cluster"
+    outcome = {}
+
+    def run():
+        outcome["summary"] = embed_dataset(
+            job, folder, _job_extractor(), partition_size=4, verbose=False
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = client.run(os.getpid)
+    victim = next(iter(pids.values()))
+    assert thread.is_alive()  # mid-job
+    os.kill(victim, signal.SIGKILL)  # its nanny starts a new worker
+    thread.join(timeout=120)
+    assert outcome["summary"]["partitions"] == 24
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == sorted(p.name for p in reference.iterdir())  # no .tmp
+    for name in written:
+        if name.endswith(".parquet"):
+            ours, theirs = _dataset(folder / name), _dataset(reference / name)
+            assert ours["row"] == theirs["row"] and ours["path"] == theirs["path"]
+            assert_same_rows(
+                np.array(ours["embedding"], np.float32),
+                np.array(theirs["embedding"], np.float32),
+            )
+    client.wait_for_workers(2, timeout=60)
+    assert victim not in client.run(os.getpid).values()
