@@ -55,8 +55,8 @@ def lazy(estimator, X, method: str, width: int | None, dtype):
     if isinstance(X, da.Array):
         if X.ndim < 3:
             raise ValueError(
-                "A Dask array of images must be (n, H, W) or (n, H, W, C) (or "
-                f"(n, C, H, W) for tensors' layout); got shape {X.shape}."
+                "A Dask array of images must be (n, H, W) or (n, H, W, C); got "
+                f"shape {X.shape}."
             )
         # whole images in every block: the chunks along the rows stay
         X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})

@@ -19,7 +19,6 @@ whoever writes it, the output is the same as an uninterrupted run's.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -268,7 +267,10 @@ def _check_job(folder: Path, paths, partition_size, extractor) -> None:
 def _write_partition(extractor, paths, start, target, metadata) -> int:
     """One partition: its rows, written atomically; returns how many of its
     images could not be read."""
-    extractor = copy.copy(extractor)  # (errors_ of its own; the network shared)
+    extractor._network()  # built once on the shared estimator (a worker's)
+    own = object.__new__(type(extractor))  # (copy.copy would pickle: no
+    own.__dict__.update(extractor.__dict__)  # network) errors_ of its own
+    extractor = own
     with warnings.catch_warnings():  # (the file records them)
         warnings.simplefilter("ignore", UserWarning)
         try:

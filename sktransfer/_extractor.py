@@ -503,8 +503,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             is not set).
         """
         check_is_fitted(self)
-        if _dask.is_dask(X):
-            check_numerics(self)
+        if _dask.is_dask(X):  # (each block checks the numerics where it runs)
             return _dask.lazy(self, X, "transform", self.n_features_out_, np.float32)
         images = self._images(X, fitted=True)
         check_numerics(self)

@@ -274,10 +274,16 @@ examples:
   sktransfer embed photos/ -o photos.parquet
   sktransfer embed files.txt -o emb.npy --model resnet18 --layer layer3
   sktransfer embed photos/ -o emb.parquet --on-error nan --cache ~/.emb-cache
+  sktransfer embed files.txt -o emb/ --on-error nan --scheduler tcp://head:8786
 
 The rows are in the order of the list (a folder: its files sorted, subfolders
 included). An interrupted job resumes from its cache: OUT.partial/ beside the
 output (removed once the output is written) unless --cache names one.
+An output without a suffix (or an existing folder) is a Parquet dataset, one file
+per --partition-size rows, each written whole or not at all; a re-run writes
+only the missing ones. With --scheduler, the partitions are computed on that
+Dask cluster (needs sktransfer[dask]); the folder must be on storage every
+worker can write.
 """
 
 
@@ -505,7 +511,7 @@ def embed_command(args) -> int:
     from pathlib import Path
 
     from sktransfer import PretrainedFeatureExtractor, list_images
-    from sktransfer._embed import embed_files, paths_file
+    from sktransfer._embed import embed_dataset, embed_files, paths_file
     from sktransfer._probe import parse_model
 
     say = _stderr(args.quiet)
@@ -520,8 +526,17 @@ def embed_command(args) -> int:
     model, _ = parse_model(args.model)  # usage errors before any work
     layer = [_none_or(v) for v in args.layer] if args.layer else None
     output = Path(args.output)
+    # a folder: no suffix, a trailing separator, or one that exists
+    dataset = output.suffix == "" or args.output.endswith(os.sep) or output.is_dir()
+    if args.scheduler and not dataset:
+        raise UsageError(
+            "--scheduler computes a dataset output (a folder: an output without a "
+            "suffix), one file per partition."
+        )
     partial = output.with_name(output.name + ".partial")
     cache = None if args.cache == "none" else args.cache or str(partial)
+    if dataset:  # (its partition files make it resumable)
+        cache = None if args.cache in (None, "none") else args.cache
     if cache == str(partial) and partial.exists():
         say(f"resuming from {partial}/")
     extractor = PretrainedFeatureExtractor(
@@ -537,6 +552,22 @@ def embed_command(args) -> int:
         cache=cache,
         random_state=args.seed,
     )
+    if dataset:
+        with contextlib.redirect_stdout(sys.stderr), _dask_client(args.scheduler):
+            done = embed_dataset(
+                paths,
+                output,
+                extractor,
+                partition_size=args.partition_size,
+                verbose=not args.quiet,
+            )
+        say(
+            f"{len(paths)} rows of {extractor.n_features_out_} features in "
+            f"{done['partitions']} files in {output}/: {done['written']} written, "
+            f"{done['skipped']} there already ({done['unreadable']} unreadable "
+            "images in those written)"
+        )
+        return 0
     with contextlib.redirect_stdout(sys.stderr):  # (torch.hub prints)
         errors = embed_files(
             paths, output, extractor, chunk_size=args.chunk_size, verbose=not args.quiet
@@ -551,6 +582,18 @@ def embed_command(args) -> int:
         f"{output}{extra} ({len(errors)} unreadable images)"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _dask_client(address):
+    """A Dask client of the scheduler at ``address`` while the job runs
+    (nothing without an address)."""
+    if not address:
+        yield None
+        return
+    distributed = require("distributed", "dask", "--scheduler")
+    with distributed.Client(address) as client:
+        yield client
 
 
 def _add_engine_options(p, batch_size=64):
@@ -678,8 +721,9 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUT",
-        help="OUT.parquet (columns row, path, embedding, error; needs pyarrow) or "
-        "OUT.npy (with OUT.paths.txt beside it)",
+        help="OUT.parquet (columns row, path, embedding, error; needs pyarrow), "
+        "OUT.npy (with OUT.paths.txt beside it), or a folder OUT (no suffix): "
+        "a Parquet dataset, one file per partition",
     )
     p.add_argument(
         "--model",
@@ -695,7 +739,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         default="avg",
-        choices=["avg", "max", "avgmax", "cls", "flatten"],
+        choices=["avg", "max", "avgmax", "cls", "clsavg", "flatten"],
         help="how a layer's output becomes a vector",
     )
     p.add_argument(
@@ -715,6 +759,18 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1024,
         help="images per step: the most an interruption loses",
+    )
+    p.add_argument(
+        "--partition-size",
+        type=_positive_int,
+        default=1000,
+        help="a dataset output's rows per file (and per task)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask scheduler's address (tcp://host:8786): compute a dataset "
+        "output's partitions on its cluster",
     )
     _add_engine_options(p)
     p.set_defaults(run=embed_command)

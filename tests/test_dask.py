@@ -5,6 +5,7 @@ once for the module.
 """
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -23,6 +24,10 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
+    # Starting worker processes leaves Dask's pre-spawn settings
+    # (OMP_NUM_THREADS=1...) in this process's environment, where later
+    # tests' subprocesses would inherit them: restored after.
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -33,6 +38,8 @@ def client():
     with distributed.Client(cluster) as client:
         yield client
     cluster.close()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +341,6 @@ def test_a_worker_killed_mid_job_leaves_a_complete_identical_dataset(
 ):
     """Dask re-runs the lost tasks: every partition once, whole, the same as
     an uninterrupted local run's; no temporary file is left."""
-    import os
     import signal
     import threading
     import time
@@ -375,3 +381,35 @@ def test_a_worker_killed_mid_job_leaves_a_complete_identical_dataset(
             )
     client.wait_for_workers(2, timeout=60)
     assert victim not in client.run(os.getpid).values()
+
+
+def test_the_embed_command_writes_a_dataset_on_a_scheduler(client, paths, tmp_path):
+    from sktransfer.cli import main
+
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    out = tmp_path / "emb"
+    argv = ["embed", str(listing), "-o", str(out), "--model", "resnet18"]
+    argv += ["--weights", "none", "--size", "32", "--partition-size", "5"]
+    client.run(_count_network_builds)
+    assert main([*argv, "--scheduler", client.scheduler.address, "--quiet"]) == 0
+    assert max(client.run(_network_builds).values()) == 1  # 4 tasks, 1 network
+    table = _dataset(out)
+    assert table["path"] == paths and table["row"] == list(range(len(paths)))
+    assert len(list(out.glob("part-*.parquet"))) == 4
+    # a file output takes no scheduler: a usage error, before any work
+    assert main([*argv[:3], str(tmp_path / "x.parquet"), "--scheduler", "x"]) == 2
+
+
+def test_a_cuda_fitted_extractor_runs_on_cpu_only_workers(client, images, extractor):
+    """What can be tested of GPU workers without a GPU: an estimator fitted
+    on CUDA (its device_ is cuda:0, each GPU worker's own GPU) still runs on
+    workers without CUDA, on their CPU (with a warning there)."""
+    import copy
+
+    import torch
+
+    from_gpu = copy.copy(extractor)  # (a pickled copy: no network_, tensors)
+    from_gpu.device_ = torch.device("cuda", 0)
+    lazy = from_gpu.transform(da.from_array(images, chunks=(8, 32, 32, 3)))
+    assert_same_rows(lazy.compute(), extractor.transform(images))
