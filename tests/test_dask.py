@@ -17,7 +17,7 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from tests.conftest import SMALL, assert_same_rows
 
 da = pytest.importorskip("dask.array")
-dd = pytest.importorskip("dask.dataframe")
+dd = pytest.importorskip("dask.dataframe", exc_type=ImportError)  # (needs pyarrow)
 db = pytest.importorskip("dask.bag")
 distributed = pytest.importorskip("distributed")
 
