@@ -51,7 +51,6 @@ def lazy(estimator, X, method: str, width: int | None, dtype):
     da = require("dask.array", "dask", "A Dask collection as input")
     shape = () if width is None else (width,)
     meta = np.empty((0, *shape), dtype=dtype)
-    est = _shared(dask, estimator)
     if isinstance(X, da.Array):
         if X.ndim < 3:
             raise ValueError(
@@ -62,7 +61,7 @@ def lazy(estimator, X, method: str, width: int | None, dtype):
         X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
         return X.map_blocks(
             _apply,
-            est,
+            _shared(dask, estimator),  # (once the input is known to be good)
             method,
             dtype=dtype,
             meta=meta,
@@ -70,6 +69,7 @@ def lazy(estimator, X, method: str, width: int | None, dtype):
             drop_axis=list(range(1 + len(shape), X.ndim)),
         )
     parts, lengths = _partitions(dask, X)
+    est = _shared(dask, estimator)
     blocks = [
         da.from_delayed(
             dask.delayed(_apply)(part, est, method),
