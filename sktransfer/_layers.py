@@ -51,21 +51,34 @@ def tracer_kwargs(module: nn.Module) -> dict:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with further leaf modules."""
+    """torch.fx's tracer, with further leaf modules: ``leaf_modules`` and
+    modules with hooks of their own (so that their hooks run)."""
 
     def __init__(self, leaf_modules=(), autowrap_functions=()):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.leaves = tuple(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self.leaves) or super().is_leaf_module(
-            m, module_qualified_name
+        hooked = bool(m._forward_hooks or m._forward_pre_hooks)
+        return (
+            hooked
+            or isinstance(m, self.leaves)
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 
 def _trace(module: nn.Module) -> fx.GraphModule:
+    """``module``'s graph. A graph module (a network cut by torchvision's
+    feature extraction, which keeps the blocks of ``torchvision.ops`` such
+    as ``Conv2dNormActivation`` whole) is traced again through them, so
+    that their batch norms fold and their convolutions fuse; it is kept as
+    it is where that fails."""
     if isinstance(module, fx.GraphModule):
-        return module
+        try:
+            graph = _Tracer(**tracer_kwargs(module)).trace(module)
+        except Exception:  # torch.fx raises many kinds of errors
+            return module
+        return fx.GraphModule(module, graph)
     graph = _Tracer(**tracer_kwargs(module)).trace(module)
     return fx.GraphModule(module, graph)
 
@@ -204,16 +217,17 @@ def _skip_no_ops(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _inference_graph(module: nn.Module) -> nn.Module:
+def _inference_graph(module: nn.Module, pointwise: bool = True) -> nn.Module:
     """A copy of an eval-mode ``module`` made for inference, or ``module``
     itself if it cannot be traced. ``module`` is not changed.
 
     Modules that compute nothing in eval mode (``nn.Identity``, dropout:
     timm puts them between a convolution and its activation) are taken out
     of the graph; each batch norm that follows a convolution is folded into
-    it (one layer fewer to run); then each convolution is fused with the
-    activation and residual add that follow it (``_fusion``: faster on the
-    CPU, no change elsewhere; figures in ``benchmarks/RESULTS.md``).
+    it (one layer fewer to run); then, with ``pointwise``, each convolution
+    is fused with the activation and residual add that follow it
+    (``_fusion``: faster on the CPU, no change elsewhere; figures in
+    ``benchmarks/RESULTS.md``).
     """
     # (A deep copy of a traced module comes back in train mode: eval() again.)
     copied = copy.deepcopy(module).eval()
@@ -223,12 +237,41 @@ def _inference_graph(module: nn.Module) -> nn.Module:
         graph = fuse(traced, inplace=True, no_trace=True)
     except Exception:  # torch.fx raises many kinds of errors on untraceable code
         return module
-    if isinstance(graph, fx.GraphModule):
+    if pointwise and isinstance(graph, fx.GraphModule):
         fuse_pointwise(graph)
     return graph
 
 
-class FeatureNet(nn.Module):
+class PooledOutputs:
+    """What a network made for the extractor does with its body's output:
+    pools each layer's output (``keys``: the body's output names of
+    ``layers``), with ``pooling``, ``nhwc`` and ``prefix``."""
+
+    keys: list
+    layers: list
+    pooling: str | None
+    nhwc: bool
+    prefix: int | None
+
+    def pool_outputs(self, out) -> list[torch.Tensor]:
+        """The pooled ``(n, d)`` output of each layer, from the body's output
+        (a tensor for the plain embedding, else a dict keyed by node)."""
+        if not isinstance(out, dict):  # the plain embedding
+            out = {None: out}
+        feats = []
+        for key, name in zip(self.keys, self.layers, strict=True):
+            value = out[key]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"The layer {name!r} outputs a {type(value).__name__}, not a "
+                    "tensor; choose another cut point."
+                )
+            # pool in float32: low-precision sums over many positions drift
+            feats.append(pool(value.float(), self.pooling, self.nhwc, self.prefix))
+        return feats
+
+
+class FeatureNet(PooledOutputs, nn.Module):
     """A backbone cut at ``layers``, returning each layer's pooled output.
 
     ``backbone`` keeps the original weights (what pickles store); ``body``
@@ -255,21 +298,17 @@ class FeatureNet(nn.Module):
         self.body = _inference_graph(self.body if self.body is not None else backbone)
         self.eval()  # inference only: dropout off (the folded copy starts in train)
 
+    def plain_body(self) -> nn.Module:
+        """A copy of what ``body`` computes, batch norms folded but nothing
+        fused: standard operators only, for export (``_int8``)."""
+        body = self.backbone
+        if self.layers != [None]:
+            body = _feature_extractor(self.backbone, dict.fromkeys(self.keys))
+        return _inference_graph(body.eval(), pointwise=False).eval()
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = self.body(x)
-        if not isinstance(out, dict):  # the plain embedding
-            out = {None: out}
-        feats = []
-        for key, name in zip(self.keys, self.layers, strict=True):
-            value = out[key]
-            if not isinstance(value, torch.Tensor):
-                raise ValueError(
-                    f"The layer {name!r} outputs a {type(value).__name__}, not a "
-                    "tensor; choose another cut point."
-                )
-            # pool in float32: low-precision sums over many positions drift
-            feats.append(pool(value.float(), self.pooling, self.nhwc, self.prefix))
-        return feats
+        return self.pool_outputs(self.body(x))
+
 
 
 def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:

@@ -111,6 +111,44 @@ def test_modules_with_hooks_are_left_alone():
     assert "conv1" in seen and "relu" in seen
 
 
+@needs_onednn
+@pytest.mark.parametrize(("name", "cut"), [("mobilenet_v2", "features.13")])
+def test_cut_networks_fold_and_fuse_torchvision_ops_blocks(name, cut):
+    """torchvision's feature extraction keeps its ``torchvision.ops`` blocks
+    (``Conv2dNormActivation``) whole; the network that runs is traced through
+    them, so a cut network folds and fuses as the whole one does."""
+    model = _model(name)
+    model.classifier = nn.Identity()
+    net = FeatureNet(model, [cut, None], "avg")
+    called = {
+        type(net.body.get_submodule(n.target))
+        for n in net.body.graph.nodes
+        if n.op == "call_module"
+    }
+    assert nn.BatchNorm2d not in called and ConvPointwise in called
+    reference = create_feature_extractor(model, {cut: cut, "flatten": "flatten"})
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ours = net(x)
+        theirs = reference(x)
+    expected = [theirs[cut].mean((2, 3)), theirs["flatten"]]
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_blocks_with_hooks_are_traced_whole():
+    """A ``torchvision.ops`` block with a hook of its own stays one call of
+    the network that runs, so that its hook runs."""
+    model = _model("mobilenet_v2")
+    seen = []
+    model.features[0].register_forward_hook(lambda m, i, o: seen.append("block"))
+    net = FeatureNet(model, ["features.5", None], "avg")
+    seen.clear()  # (tracing called it too)
+    with torch.inference_mode():
+        net(torch.rand(1, 3, 32, 32))
+    assert seen == ["block"]
+
+
 class _Shared(nn.Module):
     """One convolution called twice, followed by different operations."""
 
