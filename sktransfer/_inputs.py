@@ -330,7 +330,9 @@ class ArrayImages:
             chunk = chunk.astype(np.float32)  # a copy: the input is never touched
         else:
             chunk = np.ascontiguousarray(chunk)
-            if not chunk.flags.writeable:  # read-only or memory-mapped input
+            # read-only or memory-mapped input; or one image of a reversed
+            # array (contiguous for numpy, with a negative stride torch refuses)
+            if not chunk.flags.writeable or min(chunk.strides, default=0) < 0:
                 chunk = chunk.copy()
         batch = torch.from_numpy(chunk)
         if batch.ndim == 3:

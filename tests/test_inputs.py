@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._inputs import as_images
 
-from .conftest import SMALL
+from .conftest import SMALL, assert_same_rows
 
 
 @pytest.fixture
@@ -160,6 +160,20 @@ def test_readonly_memmap_fortran_strided_inputs_unchanged(extractor, images, tmp
     floats.setflags(write=False)
     extractor.transform(floats)
     assert_array_equal(floats, images / 255.0)
+
+
+def test_reversed_arrays_work(extractor, images):
+    """Negative strides (a reversed array, a flipped image), down to a batch
+    of one image, which numpy calls contiguous and torch refuses."""
+    expected = extractor.transform(images)
+    assert_array_equal(extractor.transform(images[::-1]), expected[::-1])
+    # (one image alone: float32 kernels picked by batch size, see conftest)
+    assert_same_rows(extractor.transform(images[::-1][:1]), expected[-1:])
+    flipped = images[:, :, ::-1]
+    assert_array_equal(
+        extractor.transform(flipped), extractor.transform(flipped.copy())
+    )
+    extractor.fit(images[::-1])
 
 
 def test_layout_rule_is_explicit():
