@@ -1,7 +1,10 @@
-"""Does reduced precision change the answer? float32 versus bf16 and fp16.
+"""Does reduced precision change the answer? float32 versus bf16, fp16, int8.
 
 What is compared: embeddings computed with ``precision="float32"``,
-``"bfloat16"`` and ``"float16"`` on scikit-learn's 1797 digits (upscaled to
+``"bfloat16"``, ``"float16"`` and ``"int8"`` (where ``sktransfer[int8]`` is
+installed; its ``fit`` calibrates on ``calibration_size=256`` evenly spaced
+digits, without their labels, as a pipeline's fit would on its training
+images) on scikit-learn's 1797 digits (upscaled to
 ``--size``), by MobileNetV2 with the real ImageNet checkpoint
 (``../shared/weights``) and by any other ``--models`` with seeded random
 weights (no other checkpoint is at hand offline; what is measured is whether
@@ -13,7 +16,7 @@ embeddings; how many digits it classifies differently from the float32
 embeddings (right in float32 but wrong here, and the reverse: McNemar's
 counts; equal counts mean equal accuracy); and the extraction's throughput.
 With the real checkpoint, the top-1 ImageNet class of scikit-learn's two
-sample photographs with its probability.
+sample photographs with its probability (int8: calibrated on the two).
 
 Run: ``.venv/bin/python benchmarks/bench_precision.py [--size 64]
 [--models mobilenet_v2 resnet18 resnet50]``
@@ -43,7 +46,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2"])
+    parser.add_argument(
+        "--precisions", nargs="+", default=["float32", "bfloat16", "float16", "int8"]
+    )
     args = parser.parse_args()
+    if "int8" in args.precisions and not int8_available():
+        print("int8 skipped: pip install 'sktransfer[int8]'")
+        args.precisions.remove("int8")
+    # (float32 first: the reference of the others)
+    args.precisions = ["float32"] + [p for p in args.precisions if p != "float32"]
     digits = load_digits()
     X = np.round(digits.images * (255 / 16)).astype(np.uint8)
     y = digits.target
@@ -62,7 +73,7 @@ def main():
         layers = [STAGE.get(name), None]
         label_model = name + (" (ImageNet)" if real else " (random weights)")
         reference: dict = {}
-        for precision in ("float32", "bfloat16", "float16"):
+        for precision in args.precisions:
             common = dict(
                 model=name,
                 weights=str(WEIGHTS) if real else None,
@@ -75,7 +86,7 @@ def main():
                 layer=layers,
                 preprocessing={"resize_size": args.size, "crop_size": args.size},
                 **common,
-            ).fit(X[:1])
+            ).fit(X if precision == "int8" else X[:1])
             start = time.perf_counter()
             features = extractor.transform(X)
             rate = len(X) / (time.perf_counter() - start)
@@ -102,6 +113,14 @@ def main():
                 tops[precision] = classify_photos(common)
     for precision, top in tops.items():
         print(f"{cpu}, mobilenet_v2, {precision}: sample photos classified as {top}")
+
+
+def int8_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def classify_photos(common) -> str:

@@ -16,6 +16,9 @@ and on the same device:
   ``PretrainedFeatureExtractor(...).transform`` with ``precision="float32"``
   (the default on CPUs) and ``"bfloat16"`` (the opt-in speed mode on CPUs,
   the default on CUDA). The ratios are those of the default on the device.
+- ``sktransfer int8`` (on the CPU, where ``sktransfer[int8]`` is installed):
+  ``precision="int8"``, fitted (calibrated) on the ``--n`` images; the time
+  of that ``fit`` is printed, and the ratio of int8 to bfloat16.
 
 Data: ``--n`` random uint8 images of 256x256x3 (content does not change the
 time). Weights: a seeded random state dict, saved in a temporary
@@ -31,7 +34,8 @@ contender once per round, so that a slow spell of a shared machine falls on
 all alike); the median is reported in images per second, with the ratio of
 sktransfer's default to each peer. The header names the CPU and the last
 lines give the hardware's limit measured in the same run: a 4096x4096 matrix
-product in float32 and bfloat16, in TFLOP/s. On CUDA, the fraction of
+product in float32 and bfloat16, in TFLOP/s (and in int8, in TOP/s, where
+int8 runs). On CUDA, the fraction of
 ResNet-50's physical limit (``shared/PERFORMANCE.md``: ~75k img/s by memory
 traffic on an H100) is printed too.
 
@@ -163,7 +167,9 @@ def img2vec(name, device, batch_size):
     return run
 
 
-def sktransfer(name, device, batch_size, precision="auto", preprocessing="auto"):
+def sktransfer(
+    name, device, batch_size, precision="auto", preprocessing="auto", fit_on=None
+):
     from sktransfer import PretrainedFeatureExtractor
 
     extractor = PretrainedFeatureExtractor(
@@ -175,8 +181,24 @@ def sktransfer(name, device, batch_size, precision="auto", preprocessing="auto")
         cache=None,  # measure the network, not the cache
         verbose=False,
     )
-    extractor.fit(np.zeros((1, 256, 256, 3), np.uint8))
+    start = time.perf_counter()
+    extractor.fit(np.zeros((1, 256, 256, 3), np.uint8) if fit_on is None else fit_on)
+    FIT_SECONDS[(name, precision)] = time.perf_counter() - start
     return extractor.transform
+
+
+FIT_SECONDS: dict = {}
+
+
+def int8_available(device) -> bool:
+    """Whether precision="int8" runs here: the CPU, ONNX Runtime installed."""
+    if device.type != "cpu":
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def measure_all(contenders, X, repeats):
@@ -249,6 +271,10 @@ def main():
                 contenders[f"sktransfer {precision}"] = sktransfer(
                     name, device, args.batch_size, precision
                 )
+            if int8_available(device):  # calibrated on the images it embeds
+                contenders["sktransfer int8"] = sktransfer(
+                    name, device, args.batch_size, "int8", fit_on=X
+                )
             if name.startswith("timm/resnet50."):
                 # the same network with torchvision's resnet50 preprocessing
                 # (bilinear to 232, where timm's weights ask for bicubic to
@@ -265,6 +291,13 @@ def main():
                 if label == mine:
                     label += " (default)"
                 print(f"| {name} | {label} | {rate:,.1f} | {ratio} |")
+            if "sktransfer int8" in rates:
+                ratio = rates["sktransfer int8"] / rates["sktransfer bfloat16"]
+                print(f"| {name} | int8 against bfloat16 | {ratio:.2f}x | |")
+                print(
+                    f"| {name} | int8 fit: calibration on {len(X)} images, s | "
+                    f"{FIT_SECONDS[(name, 'int8')]:.1f} | |"
+                )
             if device.type == "cuda" and name in LIMIT_IMG_S:
                 print(
                     f"| {name} | fraction of the ~{LIMIT_IMG_S[name]:,} img/s limit "
@@ -281,6 +314,8 @@ def main():
                 )
     for dtype in (torch.float32, torch.bfloat16):
         print(f"matmul 4096x4096 {dtype}: {matmul_tflops(dtype, device):.2f} TFLOP/s")
+    if int8_available(device):
+        print(f"matmul 4096x4096 int8 (torch._int_mm): {int8_tops():.2f} TOP/s")
 
 
 def matmul_tflops(dtype, device, n=4096, repeats=5) -> float:
@@ -293,6 +328,18 @@ def matmul_tflops(dtype, device, n=4096, repeats=5) -> float:
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def int8_tops(n=4096, repeats=5) -> float:
+    """The CPU's int8 limit: the best of a large int8 matmul (int32 sums)."""
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        torch._int_mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e12
 

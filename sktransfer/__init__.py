@@ -55,9 +55,10 @@ def clear_caches() -> None:
     """
     import torch
 
-    from sktransfer import _cache, _identity, _network
+    from sktransfer import _cache, _identity, _int8, _network
 
     _network.clear()
+    _int8.clear()
     _cache.clear_memory()
     _identity.clear()
     if torch.cuda.is_available():

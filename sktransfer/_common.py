@@ -27,6 +27,7 @@ __all__ = [
     "check_numerics",
     "did_you_mean",
     "owned_random_state",
+    "precision_numerics",
     "replace_file",
     "require",
 ]
@@ -64,14 +65,23 @@ def all_or_nothing(estimator):
         raise
 
 
+def precision_numerics(device: torch.device, precision: str) -> str:
+    """:func:`~sktransfer._identity.numerics` of a precision's name,
+    ``"int8"`` (ONNX Runtime's, ``_int8``) included."""
+    if precision == "int8":
+        from sktransfer import _int8
+
+        return _int8.numerics()
+    return numerics(device, _device.PRECISIONS[precision])
+
+
 def check_numerics(estimator) -> None:
     """Warn when a fitted estimator computes in reduced precision with other
     kernels than at fit (a pickle, a shared model, a cluster of other
     machines): its outputs may shift by a few percent."""
-    dtype = _device.PRECISIONS[estimator.precision_]
-    here = numerics(estimator.device_, dtype)
+    here = precision_numerics(estimator.device_, estimator.precision_)
     fitted = estimator.__dict__.get("numerics_", here)
-    if dtype != torch.float32 and here != fitted:
+    if estimator.precision_ != "float32" and here != fitted:
         name = type(estimator).__name__
         warnings.warn(
             f"This {name} was fitted with precision={estimator.precision_!r} on "

@@ -263,7 +263,10 @@ def module_digest(module: nn.Module) -> str:
 
 
 # -- numerics -----------------------------------------------------------------
-_KERNEL_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f")
+_KERNEL_FLAGS = (
+    *("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f"),
+    *("amx_int8", "avx512_vnni", "avx_vnni", "asimddp"),  # int8 (``_int8``)
+)
 
 
 @functools.cache

@@ -310,7 +310,6 @@ class FeatureNet(PooledOutputs, nn.Module):
         return self.pool_outputs(self.body(x))
 
 
-
 def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
     """List the cut points of a model, with their output shapes.
 

@@ -596,7 +596,7 @@ def _dask_client(address):
         yield client
 
 
-def _add_engine_options(p, batch_size=64):
+def _add_engine_options(p, batch_size=64, int8=False):
     p.add_argument(
         "--weights",
         default="DEFAULT",
@@ -620,8 +620,14 @@ def _add_engine_options(p, batch_size=64):
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="compute precision ('auto': float32 on CPUs, bfloat16 on GPUs)",
+        choices=["auto", "float32", "bfloat16", "float16", *(["int8"] if int8 else [])],
+        help="compute precision ('auto': float32 on CPUs, bfloat16 on GPUs"
+        + (
+            "; 'int8': on the CPU, calibrated on a sample of the images, "
+            "needs sktransfer[int8])"
+            if int8
+            else ")"
+        ),
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds random weights (and folds)"
@@ -772,7 +778,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a Dask scheduler's address (tcp://host:8786): compute a dataset "
         "output's partitions on its cluster",
     )
-    _add_engine_options(p)
+    _add_engine_options(p, int8=True)
     p.set_defaults(run=embed_command)
 
     p = sub.add_parser(

@@ -150,6 +150,32 @@ def test_fit_on_a_dask_collection_runs_its_first_image(images):
     assert_same_rows(out.compute(), extractor.transform(images))
 
 
+def test_an_int8_extractor_runs_its_quantized_model_on_the_workers(client, images):
+    """precision="int8": fit calibrates on the first calibration_size images
+    of the collection; the workers run the model the extractor carries."""
+    pytest.importorskip("onnxruntime")
+    from sktransfer import _int8
+
+    if _int8.int8_kernels() is None:
+        pytest.skip("this CPU has no int8 dot-product instructions")
+    lazy_input = da.from_array(images, chunks=(4, 32, 32, 3))
+    extractor = PretrainedFeatureExtractor(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        preprocessing=SMALL,
+        precision="int8",
+        calibration_size=8,
+        cache=None,
+        verbose=False,
+    ).fit(lazy_input)
+    assert extractor.quantization_["calibration_images"] == 8
+    expected = extractor.transform(images)
+    np.testing.assert_array_equal(extractor.transform(lazy_input).compute(), expected)
+    again = extractor.set_params(precision="int8").fit(images[:8])
+    assert again.quantization_["digest"] == extractor.quantization_["digest"]
+
+
 def test_predict_and_predict_proba_are_lazy_too(client, images):
     y = np.arange(len(images)) % 2
     clf = FineTunedClassifier(

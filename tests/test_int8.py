@@ -1,0 +1,259 @@
+"""precision="int8": static quantization calibrated in fit (issue 18).
+
+Small networks on small images (a tiny CNN, ResNet-18 with random weights
+at 64x64), and the real ImageNet MobileNetV2 where it is at hand.
+"""
+
+import pickle
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sktransfer import EmbeddingCache, PretrainedFeatureExtractor, _int8
+from tests.conftest import assert_same_rows, transform_in_fresh_process
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+SIZE = {"resize_size": 64, "crop_size": 64}
+needs_int8_cpu = pytest.mark.skipif(
+    _int8.int8_kernels() is None, reason="this CPU has no int8 dot-product instructions"
+)
+
+
+def relative_differences(a, b):
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture
+def photos():
+    """Smooth random images (neighbouring pixels alike, as in photos)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (24, 8, 8, 3)).astype(np.float32)
+    big = torch.nn.functional.interpolate(
+        torch.from_numpy(small).permute(0, 3, 1, 2), size=64, mode="bilinear"
+    )
+    return big.permute(0, 2, 3, 1).round().clamp(0, 255).numpy().astype(np.uint8)
+
+
+def resnet18(**params):
+    settings = dict(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        preprocessing=SIZE,
+        cache=None,
+        verbose=False,
+    )
+    return PretrainedFeatureExtractor(**{**settings, **params})
+
+
+@needs_int8_cpu
+def test_int8_rows_are_close_to_float32(photos):
+    layers = [None, "layer2"]
+    exact = resnet18(layer=layers).fit(photos).transform(photos)
+    int8 = resnet18(layer=layers, precision="int8").fit(photos)
+    assert int8.precision_ == "int8"
+    assert int8.numerics_.startswith("int8-cpu-")
+    assert int8.quantization_["calibration_images"] == len(photos)
+    assert int8.quantization_["float_ops"] == []  # every convolution is int8
+    rows = int8.transform(photos)
+    assert rows.shape == exact.shape and rows.dtype == np.float32
+    differences = relative_differences(rows, exact)
+    assert np.median(differences) < 0.05, differences
+    assert differences.max() > 0  # it is not the float network
+
+
+@needs_int8_cpu
+def test_int8_is_close_to_float32_with_real_weights(shared_weights, photos):
+    """The real ImageNet MobileNetV2 (whose depthwise convolutions quantize
+    worst: rows move by about 15% here, see docs/speed.md): each image's
+    int8 row is nearer to its own float32 row than to any other image's."""
+    params = dict(model="mobilenet_v2", weights=shared_weights, preprocessing=SIZE)
+    exact = resnet18(**params).fit(photos).transform(photos)
+    rows = resnet18(**params, precision="int8").fit(photos).transform(photos)
+    assert np.median(relative_differences(rows, exact)) < 0.25
+    distances = np.linalg.norm(rows[:, None] - exact[None], axis=2)
+    np.testing.assert_array_equal(distances.argmin(axis=1), np.arange(len(rows)))
+
+
+@needs_int8_cpu
+def test_images_of_other_sizes_run_through_the_same_model(photos):
+    """Without a crop, the network takes any size: so does its int8 model
+    (exported with a dynamic height and width)."""
+    free = {"resize_size": None, "crop_size": None}
+    int8 = resnet18(preprocessing=free, precision="int8").fit(photos[:8])
+    exact = resnet18(preprocessing=free).fit(photos[:8])
+    other = photos[:3, :48, :40]
+    differences = relative_differences(int8.transform(other), exact.transform(other))
+    assert np.median(differences) < 0.1
+
+
+@needs_int8_cpu
+def test_onnx_runtime_calibrates_what_torch_did_not_range(photos, monkeypatch):
+    """The ranges come from torch; a value without one (an image size the
+    exported program refuses, a value torch.onnx made up) sends the whole
+    calibration to ONNX Runtime's own: slower, the same kind of model."""
+    fast = resnet18(precision="int8").fit(photos)
+    calls = []
+
+    def partial(program, inputs, dtype):
+        calls.append(len(inputs))
+        ranges = ranged(program, inputs, dtype)
+        return dict(list(ranges.items())[: len(ranges) // 2])
+
+    ranged = _int8._ranges
+    monkeypatch.setattr(_int8, "_ranges", partial)
+    _int8.clear()
+    slow = resnet18(precision="int8").fit(photos)
+    assert calls and slow.quantization_["digest"] != fast.quantization_["digest"]
+    exact = resnet18().fit(photos).transform(photos)
+    for fitted in (fast, slow):
+        assert np.median(relative_differences(fitted.transform(photos), exact)) < 0.05
+
+
+@needs_int8_cpu
+def test_calibration_is_deterministic_and_part_of_the_identity(photos):
+    first = resnet18(precision="int8").fit(photos)
+    again = resnet18(precision="int8").fit(photos.copy())
+    assert again.quantization_["digest"] == first.quantization_["digest"]
+    assert again.cache_key_ == first.cache_key_
+    np.testing.assert_array_equal(again.transform(photos), first.transform(photos))
+
+    other = resnet18(precision="int8").fit(photos[::-1][:12])
+    assert other.quantization_["digest"] != first.quantization_["digest"]
+    assert other.cache_key_ != first.cache_key_
+    exact = resnet18().fit(photos)
+    assert len({first.cache_key_, other.cache_key_, exact.cache_key_}) == 3
+
+
+@needs_int8_cpu
+def test_calibration_size_bounds_the_sample_drawn_by_random_state(photos):
+    fitted = {
+        seed: resnet18(precision="int8", calibration_size=8, random_state=seed).fit(
+            photos
+        )
+        for seed in (0, 1)
+    }
+    assert fitted[0].quantization_["calibration_images"] == 8
+    assert fitted[0].quantization_["digest"] != fitted[1].quantization_["digest"]
+    evenly = resnet18(precision="int8", calibration_size=8)
+    evenly.set_params(random_state=None, weights=None)
+    rows = evenly._calibration_rows(len(photos))
+    np.testing.assert_array_equal(rows, np.linspace(0, 23, 8).round())
+
+
+@needs_int8_cpu
+def test_the_cache_never_mixes_calibrations(photos):
+    store = EmbeddingCache()
+    exact = resnet18(cache=store).fit(photos).transform(photos)
+    one = resnet18(cache=store, precision="int8").fit(photos).transform(photos)
+    other = resnet18(cache=store, precision="int8").fit(photos[:12])
+    rows = other.transform(photos)
+    assert relative_differences(one, exact).min() > 0
+    assert not np.array_equal(rows, one)
+    uncached = resnet18(precision="int8").fit(photos[:12]).transform(photos)
+    np.testing.assert_array_equal(rows, uncached)
+
+
+@needs_int8_cpu
+def test_clones_of_a_search_share_one_quantization(photos, monkeypatch):
+    from sklearn.base import clone
+
+    calls = []
+    export = _int8._export
+    monkeypatch.setattr(_int8, "_export", lambda *a: calls.append(1) or export(*a))
+    _int8.clear()
+    base = resnet18(
+        precision="int8", cache=EmbeddingCache(), cache_layers=["layer2", None]
+    )
+    first = clone(base).set_params(layer="layer2").fit(photos)
+    second = clone(base).set_params(layer=None).fit(photos)
+    assert len(calls) == 1
+    assert first.quantization_["digest"] == second.quantization_["digest"]
+
+
+@needs_int8_cpu
+def test_pickles_carry_the_quantized_model(photos, tmp_path):
+    fitted = resnet18(precision="int8").fit(photos)
+    rows = fitted.transform(photos)
+    data = pickle.dumps(fitted)
+    # the int8 model and no float tensors (ResNet-18's are 45 MB)
+    assert len(data) < 1.2 * len(fitted.quantization_["model"])
+    loaded = pickle.loads(data)
+    np.testing.assert_array_equal(loaded.transform(photos), rows)
+    assert_same_rows(transform_in_fresh_process(fitted, photos, tmp_path), rows)
+
+
+@needs_int8_cpu
+def test_shared_files_carry_the_quantized_model(photos, tmp_path):
+    pytest.importorskip("skops")
+    import sktransfer
+
+    fitted = resnet18(precision="int8").fit(photos)
+    sktransfer.save(fitted, tmp_path / "int8")
+    loaded = sktransfer.load(tmp_path / "int8")
+    assert loaded.precision_ == "int8"
+    np.testing.assert_array_equal(loaded.transform(photos), fitted.transform(photos))
+
+
+def test_no_int8_instructions_warns_and_runs_in_float(photos, monkeypatch):
+    monkeypatch.setattr(_int8, "int8_kernels", lambda: None)
+    with pytest.warns(UserWarning, match="no int8 dot-product instructions"):
+        fitted = resnet18(precision="int8").fit(photos)
+    assert fitted.precision_ in ("bfloat16", "float32")
+    assert fitted.quantization_ is None
+    expected = resnet18(precision=fitted.precision_).fit(photos).transform(photos)
+    assert_same_rows(fitted.transform(photos), expected)
+
+
+@needs_int8_cpu
+def test_a_network_that_cannot_be_exported_warns_and_runs_in_float(photos, monkeypatch):
+    def fail(*args):
+        raise RuntimeError("no export for this one")
+
+    monkeypatch.setattr(_int8, "_export", fail)
+    _int8.clear()
+    with pytest.warns(UserWarning, match="could not export.*no export for this one"):
+        fitted = resnet18(precision="int8").fit(photos)
+    assert fitted.precision_ in ("bfloat16", "float32")
+    assert fitted.quantization_ is None
+
+
+def test_int8_needs_the_cpu_and_the_extra(photos, monkeypatch):
+    with pytest.raises(ValueError, match="int8.*CPU|CUDA is not available"):
+        resnet18(precision="int8", device="cuda").fit(photos)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"sktransfer\[int8\]"):
+        resnet18(precision="int8").fit(photos)
+
+
+def test_calibration_size_is_validated(photos):
+    with pytest.raises(InvalidParameterError, match="calibration_size"):
+        resnet18(precision="int8", calibration_size=0).fit(photos)
+
+
+@needs_int8_cpu
+def test_float_compute_ops_names_what_stays_float(photos):
+    fitted = resnet18(precision="int8").fit(photos)
+    assert _int8.float_compute_ops(fitted.quantization_["model"]) == []
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load_from_string(fitted.quantization_["model"])
+    for node in model.graph.node:  # cut the first convolution off its DQ input
+        if node.op_type == "Conv":
+            node.input[0] = model.graph.input[0].name
+            break
+    left = _int8.float_compute_ops(model.SerializeToString())
+    assert len(left) == 1 and left[0].startswith("Conv")
+
+
+@needs_int8_cpu
+def test_compile_is_ignored_under_int8(photos):
+    fitted = resnet18(precision="int8", compile=True).fit(photos)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted.transform(photos[:2])
