@@ -212,13 +212,14 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         float32 on CUDA runs without TF32. ``"int8"`` (CPU only; needs
         ``pip install 'sktransfer[int8]'``): static post-training
         quantization through ONNX Runtime, calibrated in ``fit`` on the
-        images it is given (see ``calibration_size``); about 1.9x the speed
+        images it is given (see ``calibration_size``); about 1.8x the speed
         of bfloat16 for ResNet-50 on CPUs with AVX512-VNNI or AMX. Rows move
-        by about 1-15% of their norm depending on the model (depthwise
+        by about 2-13% of their norm depending on the model (depthwise
         convolutions, as in MobileNets, the most). Where the CPU has no int8
         dot-product instructions, or the network cannot be exported, ``fit``
         warns and the network runs in bfloat16 (float32 where the CPU has no
-        bf16 kernels either); ``precision_`` says what runs.
+        bf16 kernels either); ``precision_`` says what runs. Where int8 runs
+        the network slower than that (EfficientNets), ``fit`` warns.
 
     calibration_size : int, default=256
         With ``precision="int8"``: how many of the images given to ``fit``
@@ -633,7 +634,21 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             "calibration_images": int(sum(len(b) for b in inputs)),
             "float_ops": left,
         }
-        return quantization, _int8_network(quantization, net.layers, self.pooling)
+        quantized = _int8_network(quantization, net.layers, self.pooling)
+        # never a silent slowdown: some networks (many small depthwise
+        # convolutions and float gates between them) run slower in int8
+        rates = _int8.rates(quantized, net, inputs[0], fastest)
+        if rates["int8"] < 0.9 * rates["float"]:
+            name = _fallback_precision()
+            warnings.warn(
+                f"precision='int8' runs this network slower here than "
+                f"precision={name!r} would ({rates['int8']:.0f} against "
+                f"{rates['float']:.0f} images/s, measured on {rates['images']} "
+                f"calibration images). Use precision={name!r} for speed.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return quantization, quantized
 
     def _cache_config(self) -> str:
         """The configuration part of cache keys: ``cache_key_`` and the

@@ -3,19 +3,24 @@ extractor's network through ONNX Runtime.
 
 ``fit`` with ``precision="int8"`` exports the float network up to its cut
 points (batch norms folded, standard operators only) with ``torch.onnx``,
-and hands it to ONNX Runtime's static quantizer with the preprocessed
-calibration images: per-channel int8 weights, uint8 activations whose
-ranges are the minimum and maximum seen in calibration, in the QDQ format
-that ONNX Runtime runs with its int8 kernels (VNNI and AMX on x86, the dot
-product instructions on ARM). Pooling stays in float32, in torch, as for
-every precision. The quantized model's bytes are the fitted state: pickles
-and shared files carry them (no recalibration at load), and their digest is
-the quantized network's identity in the cache key and the memo.
+runs the preprocessed calibration images through the exported program in
+torch (bf16 where the CPU has the kernels: the engine's speed) to find the
+minimum and maximum of every value, and hands the model and these ranges to
+ONNX Runtime's static quantizer: per-channel int8 weights, uint8
+activations, in the QDQ format that ONNX Runtime runs with its int8 kernels
+(VNNI and AMX on x86, the dot product instructions on ARM). The exporter
+names the model's values after the program's nodes, which is how ranges
+find their values; should one be missing, ONNX Runtime's own (float32,
+several times slower) calibration runs instead. Pooling stays in float32,
+in torch, as for every precision. The quantized model's bytes are the
+fitted state: pickles and shared files carry them (no recalibration at
+load), and their digest is the quantized network's identity in the cache
+key and the memo.
 
-Operators that ONNX Runtime does not quantize (layer norms, softmax, GELU
-in transformers) run in float32 between the int8 ones; a convolution or
-matrix product left in float32 is reported in a warning. Why ONNX Runtime:
-``docs/speed.md`` compares it with torchao's PT2E quantizer and OpenVINO.
+Elementwise products, sigmoids, softmax and normalisations run in float32
+between the int8 operators; a convolution or matrix product left in
+float32 is reported in a warning. Why ONNX Runtime: ``docs/speed.md``
+compares it with torchao's PT2E quantizer and OpenVINO with NNCF.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -49,14 +55,15 @@ __all__ = [
     "network",
     "numerics",
     "quantize",
+    "rates",
     "unavailable",
 ]
 
 _WHAT = 'precision="int8"'
 # (float network key, calibration digest) -> quantized model bytes
 _QUANTIZED = Memo(size=512 * 2**20, weigh=lambda model: len(model))  # type: ignore[arg-type]
-# float network key -> its ONNXProgram (export takes seconds; each
-# calibration, e.g. each fold of a cross-validation, reuses it)
+# (float network key, input shape) -> its ONNXProgram (export takes
+# seconds; each calibration, e.g. each fold of a cross-validation, reuses it)
 _EXPORTS = Memo(size=2)
 # (model digest, outputs, pooling, threads) -> its QuantizedNet
 _NETWORKS = Memo(size=8)
@@ -379,12 +386,35 @@ class QuantizedNet(PooledOutputs, nn.Module):
         self.keys, self.layers = list(keys), list(layers)
         self.pooling, self.nhwc, self.prefix = pooling, nhwc, prefix
 
+    def __deepcopy__(self, memo):
+        return self  # inference only, never modified: copies share it
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        batch = np.ascontiguousarray(x.float().contiguous().numpy())
+        batch = x.float().contiguous().numpy()
         outputs = self.session.run(None, {self.input_name: batch})
         return self.pool_outputs(
             dict(zip(self.keys, map(torch.from_numpy, outputs), strict=True))
         )
+
+
+def rates(quantized: nn.Module, net: nn.Module, batch: torch.Tensor, dtype) -> dict:
+    """Images per second of the int8 and the float network (in ``dtype``)
+    on (at most 8 of) ``batch``: the best of two runs after a warm-up."""
+    batch = batch[:8].contiguous(memory_format=torch.channels_last)
+    found: dict[str, float] = {"images": len(batch)}
+    with torch.inference_mode():
+        for label, run in (("int8", quantized), ("float", net)):
+            best = float("inf")
+            with autocast(
+                torch.device("cpu"), torch.float32 if run is quantized else dtype
+            ):
+                for i in range(3):
+                    start = time.perf_counter()
+                    run(batch)
+                    if i:
+                        best = min(best, time.perf_counter() - start)
+            found[label] = len(batch) / best
+    return found
 
 
 def network(model: bytes, identity: str, keys, layers, pooling, nhwc, prefix):

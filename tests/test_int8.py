@@ -4,6 +4,7 @@ Small networks on small images (a tiny CNN, ResNet-18 with random weights
 at 64x64), and the real ImageNet MobileNetV2 where it is at hand.
 """
 
+import copy
 import pickle
 import sys
 import warnings
@@ -186,6 +187,7 @@ def test_pickles_carry_the_quantized_model(photos, tmp_path):
     assert len(data) < 1.2 * len(fitted.quantization_["model"])
     loaded = pickle.loads(data)
     np.testing.assert_array_equal(loaded.transform(photos), rows)
+    np.testing.assert_array_equal(copy.deepcopy(fitted).transform(photos), rows)
     assert_same_rows(transform_in_fresh_process(fitted, photos, tmp_path), rows)
 
 
@@ -249,6 +251,21 @@ def test_float_compute_ops_names_what_stays_float(photos):
             break
     left = _int8.float_compute_ops(model.SerializeToString())
     assert len(left) == 1 and left[0].startswith("Conv")
+
+
+@needs_int8_cpu
+def test_an_int8_network_slower_than_float_is_not_silent(photos, monkeypatch):
+    monkeypatch.setattr(
+        _int8, "rates", lambda *args: {"int8": 50.0, "float": 100.0, "images": 8}
+    )
+    with pytest.warns(UserWarning, match="slower here than.*50 against 100"):
+        fitted = resnet18(precision="int8").fit(photos)
+    assert fitted.precision_ == "int8"  # (what was asked for, said to be slow)
+    monkeypatch.undo()
+    exact = resnet18().fit(photos)
+    batch = torch.rand(4, 3, 64, 64)
+    measured = _int8.rates(fitted.network_, exact.network_, batch, torch.float32)
+    assert measured["images"] == 4 and measured["int8"] > 0 and measured["float"] > 0
 
 
 @needs_int8_cpu
