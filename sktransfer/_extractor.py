@@ -54,6 +54,18 @@ def _fallback_precision() -> str:
     return "bfloat16" if cpu_kernels() in ("amx", "avx512bf16") else "float32"
 
 
+def _without_int8(reason: str) -> str:
+    """Warn that int8 is not used, and why; return what runs instead."""
+    fallback = _fallback_precision()
+    warnings.warn(
+        f"precision='int8' is not used: {reason}. The network runs in "
+        f"{fallback} instead (precision_={fallback!r}).",
+        UserWarning,
+        stacklevel=6,  # (the caller of fit)
+    )
+    return fallback
+
+
 def _int8_network(quantization: dict, layers, pooling) -> nn.Module:
     """The network of a fitted ``quantization_``."""
     return _int8.network(
@@ -511,7 +523,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         quantization = None
         if int8:
             quantization, net = self._quantize(built, prep, images, device)
-            if quantization is None:  # could not be quantized: warned
+            if quantization is None:  # could not be quantized (warned)
                 precision = _fallback_precision()
                 dtype = _device.PRECISIONS[precision]
             else:
@@ -570,14 +582,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         reason = _int8.unavailable()  # (ImportError: what to install)
         if reason is None:
             return device, "int8"
-        fallback = _fallback_precision()
-        warnings.warn(
-            f"precision='int8' is not used: {reason}. The network runs in "
-            f"{fallback} instead (precision_={fallback!r}).",
-            UserWarning,
-            stacklevel=4,
-        )
-        return device, fallback
+        return device, _without_int8(reason)
 
     def _calibration_rows(self, n: int) -> np.ndarray | None:
         """The rows calibrated on: all of them up to ``calibration_size``,
@@ -606,13 +611,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             fastest = _device.PRECISIONS[_fallback_precision()]
             model = _int8.quantize(net, inputs, built.key, fastest)
         except _int8.QuantizationError as exc:
-            fallback = _fallback_precision()
-            warnings.warn(
-                f"precision='int8' is not used: {exc}. The network runs in "
-                f"{fallback} instead (precision_={fallback!r}).",
-                UserWarning,
-                stacklevel=4,
-            )
+            _without_int8(str(exc))
             return None, net
         left = _int8.float_compute_ops(model)
         if left:
@@ -623,7 +622,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
                 "Runtime does not quantize them here, so they run at float32 "
                 "speed between the int8 ones.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # (the caller of fit)
             )
         quantization = {
             "model": model,
@@ -646,7 +645,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
                 f"{rates['float']:.0f} images/s, measured on {rates['images']} "
                 f"calibration images). Use precision={name!r} for speed.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # (the caller of fit)
             )
         return quantization, quantized
 
