@@ -533,7 +533,8 @@ def embed_command(args) -> int:
             "--scheduler computes a dataset output (a folder: an output without a "
             "suffix), one file per partition."
         )
-    partial = output.with_name(output.name + ".partial")
+    # (absolute: "out.npy.partial" alone would be refused as a bare word)
+    partial = output.absolute().with_name(output.name + ".partial")
     cache = None if args.cache == "none" else args.cache or str(partial)
     if dataset:  # (its partition files make it resumable)
         cache = None if args.cache in (None, "none") else args.cache

@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+import warnings
 
 import joblib
 import numpy as np
@@ -367,6 +368,34 @@ def test_embed_a_list_to_npy(folder, tmp_path):
     assert main(["embed", str(listing), "-o", str(out), *EMBED]) == 0
     np.testing.assert_allclose(np.load(out), _reference(paths), rtol=1e-5, atol=1e-5)
     assert (tmp_path / "emb.paths.txt").read_text().splitlines() == paths
+
+
+def test_embed_to_a_bare_file_name_in_the_working_directory(
+    folder, tmp_path, monkeypatch
+):
+    """``-o emb.npy``: its resumable cache is ./emb.npy.partial/, not a bare
+    word the cache parameter would refuse."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", str(folder), "-o", "emb.npy", *EMBED]) == 0
+    assert np.load(tmp_path / "emb.npy").shape[0] == len(list(folder.glob("*/*")))
+    assert not (tmp_path / "emb.npy.partial").exists()
+
+
+def test_embed_int8_calibrates_on_the_images(folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "emb.npy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (a CPU without int8 instructions)
+        assert (
+            main(["embed", str(folder), "-o", str(out), *EMBED, "--precision", "int8"])
+            == 0
+        )
+    paths = list(sktransfer.list_images(folder))
+    exact = _reference(paths)
+    rows = np.load(out)
+    assert rows.shape == exact.shape
+    differences = np.linalg.norm(rows - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert np.median(differences) < 0.1
 
 
 def test_an_unreadable_image_stops_embed_naming_its_row(folder, tmp_path, capsys):
