@@ -618,17 +618,15 @@ def _add_engine_options(p, batch_size=64, int8=False):
         help="images per forward pass",
     )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'...")
+    precisions, note = ["auto", "float32", "bfloat16", "float16"], ""
+    if int8:
+        precisions.append("int8")
+        note = "; 'int8': on the CPU, calibrated on the images, sktransfer[int8]"
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16", *(["int8"] if int8 else [])],
-        help="compute precision ('auto': float32 on CPUs, bfloat16 on GPUs"
-        + (
-            "; 'int8': on the CPU, calibrated on a sample of the images, "
-            "needs sktransfer[int8])"
-            if int8
-            else ")"
-        ),
+        choices=precisions,
+        help=f"compute precision ('auto': float32 on CPUs, bfloat16 on GPUs{note})",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds random weights (and folds)"
