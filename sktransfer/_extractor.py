@@ -636,7 +636,7 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         quantized = _int8_network(quantization, net.layers, self.pooling)
         # never a silent slowdown: some networks (many small depthwise
         # convolutions and float gates between them) run slower in int8
-        rates = _int8.rates(quantized, net, inputs[0], fastest)
+        rates = _int8.rates(quantized, net, inputs[0], fastest, quantization["digest"])
         if rates["int8"] < 0.9 * rates["float"]:
             name = _fallback_precision()
             warnings.warn(

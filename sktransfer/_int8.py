@@ -67,6 +67,8 @@ _QUANTIZED = Memo(size=512 * 2**20, weigh=lambda model: len(model))  # type: ign
 _EXPORTS = Memo(size=2)
 # (model digest, outputs, pooling, threads) -> its QuantizedNet
 _NETWORKS = Memo(size=8)
+# (model digest, float dtype, threads) -> int8 and float images per second
+_RATES = Memo(size=16)
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 _FOLDED_ACTIVATIONS = {"Relu", "Clip"}
 # What is quantized: the convolutions and matrix products, and what joins
@@ -397,9 +399,17 @@ class QuantizedNet(PooledOutputs, nn.Module):
         )
 
 
-def rates(quantized: nn.Module, net: nn.Module, batch: torch.Tensor, dtype) -> dict:
+def rates(
+    quantized: nn.Module, net: nn.Module, batch: torch.Tensor, dtype, key=None
+) -> dict:
     """Images per second of the int8 and the float network (in ``dtype``)
-    on (at most 8 of) ``batch``: the best of two runs after a warm-up."""
+    on (at most 8 of) ``batch``: the best of two runs after a warm-up.
+    ``key`` (the quantized model's digest): measured once per model, dtype
+    and thread count (clones that share the model share the measure)."""
+    memo_key = None if key is None else (key, str(dtype), torch.get_num_threads())
+    known = _RATES.get(memo_key)
+    if known is not None:
+        return known
     batch = batch[:8].contiguous(memory_format=torch.channels_last)
     found: dict[str, float] = {"images": len(batch)}
     with torch.inference_mode():
@@ -414,6 +424,7 @@ def rates(quantized: nn.Module, net: nn.Module, batch: torch.Tensor, dtype) -> d
                     if i:
                         best = min(best, time.perf_counter() - start)
             found[label] = len(batch) / best
+    _RATES.put(memo_key, found)
     return found
 
 
@@ -435,3 +446,4 @@ def clear() -> None:
     _QUANTIZED.clear()
     _EXPORTS.clear()
     _NETWORKS.clear()
+    _RATES.clear()
