@@ -15,19 +15,63 @@ network once (the estimator keeps the network it built), then reuses it for
 every block it computes. An extractor with published weights pickles to their name (a
 few KB); other networks travel as their tensors, once per worker.
 
+Dask's nanny starts each worker process with ``MALLOC_TRIM_THRESHOLD_``
+set, which also freezes glibc's threshold for memory-mapped allocations at
+128 KiB: every activation tensor is then mapped fresh and page-faulted at
+every batch, and torch ran 25% slower in a worker than in-process
+(``benchmarks/RESULTS.md``). The first sktransfer task in such a worker
+gives glibc back the thresholds its own dynamic rule reaches (32 MiB for
+mappings, twice that for trimming): :func:`worker_memory`.
+``SKTRANSFER_WORKER_MALLOC=0`` leaves the worker's settings alone.
+
 Dask is an optional dependency (``pip install 'sktransfer[dask]'``): nothing
 here imports it unless the input already is a Dask collection.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
 
 import numpy as np
 
 from sktransfer._common import require
 
-__all__ = ["active_client", "first_images", "is_dask", "lazy"]
+__all__ = ["active_client", "first_images", "is_dask", "lazy", "worker_memory"]
+
+#: Set to ``0`` to keep a Dask worker's malloc settings as its nanny set them.
+WORKER_MALLOC_ENV = "SKTRANSFER_WORKER_MALLOC"
+_MALLOC_TUNED: list = []  # (set once per process)
+
+
+def worker_memory() -> bool:
+    """In a Dask worker whose nanny set ``MALLOC_TRIM_THRESHOLD_``, set
+    glibc's mapping and trimming thresholds to 32 and 64 MiB (once per
+    process). Returns whether they were set."""
+    if _MALLOC_TUNED:
+        return _MALLOC_TUNED[0]
+    done = False
+    distributed = sys.modules.get("distributed")
+    wanted = os.environ.get(WORKER_MALLOC_ENV, "1").strip() not in {"0", "false"}
+    if (
+        wanted
+        and distributed is not None
+        and "MALLOC_TRIM_THRESHOLD_" in os.environ
+        and sys.platform.startswith("linux")
+    ):
+        try:
+            distributed.get_worker()  # (only in a worker)
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+            done = bool(
+                libc.mallopt(m_mmap_threshold, 32 * 2**20)
+                and libc.mallopt(m_trim_threshold, 64 * 2**20)
+            )
+        except (ValueError, OSError, AttributeError):
+            done = False
+    _MALLOC_TUNED.append(done)
+    return done
 
 
 def is_dask(X) -> bool:
@@ -38,6 +82,7 @@ def is_dask(X) -> bool:
 
 def _apply(block, estimator, method: str):
     """One block's rows: the estimator's in-memory method on it."""
+    worker_memory()
     return getattr(estimator, method)(block)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sktransfer._common import replace_file, require
-from sktransfer._dask import active_client
+from sktransfer._dask import active_client, worker_memory
 from sktransfer.exceptions import ImageReadError
 
 __all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file"]
@@ -267,6 +267,7 @@ def _check_job(folder: Path, paths, partition_size, extractor) -> None:
 def _write_partition(extractor, paths, start, target, metadata) -> int:
     """One partition: its rows, written atomically; returns how many of its
     images could not be read."""
+    worker_memory()  # (on a Dask worker: see _dask)
     extractor._network()  # built once on the shared estimator (a worker's)
     own = object.__new__(type(extractor))  # (copy.copy would pickle: no
     own.__dict__.update(extractor.__dict__)  # network) errors_ of its own
