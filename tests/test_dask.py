@@ -308,8 +308,13 @@ def test_grid_search_on_the_dask_backend_shares_a_directory_cache(
         # refit on the whole set runs here)
         return searcher, fits, sum(seen)
 
-    shared, fits, seen = search(str(tmp_path / "cache"))
-    assert all(fits)  # both workers fitted
+    # Dask places the fits: now and then one worker takes them all (it then
+    # shares the cache with itself only); a fresh search, until both have
+    for attempt in range(4):
+        shared, fits, seen = search(str(tmp_path / f"cache{attempt}"))
+        if all(fits):
+            break
+    assert all(fits), fits  # both workers fitted
     assert seen <= len(grid) * len(X) + len(grid)  # (+ a probe per cut point)
     _, _, without = search(None)  # every fit embeds its images again
     assert without >= len(grid) * 4 * len(X) * 3 / 4
