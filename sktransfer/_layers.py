@@ -73,13 +73,12 @@ def _trace(module: nn.Module) -> fx.GraphModule:
     as ``Conv2dNormActivation`` whole) is traced again through them, so
     that their batch norms fold and their convolutions fuse; it is kept as
     it is where that fails."""
-    if isinstance(module, fx.GraphModule):
-        try:
-            graph = _Tracer(**tracer_kwargs(module)).trace(module)
-        except Exception:  # torch.fx raises many kinds of errors
+    try:
+        graph = _Tracer(**tracer_kwargs(module)).trace(module)
+    except Exception:  # torch.fx raises many kinds of errors
+        if isinstance(module, fx.GraphModule):
             return module
-        return fx.GraphModule(module, graph)
-    graph = _Tracer(**tracer_kwargs(module)).trace(module)
+        raise
     return fx.GraphModule(module, graph)
 
 
