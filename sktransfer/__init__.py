@@ -10,17 +10,48 @@ from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
 from sktransfer._probe import ProbeResult, probe
 from sktransfer._share import load, save, untrusted_types
-from sktransfer.exceptions import ImageReadError, WeightsUnavailableError
+from sktransfer.exceptions import (
+    CacheWarning,
+    DeviceWarning,
+    FusionWarning,
+    ImageReadError,
+    LayerError,
+    NumericsWarning,
+    PerformanceWarning,
+    PrecisionFallbackWarning,
+    PreprocessingWarning,
+    ProbeUsageError,
+    ProbeWarning,
+    SktransferWarning,
+    TamperedModelError,
+    UnreadableImagesWarning,
+    UntrustedTypesError,
+    WeightsUnavailableError,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CacheWarning",
+    "DeviceWarning",
     "EmbeddingCache",
     "FineTunedClassifier",
+    "FusionWarning",
     "ImageReadError",
+    "LayerError",
+    "NumericsWarning",
+    "PerformanceWarning",
+    "PrecisionFallbackWarning",
     "Preprocessing",
+    "PreprocessingWarning",
     "ProbeResult",
+    "ProbeUsageError",
+    "ProbeWarning",
     "PretrainedFeatureExtractor",
+    "SktransferWarning",
+    "TamperedModelError",
+    "UnreadableImagesWarning",
+    "UntrustedTypesError",
     "WeightsUnavailableError",
     "clear_caches",
     "default_cache",

@@ -34,13 +34,13 @@ import os
 import struct
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from sktransfer._identity import digest
 from sktransfer._memo import Memo
+from sktransfer.exceptions import CacheWarning, warn
 
 __all__ = [
     "EmbeddingCache",
@@ -183,7 +183,7 @@ class EmbeddingCache:
             if kind in self._warned:
                 return
             self._warned.add(kind)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warn(message, CacheWarning)
 
     def get(self, key: tuple, width: int | None = None) -> np.ndarray | None:
         """The vector stored under ``(config, layer, image)``, or None.

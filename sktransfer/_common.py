@@ -8,7 +8,6 @@ import contextlib
 import difflib
 import os
 import secrets
-import warnings
 from numbers import Integral
 
 import numpy as np
@@ -20,6 +19,7 @@ from torchvision.models import WeightsEnum
 
 from sktransfer import _device, _preprocess
 from sktransfer._identity import numerics
+from sktransfer.exceptions import NumericsWarning, warn
 
 __all__ = [
     "SHARED_CONSTRAINTS",
@@ -83,14 +83,13 @@ def check_numerics(estimator) -> None:
     fitted = estimator.__dict__.get("numerics_", here)
     if estimator.precision_ != "float32" and here != fitted:
         name = type(estimator).__name__
-        warnings.warn(
+        warn(
             f"This {name} was fitted with precision={estimator.precision_!r} on "
             f"{fitted!r} and now runs on {here!r}. Reduced-precision kernels "
             "round differently, so its outputs may shift by a few percent from "
             "those of the machine it was fitted on. For outputs that agree "
             "across machines, fit it with precision='float32'.",
-            UserWarning,
-            stacklevel=3,
+            NumericsWarning,
         )
 
 

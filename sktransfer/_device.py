@@ -9,10 +9,11 @@ about them.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import TypeVar
 
 import torch
+
+from sktransfer.exceptions import DeviceWarning, warn
 
 __all__ = [
     "PRECISIONS",
@@ -83,11 +84,10 @@ def restore_device(name: str, what: str) -> torch.device:
     was fitted on CUDA and none is available here."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
+        warn(
             f"This {what} was fitted on CUDA, which is not available here; it "
             "will run on the CPU.",
-            UserWarning,
-            stacklevel=3,
+            DeviceWarning,
         )
         device = torch.device("cpu")
     return device

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from sktransfer._common import replace_file, require
 from sktransfer._dask import active_client, worker_memory
-from sktransfer.exceptions import ImageReadError
+from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning
 
 __all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file"]
 
@@ -92,7 +92,7 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
         for start in range(0, len(paths), chunk_size):
             chunk = paths[start : start + chunk_size]
             with warnings.catch_warnings():  # reported once, at the end
-                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", UnreadableImagesWarning)
                 try:
                     rows[start : start + len(chunk)] = extractor.transform(chunk)
                 except ImageReadError as exc:  # on_error="raise"
@@ -273,7 +273,7 @@ def _write_partition(extractor, paths, start, target, metadata) -> int:
     own.__dict__.update(extractor.__dict__)  # network) errors_ of its own
     extractor = own
     with warnings.catch_warnings():  # (the file records them)
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UnreadableImagesWarning)
         try:
             rows = extractor.transform(paths)
         except ImageReadError as exc:  # on_error="raise"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from numbers import Integral
 
@@ -45,7 +44,13 @@ from sktransfer._common import (
 from sktransfer._identity import cpu_kernels, digest
 from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
-from sktransfer.exceptions import ImageReadError
+from sktransfer.exceptions import (
+    ImageReadError,
+    PerformanceWarning,
+    PrecisionFallbackWarning,
+    UnreadableImagesWarning,
+    warn,
+)
 
 
 def _fallback_precision() -> str:
@@ -57,11 +62,10 @@ def _fallback_precision() -> str:
 def _without_int8(reason: str) -> str:
     """Warn that int8 is not used, and why; return what runs instead."""
     fallback = _fallback_precision()
-    warnings.warn(
+    warn(
         f"precision='int8' is not used: {reason}. The network runs in "
         f"{fallback} instead (precision_={fallback!r}).",
-        UserWarning,
-        stacklevel=6,  # (the caller of fit)
+        PrecisionFallbackWarning,
     )
     return fallback
 
@@ -616,13 +620,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         left = _int8.float_compute_ops(model)
         if left:
             shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
-            warnings.warn(
+            warn(
                 f"{len(left)} convolutions or matrix products of this network "
                 f"stay in float32 under precision='int8' ({shown}): ONNX "
                 "Runtime does not quantize them here, so they run at float32 "
                 "speed between the int8 ones.",
-                UserWarning,
-                stacklevel=5,  # (the caller of fit)
+                PerformanceWarning,
             )
         quantization = {
             "model": model,
@@ -639,13 +642,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         rates = _int8.rates(quantized, net, inputs[0], fastest, quantization["digest"])
         if rates["int8"] < 0.9 * rates["float"]:
             name = _fallback_precision()
-            warnings.warn(
+            warn(
                 f"precision='int8' runs this network slower here than "
                 f"precision={name!r} would ({rates['int8']:.0f} against "
                 f"{rates['float']:.0f} images/s, measured on {rates['images']} "
                 f"calibration images). Use precision={name!r} for speed.",
-                UserWarning,
-                stacklevel=5,  # (the caller of fit)
+                PerformanceWarning,
             )
         return quantization, quantized
 
@@ -700,12 +702,11 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         if self.errors_:
             rows = [e.index for e in self.errors_]
             shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-            warnings.warn(
+            warn(
                 f"{len(rows)} of {len(images)} images could not be read; their "
                 f"rows are NaN (rows {shown}). The first error: {self.errors_[0]} "
                 "See the extractor's errors_ for all of them.",
-                UserWarning,
-                stacklevel=4,
+                UnreadableImagesWarning,
             )
 
     def _bounds(self) -> dict:

@@ -31,13 +31,13 @@ from __future__ import annotations
 import functools
 import operator
 import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from sktransfer._device import dtype_name
+from sktransfer.exceptions import FusionWarning, warn
 
 __all__ = ["FUSION_ENV", "ConvPointwise", "StemMaxPool", "enabled", "fuse_pointwise"]
 
@@ -97,13 +97,12 @@ def _give_up(dtype: torch.dtype, activation, residual: bool, why: str) -> None:
     if key in _BROKEN:
         return
     _BROKEN.add(key)
-    warnings.warn(
+    warn(
         f"oneDNN's fused convolution ({_form(dtype, activation, residual)}) "
         f"{why} with torch {torch.__version__}; those convolutions run unfused "
         "(the same results, somewhat slower on the CPU). Set the environment "
         f"variable {FUSION_ENV}=0 to turn the fusion off altogether.",
-        RuntimeWarning,
-        stacklevel=4,
+        FusionWarning,
     )
 
 

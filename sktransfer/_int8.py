@@ -46,6 +46,7 @@ from sktransfer._engine import cpu_block
 from sktransfer._identity import cpu_flags
 from sktransfer._layers import FeatureNet, PooledOutputs
 from sktransfer._memo import Memo
+from sktransfer.exceptions import QuantizationError
 
 __all__ = [
     "QuantizationError",
@@ -343,11 +344,6 @@ def quantize(net: FeatureNet, inputs: list, key=None, dtype=torch.float32) -> by
         model = _quantize_static(program.model_proto, inputs, None)
     _QUANTIZED.put(memo_key, model)
     return model
-
-
-class QuantizationError(RuntimeError):
-    """A network that cannot be quantized (the extractor then warns and
-    runs it in a float precision)."""
 
 
 def float_compute_ops(model: bytes) -> list[str]:

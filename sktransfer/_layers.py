@@ -21,6 +21,7 @@ from torchvision.models.feature_extraction import (
 
 from sktransfer._common import did_you_mean
 from sktransfer._fusion import fuse_pointwise
+from sktransfer.exceptions import LayerError
 
 __all__ = [
     "POOLINGS",
@@ -114,11 +115,6 @@ def node_names(module: nn.Module, head: str | None = None) -> list[str]:
 def is_valid(name: str, names: list[str]) -> bool:
     prefix = name + "."
     return name in names or any(n.startswith(prefix) for n in names)
-
-
-class LayerError(ValueError):
-    """The ``layer`` parameter names no cut point of the model (a usage
-    error: the command line exits with status 2)."""
 
 
 def resolve_layers(layer, names, model_label: str) -> list[str | None]:

@@ -30,7 +30,13 @@ from sktransfer._backbones import _check_model_name, weights_at_hand
 from sktransfer._common import require
 from sktransfer._layers import FeatureNet
 from sktransfer._timm import HUB_PREFIX
-from sktransfer.exceptions import WeightsUnavailableError
+from sktransfer.exceptions import (
+    ProbeUsageError,
+    ProbeWarning,
+    UnreadableImagesWarning,
+    WeightsUnavailableError,
+    warn,
+)
 
 __all__ = ["DEFAULT_MODELS", "ProbeResult", "ProbeUsageError", "probe"]
 
@@ -38,10 +44,6 @@ __all__ = ["DEFAULT_MODELS", "ProbeResult", "ProbeUsageError", "probe"]
 DEFAULT_MODELS = ("convnext_tiny", "resnet50", "efficientnet_b0", "mobilenet_v2")
 #: The linear probe's iteration limit (a probe that stops there is reported).
 MAX_ITER = 1000
-
-
-class ProbeUsageError(ValueError):
-    """A model, weights or layer specification that cannot be used."""
 
 
 def linear_probe() -> Pipeline:
@@ -154,7 +156,7 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
             extractor.set_params(layer=extractor.computed_layers_, cache_layers=None)
             extractor.fit(X)
         with warnings.catch_warnings():  # probe() says it once, for all models
-            warnings.filterwarnings("ignore", r"\d+ of \d+ images could not be read")
+            warnings.simplefilter("ignore", UnreadableImagesWarning)
             embeddings = extractor.transform(X)
     finally:
         handle.remove()
@@ -302,7 +304,7 @@ def probe(
 
     (``layer4``, pooled, is the final embedding itself: one row for both.)
     """
-    log = log or (lambda message: warnings.warn(message, UserWarning, stacklevel=3))
+    log = log or (lambda message: warn(message, ProbeWarning))
     if not isinstance(cv, int) or cv < 2:
         raise ProbeUsageError(f"cv must be an integer of at least 2. Got {cv!r}.")
     if not isinstance(random_state, int):

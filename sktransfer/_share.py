@@ -35,7 +35,11 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer._common import replace_file, require
-from sktransfer.exceptions import ImageReadError
+from sktransfer.exceptions import (
+    ImageReadError,
+    TamperedModelError,
+    UntrustedTypesError,
+)
 
 __all__ = ["load", "save", "untrusted_types"]
 
@@ -53,14 +57,6 @@ OUR_TYPES = [
     "sktransfer._preprocess.Preprocessing",
 ]
 MODEL_FILE = "model.skops"
-
-
-class TamperedModelError(ValueError):
-    """A shared model whose contents changed after it was saved."""
-
-
-class UntrustedTypesError(ValueError):
-    """A shared model that needs types the caller has not trusted."""
 
 
 # -- the plain-data state ------------------------------------------------------

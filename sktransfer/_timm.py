@@ -22,7 +22,6 @@ import functools
 import logging
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from sktransfer import _preprocess
 from sktransfer._common import did_you_mean, require
+from sktransfer.exceptions import PreprocessingWarning, warn
 
 __all__ = [
     "HUB_PREFIX",
@@ -428,15 +428,14 @@ def preprocessing_of(cfg: dict, model: str) -> _preprocess.Preprocessing:
     _, height, width = data["input_size"]
     mode = data.get("crop_mode") or "center"
     if height != width or mode not in ("center", "squash"):
-        warnings.warn(
+        warn(
             f"{model} expects {'a non-square input' if height != width else ''}"
             f"{' and ' if height != width and mode != 'center' else ''}"
             f"{'' if mode == 'center' else f'crop_mode={mode!r}'}, which "
             f"sktransfer's batched preprocessing does not do; it resizes the "
             f"shorter side and takes a centre crop of {height}x{height}. Pass "
             "preprocessing=dict(...) to choose yourself.",
-            UserWarning,
-            stacklevel=5,
+            PreprocessingWarning,
         )
         mode = "center"
     crop_pct = data.get("crop_pct") or 0.875

@@ -1,6 +1,40 @@
-"""Errors and warnings raised by sktransfer."""
+"""Errors and warnings raised by sktransfer.
 
-__all__ = ["ImageReadError", "WeightsUnavailableError"]
+Every warning the library emits is a :class:`SktransferWarning` of one of
+the categories below, so that a program can filter sktransfer's warnings by
+category (``warnings.filterwarnings("ignore", category=...)``), never by the
+text of a message. This module imports nothing of the package: every other
+module may import it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+__all__ = [
+    "CacheWarning",
+    "DeviceWarning",
+    "FusionWarning",
+    "ImageReadError",
+    "LayerError",
+    "NumericsWarning",
+    "PerformanceWarning",
+    "PrecisionFallbackWarning",
+    "PreprocessingWarning",
+    "ProbeUsageError",
+    "ProbeWarning",
+    "QuantizationError",
+    "SktransferWarning",
+    "TamperedModelError",
+    "UnreadableImagesWarning",
+    "UntrustedTypesError",
+    "WeightsUnavailableError",
+]
+
+
+# -- errors ----------------------------------------------------------------------
 
 
 class WeightsUnavailableError(OSError):
@@ -33,3 +67,119 @@ class ImageReadError(OSError, ValueError):
         super().__init__(message)
         self.index = index
         self.path = path
+
+
+class LayerError(ValueError):
+    """The ``layer`` parameter names no cut point of the model.
+
+    The message names the closest cut points and
+    :func:`sktransfer.list_layers`; the command line exits with status 2.
+    """
+
+
+class TamperedModelError(ValueError):
+    """A shared model whose contents changed after it was saved
+    (:func:`sktransfer.load`)."""
+
+
+class UntrustedTypesError(ValueError):
+    """A shared model that needs types the caller has not trusted
+    (:func:`sktransfer.load`; see :func:`sktransfer.untrusted_types`)."""
+
+
+class ProbeUsageError(ValueError):
+    """A model, weights or layer specification that :func:`sktransfer.probe`
+    cannot use."""
+
+
+class QuantizationError(RuntimeError):
+    """A network that cannot be quantized to int8. The extractor catches it,
+    warns with :class:`PrecisionFallbackWarning` and runs a float precision."""
+
+
+# -- warnings --------------------------------------------------------------------
+
+
+class SktransferWarning(UserWarning):
+    """Base class of every warning sktransfer emits."""
+
+
+class UnreadableImagesWarning(SktransferWarning):
+    """Some images could not be read (``on_error="nan"``): their rows are NaN,
+    and the estimator's ``errors_`` names them."""
+
+
+class NumericsWarning(SktransferWarning):
+    """A fitted estimator runs in reduced precision on other kernels than it
+    was fitted on (a pickle, a shared model, another machine): its outputs may
+    shift by a few percent."""
+
+
+class PrecisionFallbackWarning(SktransferWarning):
+    """The requested precision cannot run here; another one runs instead, and
+    ``precision_`` says which."""
+
+
+class PerformanceWarning(SktransferWarning):
+    """The requested setting runs slower here than it should (int8 slower than
+    its float fallback, operations left in float32)."""
+
+
+class CacheWarning(SktransferWarning):
+    """The embedding cache met a damaged entry or a folder it cannot write;
+    rows are recomputed, never taken from a bad entry."""
+
+
+class DeviceWarning(SktransferWarning):
+    """The device an estimator was fitted on is not available here."""
+
+
+class FusionWarning(SktransferWarning, RuntimeWarning):
+    """A fused CPU operator failed its self-test and runs unfused (the same
+    results, somewhat slower)."""
+
+
+class PreprocessingWarning(SktransferWarning):
+    """The published preprocessing of a model cannot be reproduced exactly
+    by sktransfer's batched preprocessing; what runs instead is named."""
+
+
+class ProbeWarning(SktransferWarning):
+    """:func:`sktransfer.probe` skipped a model or used other weights than
+    those asked for."""
+
+
+# -- emitting --------------------------------------------------------------------
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+#: Frames of these folders are skipped to find the user's line: sktransfer's
+#: own, and scikit-learn's wrappers (``fit`` is wrapped; pipelines and
+#: searches call our estimators).
+_INTERNAL = (_PACKAGE + os.sep,)
+
+
+def _internal_prefixes() -> tuple[str, ...]:
+    sklearn = sys.modules.get("sklearn")
+    file = getattr(sklearn, "__file__", None)
+    if file is None:
+        return _INTERNAL
+    return (*_INTERNAL, os.path.dirname(os.path.abspath(file)) + os.sep)
+
+
+def warn(message: str, category: type[SktransferWarning]) -> None:
+    """Emit ``message`` as a ``category`` warning that points at the user's
+    line: the first calling frame outside sktransfer and scikit-learn (the
+    outermost frame where every frame is internal, as in a worker thread).
+    """
+    prefixes = _internal_prefixes()
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(prefixes):
+            break
+        if frame.f_back is None:
+            break
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level + 1)
