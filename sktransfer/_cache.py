@@ -44,10 +44,15 @@ from sktransfer.exceptions import CacheWarning, warn
 
 __all__ = [
     "EmbeddingCache",
+    "cached_rows",
     "check_cache_parameter",
     "clear_memory",
+    "column_bounds",
     "default_cache",
     "directory_cache",
+    "resolve",
+    "store_vectors",
+    "vectors_of",
 ]
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
@@ -358,3 +363,88 @@ def check_cache_parameter(cache) -> None:
             f"The 'cache' parameter names {text!r}, which is a file, not a "
             "directory. Pass a directory path (it is created if missing)."
         )
+
+
+# -- the protocol of an estimator's rows -----------------------------------------
+# A row is stored as one vector per computed layer, under
+# (config, layer, image): ``config`` is the estimator's cache key with the
+# numerics of the machine (rows of other kernels never answer), ``image`` the
+# digest of what was decoded for it.
+
+
+def resolve(cache) -> EmbeddingCache | None:
+    """The store of an estimator's ``cache`` parameter, checked."""
+    if cache is None or isinstance(cache, EmbeddingCache):
+        return cache
+    if isinstance(cache, str) and cache == "memory":
+        return default_cache()
+    check_cache_parameter(cache)
+    return directory_cache(cache)
+
+
+def column_bounds(names, widths) -> dict:
+    """Column range of each layer in a row of concatenated layers."""
+    ends = np.cumsum(widths)
+    return {
+        name: (int(end - width), int(end))
+        for name, width, end in zip(names, widths, ends, strict=True)
+    }
+
+
+def vectors_of(store: EmbeddingCache, config: str, names, image: str | None):
+    """The vectors of every layer in ``names`` for one image, if all are
+    stored (else None)."""
+    if image is None:
+        return None
+    vectors = [store.get((config, name, image)) for name in names]
+    return None if any(v is None for v in vectors) else vectors
+
+
+def store_vectors(store: EmbeddingCache, config: str, names, image, vectors) -> None:
+    """Store one image's vectors, one per layer of ``names``."""
+    if image is not None:
+        store.put_many(
+            ((config, name, image), vector)
+            for name, vector in zip(names, vectors, strict=True)
+        )
+
+
+def cached_rows(store, config, images, layers, widths, computed, compute):
+    """The rows of ``images``: from ``store`` where it has every layer of
+    ``layers`` (of ``widths``), computed for the others and stored.
+
+    ``compute(indices)`` runs the network on those rows: the columns of
+    every layer of ``computed`` (name -> width, in output order), all of
+    which are stored. Each computed row is stored under the digest of what
+    was decoded for it (``decoded_digest``), never under the digest of an
+    earlier read of its file: another writer may have replaced the file
+    since. Unreadable images (``on_error="nan"``) stay NaN.
+    """
+    out = np.full((len(images), int(sum(widths))), np.nan, dtype=np.float32)
+    missing = []
+    for i, image in enumerate(images.digests()):
+        if image is None:
+            continue
+        parts = []
+        for layer, width in zip(layers, widths, strict=True):
+            part = store.get((config, layer, image), width)
+            if part is None:
+                missing.append(i)
+                break
+            parts.append(part)
+        else:
+            out[i] = np.concatenate(parts)
+    if not missing:
+        return out
+    columns = compute(np.asarray(missing))
+    bounds = column_bounds(list(computed), list(computed.values()))
+    entries = []
+    for row, i in enumerate(missing):
+        image = images.decoded_digest(i)
+        if i in images.errors or image is None:
+            continue
+        for name, (start, stop) in bounds.items():
+            entries.append(((config, name, image), columns[row, start:stop]))
+    store.put_many(entries)
+    out[missing] = np.hstack([columns[:, slice(*bounds[name])] for name in layers])
+    return out

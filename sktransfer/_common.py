@@ -1,96 +1,17 @@
-"""What the estimators and modules share: the common parameters, fitting
-that is all or nothing, the warning when reduced-precision numerics change,
-and the "did you mean" of error messages."""
+"""Leaf utilities: the "did you mean" of error messages, optional
+dependencies, atomic file writes and owned random generators. Imports
+nothing of the package, so that every module may import it."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import secrets
-from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from torch import nn
-from torchvision.models import WeightsEnum
 
-from sktransfer import _device, _preprocess
-from sktransfer._identity import numerics
-from sktransfer.exceptions import NumericsWarning, warn
-
-__all__ = [
-    "SHARED_CONSTRAINTS",
-    "all_or_nothing",
-    "check_numerics",
-    "did_you_mean",
-    "owned_random_state",
-    "precision_numerics",
-    "replace_file",
-    "require",
-]
-
-#: Parameters that both estimators take, with the same meaning.
-SHARED_CONSTRAINTS: dict = {
-    "model": [str, nn.Module],
-    "weights": [str, os.PathLike, WeightsEnum, None],
-    "preprocessing": [str, dict, _preprocess.Preprocessing],
-    "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
-    "reduced_decoding": ["boolean"],
-    "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-    "random_state": ["random_state"],
-    "device": [str, torch.device],
-    "verbose": ["verbose"],
-}
-
-
-@contextlib.contextmanager
-def all_or_nothing(estimator):
-    """Restore ``estimator``'s attributes if the block fails (Ctrl-C too).
-
-    ``fit`` builds new objects rather than changing the fitted ones, so a
-    shallow snapshot of ``__dict__`` is enough: a failed refit leaves the
-    estimator exactly as it was, fitted or not, never half-fitted.
-    """
-    saved = dict(estimator.__dict__)
-    try:
-        yield
-    except BaseException:
-        estimator.__dict__.clear()
-        estimator.__dict__.update(saved)
-        raise
-
-
-def precision_numerics(device: torch.device, precision: str) -> str:
-    """:func:`~sktransfer._identity.numerics` of a precision's name,
-    ``"int8"`` (ONNX Runtime's, ``_int8``) included."""
-    if precision == "int8":
-        from sktransfer import _int8
-
-        return _int8.numerics()
-    return numerics(device, _device.PRECISIONS[precision])
-
-
-def check_numerics(estimator) -> None:
-    """Warn when a fitted estimator computes in reduced precision with other
-    kernels than at fit (a pickle, a shared model, a cluster of other
-    machines): its outputs may shift by a few percent."""
-    here = precision_numerics(estimator.device_, estimator.precision_)
-    fitted = estimator.__dict__.get("numerics_", here)
-    if estimator.precision_ != "float32" and here != fitted:
-        name = type(estimator).__name__
-        warn(
-            f"This {name} was fitted with precision={estimator.precision_!r} on "
-            f"{fitted!r} and now runs on {here!r}. Reduced-precision kernels "
-            "round differently, so its outputs may shift by a few percent from "
-            "those of the machine it was fitted on. For outputs that agree "
-            "across machines, fit it with precision='float32'.",
-            NumericsWarning,
-        )
+__all__ = ["did_you_mean", "owned_random_state", "replace_file", "require"]
 
 
 def owned_random_state(random_state) -> np.random.RandomState:

@@ -8,13 +8,13 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state
+from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import (
+    _cache,
     _dask,
     _decode,
     _device,
@@ -22,68 +22,17 @@ from sktransfer import (
     _int8,
     _layers,
     _network,
-    _preprocess,
 )
-from sktransfer._backbones import (
-    check_weights,
-    named_preprocessing,
-    published_weights_file,
-)
-from sktransfer._cache import (
-    EmbeddingCache,
-    check_cache_parameter,
-    default_cache,
-    directory_cache,
-)
-from sktransfer._common import (
-    SHARED_CONSTRAINTS,
-    all_or_nothing,
-    check_numerics,
-    precision_numerics,
-)
-from sktransfer._identity import cpu_kernels, digest
-from sktransfer._inputs import as_images
-from sktransfer._persist import TorchPickleMixin
-from sktransfer.exceptions import (
-    ImageReadError,
-    PerformanceWarning,
-    PrecisionFallbackWarning,
-    UnreadableImagesWarning,
-    warn,
-)
+from sktransfer._backbones import published_weights_file
+from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
+from sktransfer._cache import EmbeddingCache
+from sktransfer._identity import digest
+from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning, warn
+
+__all__ = ["PretrainedFeatureExtractor"]
 
 
-def _fallback_precision() -> str:
-    """What runs where int8 cannot: bfloat16 on CPUs with bf16 kernels,
-    else float32."""
-    return "bfloat16" if cpu_kernels() in ("amx", "avx512bf16") else "float32"
-
-
-def _without_int8(reason: str) -> str:
-    """Warn that int8 is not used, and why; return what runs instead."""
-    fallback = _fallback_precision()
-    warn(
-        f"precision='int8' is not used: {reason}. The network runs in "
-        f"{fallback} instead (precision_={fallback!r}).",
-        PrecisionFallbackWarning,
-    )
-    return fallback
-
-
-def _int8_network(quantization: dict, layers, pooling) -> nn.Module:
-    """The network of a fitted ``quantization_``."""
-    return _int8.network(
-        quantization["model"],
-        quantization["digest"],
-        quantization["keys"],
-        layers,
-        pooling,
-        quantization["nhwc"],
-        quantization["prefix"],
-    )
-
-
-class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimator):
+class PretrainedFeatureExtractor(TransformerMixin, TransferEstimator):
     """Embed images with a frozen pretrained network, cut at any layer.
 
     Images go through the backbone's own preprocessing (resize, centre crop,
@@ -439,34 +388,10 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.device = device
         self.verbose = verbose
 
-    def _images(self, X, fitted=False):
-        images = as_images(
-            X,
-            num_workers=self.num_workers,
-            max_pixels=self.max_pixels,
-            on_error=self.on_error,
-        )
-        if fitted:  # decoded as in fit
-            _decode.plan_reduced_decoding(
-                images, self.reduced_decoding, self.preprocessing_, self.device_
-            )
-        return images
+    def _input_options(self) -> dict:
+        return {**super()._input_options(), "on_error": self.on_error}
 
-    def _model_label(self) -> str:
-        return repr(self.model) if isinstance(self.model, str) else "model"
-
-    def __sklearn_clone__(self):
-        check_weights(self.model, self.weights)  # offline: fail once, not per fit
-        new = super().__sklearn_clone__()
-        if not isinstance(self.model, str):
-            # A module or a fitted classifier is only read, never modified:
-            # clones share it (sklearn would copy a module and unfit a
-            # classifier).
-            new.model = self.model
-        return new
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None):  # (the base's, documented here)
         """Load the network, check the parameters and the images (and
         calibrate the quantization, for ``precision="int8"``).
 
@@ -485,21 +410,25 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self : PretrainedFeatureExtractor
             The fitted extractor.
         """
-        with all_or_nothing(self):
-            return self._fit(X)
+        return super().fit(X, y)
 
-    def _fit(self, X):
-        store = self._cache_store()  # (checks the parameter, before the data)
+    def _fit(self, X, y):
+        store = _cache.resolve(self.cache)  # (checks the parameter, before the data)
         int8 = self.precision == "int8"
         if _dask.is_dask(X):  # the images fit runs, computed
             X = _dask.first_images(X, self.calibration_size if int8 else 1)
         images = self._images(X)
-        device, precision = self._resolve_precision()
+        if int8:
+            device, precision = _int8.resolve_device(self.device)
+        else:
+            device = _device.resolve_device(self.device)
+            precision = _device.dtype_name(
+                _device.resolve_precision(self.precision, device)
+            )
         int8 = precision == "int8"
-        dtype = torch.float32 if int8 else _device.PRECISIONS[precision]
         seed = None
         if self.weights is None and self.random_state is not None:
-            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+            seed = int(self._random_state().randint(2**31 - 1))
         built = _network.build(
             self.model,
             self.weights,
@@ -510,46 +439,35 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             self.pooling,
             self._model_label(),
         )
-        backbone, layers, computed = built.backbone, built.layers, built.computed
-        prep = _preprocess.resolve(
-            self.preprocessing,
-            backbone.preprocessing,
-            lambda name: named_preprocessing(self.model, name),
-        )
-        _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
-        pooling = str(self.pooling)
-        prefix = _layers.prefix_tokens(backbone.module)
-        if prefix:  # token rows pool after them: a key of their own (rows cached
-            # before this rule pooled the class token too)
-            pooling += f"|after {prefix} prefix tokens"
-        cache_key = digest(built.identity, repr(prep), pooling)
-        net = built.net
-        quantization = None
+        prep = self._preprocessing_for(built.backbone, images, device)
+        cache_key = digest(built.identity, repr(prep), self._pooling_key(built))
+        net, quantization = built.net, None
         if int8:
             quantization, net = self._quantize(built, prep, images, device)
             if quantization is None:  # could not be quantized (warned)
-                precision = _fallback_precision()
-                dtype = _device.PRECISIONS[precision]
+                precision = _int8.fallback_precision()
             else:
                 cache_key = digest(cache_key, "int8", quantization["digest"])
+        dtype = _device.PRECISIONS.get(precision, torch.float32)
         config = digest(cache_key, precision_numerics(device, precision))
+        computed = built.computed
 
         def cached(row):  # the probe image's vectors, if all are cached
-            image = images.decoded_digest(row)
-            if store is None or image is None:
+            if store is None:
                 return None
-            vectors = [store.get((config, name, image)) for name in computed]
-            return None if any(v is None for v in vectors) else vectors
+            return _cache.vectors_of(
+                store, config, computed, images.decoded_digest(row)
+            )
 
         # (int8 widths are the float network's, whose rows are not int8's)
         widths, row, probe = _network.output_widths(
             built, prep, images, device, dtype, None if int8 else cached
         )
-        self.weights_ = backbone.weights
-        self.layers_ = layers
+        self.weights_ = built.backbone.weights
+        self.layers_ = built.layers
         self.computed_layers_ = computed
         self.computed_widths_ = widths
-        self.taps_ = [name for name in computed if name not in layers]
+        self.taps_ = [name for name in computed if name not in built.layers]
         self.preprocessing_ = prep
         self.device_ = device
         self.precision_ = precision
@@ -557,110 +475,38 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         self.quantization_ = quantization
         self.errors_: list[ImageReadError] = []
         self.network_ = net
-        self.n_features_per_layer_ = [widths[computed.index(n)] for n in layers]
+        self.n_features_per_layer_ = [widths[computed.index(n)] for n in built.layers]
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = cache_key
-        self.__dict__.pop("_network_state", None)  # from an earlier unpickling
-        image = images.decoded_digest(row)  # of the bytes the probe decoded
-        if store is not None and probe is not None and image is not None:
-            # the probe's work is kept
-            store.put_many(
-                ((config, name, image), vector)
-                for name, vector in zip(computed, probe, strict=True)
+        self._drop_pickled_state()  # (from an earlier unpickling)
+        if store is not None and probe is not None:  # the probe's work is kept
+            # (under the digest of the bytes the probe decoded)
+            _cache.store_vectors(
+                store, config, computed, images.decoded_digest(row), probe
             )
         return self
 
-    def _resolve_precision(self) -> tuple[torch.device, str]:
-        """The device and the name of the precision to compute in."""
-        if self.precision != "int8":
-            device = _device.resolve_device(self.device)
-            dtype = _device.resolve_precision(self.precision, device)
-            return device, _device.dtype_name(dtype)
-        # int8 is an engine of the CPU: "auto" means the CPU
-        device = _device.resolve_device("cpu" if self.device == "auto" else self.device)
-        if device.type != "cpu":
-            raise ValueError(
-                f"precision='int8' runs on the CPU, but device={self.device!r}. "
-                "Use device='cpu' (or 'auto'), or precision='auto' on a GPU."
-            )
-        reason = _int8.unavailable()  # (ImportError: what to install)
-        if reason is None:
-            return device, "int8"
-        return device, _without_int8(reason)
-
-    def _calibration_rows(self, n: int) -> np.ndarray | None:
-        """The rows calibrated on: all of them up to ``calibration_size``,
-        else a sample drawn with ``random_state`` (None: evenly spaced rows,
-        so that fits on the same images agree)."""
-        size = self.calibration_size
-        if n <= size:
-            return None
-        if self.random_state is None:
-            return np.unique(np.linspace(0, n - 1, size).round().astype(np.int64))
-        rng = check_random_state(self.random_state)
-        return np.sort(rng.choice(n, size, replace=False))
+    def _pooling_key(self, built) -> str:
+        """The pooling's part of the cache key. Token rows pool after their
+        prefix tokens: a key of their own (rows cached before this rule
+        pooled the class token too)."""
+        pooling = str(self.pooling)
+        prefix = _layers.prefix_tokens(built.backbone.module)
+        if prefix:
+            pooling += f"|after {prefix} prefix tokens"
+        return pooling
 
     def _quantize(self, built, prep, images, device):
-        """Calibrate and quantize the network: ``(quantization_, network)``,
-        or ``(None, float network)`` with a warning where it cannot be."""
-        rows = self._calibration_rows(len(images))
+        """Calibrate and quantize the network on (a sample of) the images:
+        ``(quantization_, network)``, or ``(None, float network)``."""
+        rows = _int8.calibration_rows(
+            len(images), self.calibration_size, self.random_state
+        )
         inputs = [
             _engine.device_input(prep, batch, device, images.resizes)
             for _, batch in _engine.batches(images, prep, self.batch_size, device, rows)
         ]
-        net = built.net
-        try:
-            # ranges computed at the engine's fastest: in bf16 where it has
-            # kernels (the ranges move by far less than an int8 step)
-            fastest = _device.PRECISIONS[_fallback_precision()]
-            model = _int8.quantize(net, inputs, built.key, fastest)
-        except _int8.QuantizationError as exc:
-            _without_int8(str(exc))
-            return None, net
-        left = _int8.float_compute_ops(model)
-        if left:
-            shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
-            warn(
-                f"{len(left)} convolutions or matrix products of this network "
-                f"stay in float32 under precision='int8' ({shown}): ONNX "
-                "Runtime does not quantize them here, so they run at float32 "
-                "speed between the int8 ones.",
-                PerformanceWarning,
-            )
-        quantization = {
-            "model": model,
-            "digest": digest(model),
-            "keys": list(net.keys),
-            "nhwc": bool(net.nhwc),
-            "prefix": net.prefix,
-            "calibration_images": int(sum(len(b) for b in inputs)),
-            "float_ops": left,
-        }
-        quantized = _int8_network(quantization, net.layers, self.pooling)
-        # never a silent slowdown: some networks (many small depthwise
-        # convolutions and float gates between them) run slower in int8
-        rates = _int8.rates(quantized, net, inputs[0], fastest, quantization["digest"])
-        if rates["int8"] < 0.9 * rates["float"]:
-            name = _fallback_precision()
-            warn(
-                f"precision='int8' runs this network slower here than "
-                f"precision={name!r} would ({rates['int8']:.0f} against "
-                f"{rates['float']:.0f} images/s, measured on {rates['images']} "
-                f"calibration images). Use precision={name!r} for speed.",
-                PerformanceWarning,
-            )
-        return quantization, quantized
-
-    def _cache_config(self) -> str:
-        """The configuration part of cache keys: ``cache_key_`` and the
-        numerics of this machine (rows of other kernels never answer)."""
-        return digest(
-            self.cache_key_, precision_numerics(self.device_, self.precision_)
-        )
-
-    def _dtype(self) -> torch.dtype:
-        """The dtype the engine autocasts to (int8 networks take float32)."""
-        return _device.PRECISIONS.get(self.precision_, torch.float32)
+        return _int8.calibrate(built.net, inputs, built.key, self.pooling)
 
     def transform(self, X):
         r"""Embed each image as one row.
@@ -683,16 +529,29 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
             rows of unreadable images are NaN there too, but ``errors_``
             is not set).
         """
-        check_is_fitted(self)
-        if _dask.is_dask(X):  # (each block checks the numerics where it runs)
-            return _dask.lazy(self, X, "transform", self.n_features_out_, np.float32)
-        images = self._images(X, fitted=True)
-        check_numerics(self)
-        store = self._cache_store()
+        return self._apply(X, "transform", self._transform)
+
+    def _dask_output(self, method):
+        return self.n_features_out_, np.dtype(np.float32)
+
+    def _transform(self, images) -> np.ndarray:
+        self._check_numerics()
+        store = _cache.resolve(self.cache)
         if store is None:
             out = self._select(self._compute(images))
         else:
-            out = self._transform_cached(images, store)
+            config = digest(
+                self.cache_key_, precision_numerics(self.device_, self.precision_)
+            )
+            out = _cache.cached_rows(
+                store,
+                config,
+                images,
+                self.layers_,
+                self.n_features_per_layer_,
+                dict(zip(self.computed_layers_, self.computed_widths_, strict=True)),
+                lambda indices: self._compute(images, indices),
+            )
         self._report(images)
         return out
 
@@ -709,22 +568,12 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
                 UnreadableImagesWarning,
             )
 
-    def _bounds(self) -> dict:
-        """Column range of each computed layer in the network's output."""
-        ends = np.cumsum(self.computed_widths_)
-        return {
-            name: (int(end - width), int(end))
-            for name, width, end in zip(
-                self.computed_layers_, self.computed_widths_, ends, strict=True
-            )
-        }
-
     def _select(self, computed: np.ndarray) -> np.ndarray:
         """The requested layers' columns, in ``layers_`` order."""
         n = len(self.layers_)
         if self.computed_layers_[:n] == self.layers_:
             return computed[:, : self.n_features_out_]  # a prefix: no copy
-        bounds = self._bounds()
+        bounds = _cache.column_bounds(self.computed_layers_, self.computed_widths_)
         return np.hstack([computed[:, slice(*bounds[name])] for name in self.layers_])
 
     def _compute(self, images, indices=None) -> np.ndarray:
@@ -746,58 +595,11 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
         net = self._network()
         if not self.compile or self.precision_ == "int8":
             return net
-        compiled = self.__dict__.get("_compiled")
+        compiled = getattr(self, "_compiled", None)
         if compiled is None or compiled[0] is not net:
             compiled = (net, torch.compile(net))
             self._compiled = compiled
         return compiled[1]
-
-    def _transform_cached(self, images, store) -> np.ndarray:
-        """Rows from the cache where it has them, computed (and stored) for
-        the others.
-
-        Each computed row is stored under the digest of what was decoded
-        for it (``decoded_digest``), never under the digest of an earlier
-        read of its file: another writer may have replaced the file since.
-        """
-        config = self._cache_config()
-        widths = dict(zip(self.layers_, self.n_features_per_layer_, strict=True))
-        out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
-        missing = []
-        for i, image in enumerate(images.digests()):
-            if image is None:  # unreadable (on_error="nan"): stays NaN
-                continue
-            parts = []
-            for layer in self.layers_:
-                part = store.get((config, layer, image), widths[layer])
-                if part is None:
-                    missing.append(i)
-                    break
-                parts.append(part)
-            else:
-                out[i] = np.concatenate(parts)
-        if missing:
-            computed = self._compute(images, np.asarray(missing))
-            bounds = self._bounds()
-            entries = []
-            for row, i in enumerate(missing):
-                image = images.decoded_digest(i)
-                if i in images.errors or image is None:
-                    continue
-                for name, (start, stop) in bounds.items():
-                    entries.append(((config, name, image), computed[row, start:stop]))
-            store.put_many(entries)
-            out[missing] = self._select(computed)
-        return out
-
-    def _cache_store(self) -> EmbeddingCache | None:
-        cache = self.cache
-        if cache is None or isinstance(cache, EmbeddingCache):
-            return cache
-        if isinstance(cache, str) and cache == "memory":
-            return default_cache()
-        check_cache_parameter(cache)
-        return directory_cache(cache)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``<layer>_<index>``.
@@ -823,31 +625,24 @@ class PretrainedFeatureExtractor(TorchPickleMixin, TransformerMixin, BaseEstimat
 
     # -- persistence --------------------------------------------------------
     def _published_weights_file(self):
-        # (weights_ is set once fitted)
-        return published_weights_file(self.model, self.__dict__.get("weights_"))
+        return published_weights_file(self.model, getattr(self, "weights_", None))
 
-    def _network(self) -> nn.Module:
-        """The truncated network, rebuilt from the fitted state if needed."""
-        net = self.__dict__.get("network_")
-        if net is None and self.__dict__.get("quantization_") is not None:
-            net = _int8_network(self.quantization_, self.computed_layers_, self.pooling)
-            self.network_ = net
-        if net is None:
-            state = self.__dict__.get("_network_state")
-            net = _network.rebuild(
-                self.model,
-                self.weights_,
-                state,
-                self.computed_layers_,
-                self.pooling,
-                self.device_,
+    def _rebuild_network(self) -> nn.Module:
+        if getattr(self, "quantization_", None) is not None:
+            return _int8.fitted_network(
+                self.quantization_, self.computed_layers_, self.pooling
             )
-            self.network_ = net
-            self.__dict__.pop("_network_state", None)
-        return net
+        return _network.rebuild(
+            self.model,
+            self.weights_,
+            self._pickled_network_state(),
+            self.computed_layers_,
+            self.pooling,
+            self.device_,
+        )
 
     def _tensors_to_pickle(self, net):
-        if self.__dict__.get("quantization_") is not None:
+        if getattr(self, "quantization_", None) is not None:
             return None  # the quantized model is the state
         if self._published_weights_file() is not None:
             return None  # rebuilt from the published weights' name

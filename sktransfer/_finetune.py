@@ -8,7 +8,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
@@ -16,25 +16,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
-from sktransfer import _dask, _decode, _device, _engine, _preprocess, _training
-from sktransfer._backbones import (
-    Backbone,
-    check_weights,
-    last_linear,
-    load_backbone,
-    named_preprocessing,
-    replace_head,
-)
-from sktransfer._common import (
-    SHARED_CONSTRAINTS,
-    all_or_nothing,
-    check_numerics,
-    owned_random_state,
-)
+from sktransfer import _dask, _decode, _device, _engine, _training
+from sktransfer._backbones import Backbone, last_linear, load_backbone, replace_head
+from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._families import family_of
-from sktransfer._identity import numerics
-from sktransfer._inputs import as_images
-from sktransfer._persist import TorchPickleMixin
 
 __all__ = ["FineTunedClassifier"]
 
@@ -93,7 +78,7 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
     return trainable_layers
 
 
-class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
+class FineTunedClassifier(ClassifierMixin, TransferEstimator):
     """Fine-tune a pretrained network on your classes: new head, last stages.
 
     The network's classification head (its final ``nn.Linear``) is replaced
@@ -358,21 +343,8 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
 
-    def _images(self, X, fitted=False):
-        images = as_images(X, num_workers=self.num_workers, max_pixels=self.max_pixels)
-        if fitted:  # decoded as in fit
-            _decode.plan_reduced_decoding(
-                images, self.reduced_decoding, self.preprocessing_, self.device_
-            )
-        return images
-
-    def __sklearn_clone__(self):
-        check_weights(self.model, self.weights)  # offline: fail once, not per fit
-        return super().__sklearn_clone__()
-
     # -- fitting ------------------------------------------------------------
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y):  # (the base's, documented here)
         """Train the new head and the trainable stages on ``X``, ``y``.
 
         Parameters
@@ -387,8 +359,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self : FineTunedClassifier
             The fitted classifier.
         """
-        with all_or_nothing(self):
-            return self._fit(X, y)
+        return super().fit(X, y)
 
     def _fit(self, X, y):
         if _dask.is_dask(X):
@@ -420,7 +391,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         device = _device.resolve_device(self.device)
         dtype = _device.resolve_precision(self.precision, device)
-        rng = owned_random_state(self.random_state)
+        rng = self._random_state()
         train, valid = np.arange(len(y)), None
         if self.early_stopping:
             train, valid = train_test_split(
@@ -435,7 +406,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
         self.network_, self.preprocessing_ = net, prep
         self.device_ = device
         self.precision_ = _device.dtype_name(dtype)
-        self.numerics_ = numerics(device, dtype)
+        self.numerics_ = precision_numerics(device, self.precision_)
         self._train(images, encoded, y, train, valid, dtype, generator)
         return self
 
@@ -453,12 +424,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
                 )
             replace_head(module, head_name)
         self._head_name = head_name
-        prep = _preprocess.resolve(
-            self.preprocessing,
-            backbone.preprocessing,
-            lambda name: named_preprocessing(self.model, name),
-        )
-        _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
+        prep = self._preprocessing_for(backbone, images, device)
         _, probe = images.first(prep.geometry)
         with torch.inference_mode():
             x = prep.finish(probe) if images.resizes else prep(probe)
@@ -570,7 +536,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             n_features=width,
             batch_size=self.batch_size,
             device=self.device_,
-            dtype=_device.PRECISIONS[self.precision_],
+            dtype=self._dtype(),
             verbose=self.verbose,
             desc="Embedding (frozen backbone)",
         )
@@ -590,7 +556,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
     def _logits(self, images, indices=None) -> np.ndarray:
         net = self._network()
         if indices is None:  # (a prediction, not a validation pass in fit)
-            check_numerics(self)
+            self._check_numerics()
         out, _ = _engine.extract(
             lambda x: [net(x)],
             self.preprocessing_,
@@ -598,7 +564,7 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             n_features=len(self.classes_),
             batch_size=self.batch_size,
             device=self.device_,
-            dtype=_device.PRECISIONS[self.precision_],
+            dtype=self._dtype(),
             indices=indices,
             verbose=False,
         )
@@ -619,11 +585,15 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             Probabilities, columns in the order of ``classes_``; a lazy
             ``dask.array.Array`` for a Dask collection.
         """
-        check_is_fitted(self)
-        if _dask.is_dask(X):
-            return _dask.lazy(self, X, "predict_proba", len(self.classes_), np.float64)
-        logits = torch.from_numpy(self._logits(self._images(X, fitted=True)))
-        logits = logits.double()
+        return self._apply(X, "predict_proba", self._proba)
+
+    def _dask_output(self, method):
+        if method == "predict":
+            return None, self.classes_.dtype
+        return len(self.classes_), np.dtype(np.float64)
+
+    def _proba(self, images) -> np.ndarray:
+        logits = torch.from_numpy(self._logits(images)).double()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X):
@@ -641,10 +611,10 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             Predicted labels, of the type of ``classes_``; a lazy
             ``dask.array.Array`` for a Dask collection.
         """
-        check_is_fitted(self)
-        if _dask.is_dask(X):
-            return _dask.lazy(self, X, "predict", None, self.classes_.dtype)
-        return self.classes_[self._logits(self._images(X, fitted=True)).argmax(axis=1)]
+        return self._apply(X, "predict", self._predict)
+
+    def _predict(self, images) -> np.ndarray:
+        return self.classes_[self._logits(images).argmax(axis=1)]
 
     # -- reuse as a backbone ------------------------------------------------
     def _sktransfer_backbone(self) -> Backbone:
@@ -665,28 +635,18 @@ class FineTunedClassifier(TorchPickleMixin, ClassifierMixin, BaseEstimator):
             module, self.preprocessing_, description, family, self._head_name
         )
 
-    def _model_label(self) -> str:
-        return repr(self.model) if isinstance(self.model, str) else "module"
-
     # -- persistence --------------------------------------------------------
-    def _network(self) -> ClassifierNetwork:
-        net = self.__dict__.get("network_")
-        if net is None:
-            # (kept until network_ is set: another thread may pickle this
-            # estimator meanwhile, as a Dask worker sending it to another)
-            state = self.__dict__["_network_state"]
-            backbone = load_backbone(self.model, None)
-            if backbone.head is None:
-                replace_head(backbone.module, self._head_name)
-            width = state["head.weight"].shape[1]
-            head = nn.utils.skip_init(nn.Linear, width, len(self.classes_))
-            net = ClassifierNetwork(backbone.module, head)  # (then loaded)
-            net.load_state_dict(state)
-            net.requires_grad_(False)
-            net = _device.prepare_network(net.to(self.device_).eval())
-            self.network_ = net
-            self.__dict__.pop("_network_state", None)
-        return net
+    def _rebuild_network(self) -> ClassifierNetwork:
+        state = self._pickled_network_state()
+        backbone = load_backbone(self.model, None)
+        if backbone.head is None:
+            replace_head(backbone.module, self._head_name)
+        width = state["head.weight"].shape[1]
+        head = nn.utils.skip_init(nn.Linear, width, len(self.classes_))
+        net = ClassifierNetwork(backbone.module, head)  # (then loaded)
+        net.load_state_dict(state)
+        net.requires_grad_(False)
+        return _device.prepare_network(net.to(self.device_).eval())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

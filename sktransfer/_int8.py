@@ -38,25 +38,37 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from torch import nn
 
+from sktransfer import _device
 from sktransfer._common import require
 from sktransfer._device import autocast
 from sktransfer._engine import cpu_block
-from sktransfer._identity import cpu_flags
+from sktransfer._identity import cpu_flags, cpu_kernels, digest
 from sktransfer._layers import FeatureNet, PooledOutputs
 from sktransfer._memo import Memo
-from sktransfer.exceptions import QuantizationError
+from sktransfer.exceptions import (
+    PerformanceWarning,
+    PrecisionFallbackWarning,
+    QuantizationError,
+    warn,
+)
 
 __all__ = [
     "QuantizationError",
     "QuantizedNet",
+    "calibrate",
+    "calibration_rows",
+    "fallback_precision",
+    "fitted_network",
     "float_compute_ops",
     "int8_kernels",
     "network",
     "numerics",
     "quantize",
     "rates",
+    "resolve_device",
     "unavailable",
 ]
 
@@ -443,3 +455,115 @@ def clear() -> None:
     _EXPORTS.clear()
     _NETWORKS.clear()
     _RATES.clear()
+
+
+# -- the extractor's policy: when int8 runs, on what it calibrates ---------------
+
+
+def fallback_precision() -> str:
+    """What runs where int8 cannot: bfloat16 on CPUs with bf16 kernels,
+    else float32."""
+    return "bfloat16" if cpu_kernels() in ("amx", "avx512bf16") else "float32"
+
+
+def _without_int8(reason: str) -> str:
+    """Warn that int8 is not used, and why; return what runs instead."""
+    fallback = fallback_precision()
+    warn(
+        f"precision='int8' is not used: {reason}. The network runs in "
+        f"{fallback} instead (precision_={fallback!r}).",
+        PrecisionFallbackWarning,
+    )
+    return fallback
+
+
+def resolve_device(device) -> tuple[torch.device, str]:
+    """The device of ``device="..."`` with ``precision="int8"`` (an engine of
+    the CPU: ``"auto"`` is the CPU), and the precision that runs there:
+    ``"int8"``, or the fallback, with a warning, where ONNX Runtime or the
+    CPU's int8 instructions are missing."""
+    resolved = _device.resolve_device("cpu" if device == "auto" else device)
+    if resolved.type != "cpu":
+        raise ValueError(
+            f"precision='int8' runs on the CPU, but device={device!r}. "
+            "Use device='cpu' (or 'auto'), or precision='auto' on a GPU."
+        )
+    reason = unavailable()  # (ImportError: what to install)
+    return resolved, "int8" if reason is None else _without_int8(reason)
+
+
+def calibration_rows(n: int, size: int, random_state) -> np.ndarray | None:
+    """The rows calibrated on: all of them up to ``size`` (None), else a
+    sample drawn with ``random_state`` (None: evenly spaced rows, so that
+    fits on the same images agree)."""
+    if n <= size:
+        return None
+    if random_state is None:
+        return np.unique(np.linspace(0, n - 1, size).round().astype(np.int64))
+    rng = check_random_state(random_state)
+    return np.sort(rng.choice(n, size, replace=False))
+
+
+def fitted_network(quantization: dict, layers, pooling) -> nn.Module:
+    """The network of a fitted ``quantization_``."""
+    return network(
+        quantization["model"],
+        quantization["digest"],
+        quantization["keys"],
+        layers,
+        pooling,
+        quantization["nhwc"],
+        quantization["prefix"],
+    )
+
+
+def calibrate(
+    net: FeatureNet, inputs: list, key, pooling
+) -> tuple[dict | None, nn.Module]:
+    """Quantize ``net`` on the preprocessed calibration batches ``inputs``:
+    ``(quantization_, network)``, or ``(None, net)`` with a warning where it
+    cannot be (``precision_`` is then :func:`fallback_precision`).
+
+    Never a silent slowdown: convolutions left in float32, and a quantized
+    network slower than its float fallback (many small depthwise
+    convolutions and float gates between them), are warned of.
+    """
+    # ranges computed at the engine's fastest: in bf16 where it has kernels
+    # (the ranges move by far less than an int8 step)
+    fastest = _device.PRECISIONS[fallback_precision()]
+    try:
+        model = quantize(net, inputs, key, fastest)
+    except QuantizationError as exc:
+        _without_int8(str(exc))
+        return None, net
+    left = float_compute_ops(model)
+    if left:
+        shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+        warn(
+            f"{len(left)} convolutions or matrix products of this network "
+            f"stay in float32 under precision='int8' ({shown}): ONNX "
+            "Runtime does not quantize them here, so they run at float32 "
+            "speed between the int8 ones.",
+            PerformanceWarning,
+        )
+    quantization = {
+        "model": model,
+        "digest": digest(model),
+        "keys": list(net.keys),
+        "nhwc": bool(net.nhwc),
+        "prefix": net.prefix,
+        "calibration_images": int(sum(len(b) for b in inputs)),
+        "float_ops": left,
+    }
+    quantized = fitted_network(quantization, net.layers, pooling)
+    measured = rates(quantized, net, inputs[0], fastest, quantization["digest"])
+    if measured["int8"] < 0.9 * measured["float"]:
+        name = fallback_precision()
+        warn(
+            f"precision='int8' runs this network slower here than "
+            f"precision={name!r} would ({measured['int8']:.0f} against "
+            f"{measured['float']:.0f} images/s, measured on {measured['images']} "
+            f"calibration images). Use precision={name!r} for speed.",
+            PerformanceWarning,
+        )
+    return quantization, quantized

@@ -152,34 +152,34 @@ class ProbeWarning(SktransferWarning):
 # -- emitting --------------------------------------------------------------------
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
-#: Frames of these folders are skipped to find the user's line: sktransfer's
-#: own, and scikit-learn's wrappers (``fit`` is wrapped; pipelines and
-#: searches call our estimators).
-_INTERNAL = (_PACKAGE + os.sep,)
+#: Besides sktransfer's own frames, those of the libraries that call into it
+#: are skipped to find the user's line: scikit-learn (``fit`` is wrapped;
+#: pipelines and searches call our estimators), torch (a network's
+#: ``__call__`` runs our modules) and joblib.
+_CALLERS = ("sklearn", "torch", "joblib")
 
 
 def _internal_prefixes() -> tuple[str, ...]:
-    sklearn = sys.modules.get("sklearn")
-    file = getattr(sklearn, "__file__", None)
-    if file is None:
-        return _INTERNAL
-    return (*_INTERNAL, os.path.dirname(os.path.abspath(file)) + os.sep)
+    folders = [_PACKAGE]
+    for name in _CALLERS:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file is not None:
+            folders.append(os.path.dirname(os.path.abspath(file)))
+    return tuple(folder + os.sep for folder in folders)
 
 
 def warn(message: str, category: type[SktransferWarning]) -> None:
     """Emit ``message`` as a ``category`` warning that points at the user's
-    line: the first calling frame outside sktransfer and scikit-learn (the
-    outermost frame where every frame is internal, as in a worker thread).
+    line: the first calling frame outside sktransfer and the libraries that
+    call into it (the outermost frame where every frame is theirs, as in a
+    worker thread).
     """
     prefixes = _internal_prefixes()
     frame = sys._getframe(1)
     level = 1
-    while frame is not None:
-        path = os.path.abspath(frame.f_code.co_filename)
-        if not path.startswith(prefixes):
-            break
-        if frame.f_back is None:
-            break
+    while frame.f_back is not None and os.path.abspath(
+        frame.f_code.co_filename
+    ).startswith(prefixes):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level + 1)

@@ -144,7 +144,9 @@ def test_calibration_size_bounds_the_sample_drawn_by_random_state(photos):
     assert fitted[0].quantization_["digest"] != fitted[1].quantization_["digest"]
     evenly = resnet18(precision="int8", calibration_size=8)
     evenly.set_params(random_state=None, weights=None)
-    rows = evenly._calibration_rows(len(photos))
+    rows = _int8.calibration_rows(
+        len(photos), evenly.calibration_size, evenly.random_state
+    )
     np.testing.assert_array_equal(rows, np.linspace(0, 23, 8).round())
 
 
