@@ -10,6 +10,7 @@ from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
 from sktransfer._probe import ProbeResult, probe
 from sktransfer._share import load, save, untrusted_types
+from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
 from sktransfer.exceptions import (
     CacheWarning,
     DeviceWarning,
@@ -28,8 +29,6 @@ from sktransfer.exceptions import (
     UntrustedTypesError,
     WeightsUnavailableError,
 )
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "CacheWarning",

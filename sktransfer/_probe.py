@@ -28,8 +28,11 @@ from threadpoolctl import threadpool_limits
 
 from sktransfer._backbones import _check_model_name, weights_at_hand
 from sktransfer._common import require
+from sktransfer._extractor import PretrainedFeatureExtractor
+from sktransfer._finetune import FineTunedClassifier
 from sktransfer._layers import FeatureNet
 from sktransfer._timm import HUB_PREFIX
+from sktransfer._version import __version__
 from sktransfer.exceptions import (
     ProbeUsageError,
     ProbeWarning,
@@ -125,8 +128,6 @@ def _count_network_images(counter: list):
 
 def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     """All cut points of one model, in one pass over the images."""
-    from sktransfer import PretrainedFeatureExtractor
-
     first: dict
     if layers == "stages":
         first = {"layer": None, "cache_layers": "stages"}
@@ -444,8 +445,6 @@ def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
 def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
     """FineTunedClassifier with 0, 1 and 2 trainable stages of the best
     frozen model, on the same folds."""
-    from sktransfer import FineTunedClassifier
-
     best = max(rows, key=lambda row: row["cv_accuracy"])
     run = next(r for r in runs if r.model == best["model"])
     X_kept = _safe_indexing(X, kept)
@@ -604,8 +603,6 @@ class ProbeResult:
     def _best_parameters(self) -> tuple[str, dict]:
         """``("extract", parameters)`` of the extractor of the winning
         pipeline, or ``("finetune", parameters)`` of the classifier."""
-        from sktransfer import PretrainedFeatureExtractor
-
         best = self.best
         # The weights loaded, by name or path: the same ones next time.
         params = {"model": best["model"], "weights": best["weights"]}
@@ -703,8 +700,6 @@ class ProbeResult:
         ax.figure.savefig(folder / "probe.png", dpi=120)
         plt.close(ax.figure)
         (folder / "probe.json").write_text(self.to_json() + "\n")
-        import sktransfer
-
         counts = "\n".join(f"| {c} | {k} |" for c, k in self.classes.items())
         runs = "\n".join(
             f"| {r['model']} | {r['weights']} | {r['network_images']} | "
@@ -725,7 +720,7 @@ class ProbeResult:
 A linear probe (`StandardScaler` + `LogisticRegression`) on each cut point of
 each model, scored by {self.cv}-fold stratified cross-validation (shuffled,
 `random_state={self.random_state}`), the same folds for every row.
-sktransfer {sktransfer.__version__}, torch {torch.__version__}.
+sktransfer {__version__}, torch {torch.__version__}.
 
 ![CV accuracy against depth](probe.png)
 
@@ -762,8 +757,6 @@ that one pass (0: the embedding cache answered).
 
 
 def _build(kind: str, params: dict):
-    from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
-
     if kind == "finetune":
         return FineTunedClassifier(**params)
     return make_pipeline(

@@ -20,36 +20,25 @@ refused until the caller names it in ``trusted``.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import hashlib
 import io
 import json
-import os
 import platform
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from sklearn.base import BaseEstimator
-from torch import nn
-from torchvision.models import WeightsEnum
 
 from sktransfer._common import replace_file, require
-from sktransfer.exceptions import (
-    ImageReadError,
+from sktransfer._finetune import FineTunedClassifier
+from sktransfer._persist import SHARING
+from sktransfer._version import __version__
+from sktransfer.exceptions import (  # (TamperedModelError: raised by load)
     TamperedModelError,
     UntrustedTypesError,
 )
 
-__all__ = ["load", "save", "untrusted_types"]
+__all__ = ["TamperedModelError", "load", "save", "untrusted_types"]
 
-#: Set while :func:`save` runs: estimators then give a plain-data state.
-SHARING: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sktransfer_sharing", default=False
-)
-#: The key and version of the plain-data state.
-MARK = "_sktransfer_shared"
-VERSION = 1
 #: Types whose ``__setstate__`` only reads plain data with sktransfer's code.
 OUR_TYPES = [
     "sktransfer._extractor.PretrainedFeatureExtractor",
@@ -57,116 +46,6 @@ OUR_TYPES = [
     "sktransfer._preprocess.Preprocessing",
 ]
 MODEL_FILE = "model.skops"
-
-
-# -- the plain-data state ------------------------------------------------------
-
-
-def _canonical(value) -> str:
-    """A deterministic text of plain data, for the checksum."""
-    if isinstance(value, bytes):
-        return "bytes:" + hashlib.blake2b(value, digest_size=16).hexdigest()
-    if isinstance(value, np.ndarray):
-        data = (
-            repr(value.tolist()).encode()
-            if value.dtype == object
-            else np.ascontiguousarray(value).tobytes()
-        )
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        return f"array:{value.dtype}:{value.shape}:{digest}"
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
-        return "{" + ",".join(f"{k!r}:{_canonical(v)}" for k, v in items) + "}"
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__}[" + ",".join(map(_canonical, value)) + "]"
-    if isinstance(value, BaseEstimator):  # checks its own state
-        return type(value).__qualname__
-    return repr(value)
-
-
-def _checksum(state: dict) -> str:
-    body = {k: v for k, v in state.items() if k != "_sktransfer_checksum"}
-    return hashlib.blake2b(_canonical(body).encode(), digest_size=16).hexdigest()
-
-
-def plain_state(estimator, state: dict) -> dict:
-    """``state`` (a ``__getstate__`` result) as plain data, for :func:`save`."""
-    name = type(estimator).__name__
-    model = state.get("model")
-    if isinstance(model, nn.Module):
-        raise TypeError(
-            f"This {name} uses a module of your own ({type(model).__qualname__}), "
-            "which sktransfer cannot rebuild by name, so it cannot be shared "
-            "without pickle. Share it as a checkpoint of a known architecture "
-            "(model='resnet50', weights='checkpoint.pth', a state_dict saved with "
-            "torch.save), or pickle it (joblib.dump) knowing that loading a pickle "
-            "runs whatever code it carries."
-        )
-    from sktransfer._cache import EmbeddingCache
-
-    if isinstance(state.get("cache"), EmbeddingCache):
-        raise TypeError(
-            f"This {name} has cache=EmbeddingCache(...), an object that cannot be "
-            "shared. Set cache='memory' (or a directory path, or None) before "
-            "saving; the cache never changes the rows."
-        )
-    state = dict(state)
-    for key in ("weights", "cache"):
-        value = state.get(key)
-        if isinstance(value, os.PathLike):
-            state[key] = os.fspath(value)
-        elif isinstance(value, WeightsEnum):
-            state[key] = f"{type(value).__name__}.{value.name}"
-    tensors = state.pop("_network_state", None)
-    if tensors is not None:
-        st = require("safetensors.torch", "share", "Saving a network")
-        state["_network_safetensors"] = st.save(
-            {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        )
-    if "errors_" in state:
-        state["errors_"] = [[str(e), e.index, e.path] for e in state["errors_"]]
-    published = estimator._published_weights_file()
-    if published is not None:
-        from sktransfer._identity import file_digest
-
-        if not published.is_file():
-            raise FileNotFoundError(
-                f"This {name} uses published weights whose file {str(published)!r} "
-                "is no longer in the cache, so the digest that checks them "
-                "at load cannot be recorded. Fit it again (which downloads them), "
-                "then save it."
-            )
-        state["_weights_file_digest"] = file_digest(published)
-    state[MARK] = VERSION
-    state["_sktransfer_checksum"] = _checksum(state)
-    return state
-
-
-def restore_state(estimator, state: dict) -> dict:
-    """The state for ``__setstate__`` from a plain-data one, checked."""
-    name = type(estimator).__name__
-    if state[MARK] != VERSION:
-        raise ValueError(
-            f"This {name} was saved in sharing format {state[MARK]}; this "
-            f"sktransfer reads format {VERSION}. Upgrade sktransfer."
-        )
-    if state.get("_sktransfer_checksum") != _checksum(state):
-        raise TamperedModelError(
-            f"The saved state of this {name} does not match its checksum: the file "
-            "was changed after it was saved (its configuration or its tensors). "
-            "Do not use it; ask its author for a fresh copy."
-        )
-    state = {k: v for k, v in state.items() if k not in (MARK, "_sktransfer_checksum")}
-    blob = state.pop("_network_safetensors", None)
-    if blob is not None:
-        st = require("safetensors.torch", "share", "Loading a network")
-        state["_network_state"] = st.load(blob)
-    if "errors_" in state:
-        state["errors_"] = [
-            ImageReadError(message, index=index, path=path)
-            for message, index, path in state["errors_"]
-        ]
-    return state
 
 
 # -- save and load ---------------------------------------------------------------
@@ -403,9 +282,7 @@ def check_weights_file(estimator) -> None:
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    import sktransfer
-
-    out = {"sktransfer": sktransfer.__version__, "python": platform.python_version()}
+    out = {"sktransfer": __version__, "python": platform.python_version()}
     packages = ("torch", "torchvision", "scikit-learn", "numpy", "skops", "safetensors")
     for package in packages:
         with contextlib.suppress(PackageNotFoundError):  # (not installed)
@@ -415,8 +292,6 @@ def _versions() -> dict:
 
 def _describe(estimator) -> dict:
     """What a card and a config say of one sktransfer estimator."""
-    from sktransfer import FineTunedClassifier
-
     out = {
         "estimator": type(estimator).__name__,
         "model": estimator.model
