@@ -155,8 +155,13 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 #: Besides sktransfer's own frames, those of the libraries that call into it
 #: are skipped to find the user's line: scikit-learn (``fit`` is wrapped;
 #: pipelines and searches call our estimators), torch (a network's
-#: ``__call__`` runs our modules) and joblib.
-_CALLERS = ("sklearn", "torch", "joblib")
+#: ``__call__`` runs our modules), joblib, Dask (a lazy array's blocks,
+#: computed in the caller's thread) and skops (:func:`sktransfer.load`
+#: unpickles our estimators).
+_CALLERS = ("sklearn", "torch", "joblib", "dask", "skops")
+#: The code torch.fx generates for a traced network (``<eval_with_key>.3``):
+#: a frame of torch's, though no file of torch's.
+_GENERATED = ("<eval_with_key>",)
 
 
 def _internal_prefixes() -> tuple[str, ...]:
@@ -177,9 +182,10 @@ def warn(message: str, category: type[SktransferWarning]) -> None:
     prefixes = _internal_prefixes()
     frame = sys._getframe(1)
     level = 1
-    while frame.f_back is not None and os.path.abspath(
-        frame.f_code.co_filename
-    ).startswith(prefixes):
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_GENERATED)
+        or os.path.abspath(frame.f_code.co_filename).startswith(prefixes)
+    ):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level + 1)
