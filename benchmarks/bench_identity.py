@@ -41,7 +41,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import EmbeddingCache, _backbones, _cache, _identity, _inputs, _network
+from sktransfer import EmbeddingCache, _cache, _identity, _inputs, _network, _sources
 from sktransfer._identity import cpu_model
 
 SPENT: dict[str, float] = defaultdict(float)
@@ -62,8 +62,13 @@ def instrument():
     """Wrap the identity and verification functions where they are called."""
     _inputs.image_digest = _timed("image digests", _inputs.image_digest)
     _network.module_digest = _timed("network digests", _network.module_digest)
-    _network.file_digest = _timed("checkpoint digests", _network.file_digest)
-    _backbones.content_digest = _timed("checkpoint digests", _backbones.content_digest)
+    for where in (_sources.module, _sources.finetuned):
+        where.module_digest = _timed("network digests", where.module_digest)
+    for where in (_sources.base, _sources.torchvision, _sources.timm):
+        where.file_digest = _timed("checkpoint digests", where.file_digest)
+    _sources.checkpoints.content_digest = _timed(
+        "checkpoint digests", _sources.checkpoints.content_digest
+    )
     _cache.decode_entry = _timed("entry checks (read)", _cache.decode_entry)
     _cache.encode_entry = _timed("entry encoding (write)", _cache.encode_entry)
     real_fsync = os.fsync

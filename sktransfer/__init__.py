@@ -1,6 +1,5 @@
 """sktransfer: transfer learning from pretrained image models, the sklearn way."""
 
-from sktransfer._backbones import model_names as _model_names
 from sktransfer._cache import EmbeddingCache, default_cache
 from sktransfer._embed import embed_dataset
 from sktransfer._extractor import PretrainedFeatureExtractor
@@ -10,6 +9,7 @@ from sktransfer._layers import list_layers
 from sktransfer._preprocess import Preprocessing
 from sktransfer._probe import ProbeResult, probe
 from sktransfer._share import load, save, untrusted_types
+from sktransfer._sources.torchvision import model_names as _model_names
 from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
 from sktransfer.exceptions import (
     CacheWarning,
@@ -121,7 +121,7 @@ def list_models(pattern: str = "*") -> list[str]:
     """
     import fnmatch
 
-    from sktransfer import _timm
+    from sktransfer._sources import timm as _timm
 
     if pattern.startswith(_timm.PREFIX):
         return _timm.list_names(pattern[len(_timm.PREFIX) :])

@@ -25,11 +25,11 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from sktransfer import _dask, _decode, _device, _int8, _preprocess
-from sktransfer._backbones import check_weights, named_preprocessing
 from sktransfer._common import owned_random_state
 from sktransfer._identity import numerics
 from sktransfer._inputs import as_images
 from sktransfer._persist import TorchPickleMixin
+from sktransfer._sources import check_weights, named_preprocessing
 from sktransfer.exceptions import NumericsWarning, warn
 
 __all__ = ["SHARED_CONSTRAINTS", "TransferEstimator", "precision_numerics"]
@@ -177,6 +177,13 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
     def _dtype(self) -> torch.dtype:
         """The dtype the engine autocasts to (int8 networks take float32)."""
         return _device.PRECISIONS.get(self.precision_, torch.float32)
+
+    def _sibling(self):
+        """A shallow copy sharing the fitted network (``copy.copy`` would
+        pickle, dropping it), whose attributes a thread may replace."""
+        sibling = object.__new__(type(self))
+        vars(sibling).update(vars(self))
+        return sibling
 
     # -- the fitted network -------------------------------------------------
     def _network(self) -> nn.Module:

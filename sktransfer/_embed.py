@@ -269,9 +269,7 @@ def _write_partition(extractor, paths, start, target, metadata) -> int:
     images could not be read."""
     worker_memory()  # (on a Dask worker: see _dask)
     extractor._network()  # built once on the shared estimator (a worker's)
-    own = object.__new__(type(extractor))  # (copy.copy would pickle: no
-    own.__dict__.update(extractor.__dict__)  # network) errors_ of its own
-    extractor = own
+    extractor = extractor._sibling()  # (errors_ of its own)
     with warnings.catch_warnings():  # (the file records them)
         warnings.simplefilter("ignore", UnreadableImagesWarning)
         try:

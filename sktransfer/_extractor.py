@@ -23,10 +23,10 @@ from sktransfer import (
     _layers,
     _network,
 )
-from sktransfer._backbones import published_weights_file
 from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import digest
+from sktransfer._sources import published_weights_file
 from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning, warn
 
 __all__ = ["PretrainedFeatureExtractor"]

@@ -13,9 +13,10 @@ Parameters outside every stage (a ResNet's stem ``conv1``/``bn1``, a ViT's
 patch embedding, a ConvNeXt's norm before the head) are trained only with
 ``trainable_layers="all"``.
 
-timm models (``"timm/..."``, ``"hf-hub:..."``) form one family whose stages
-are the modules of timm's ``feature_info``; what follows the last stage (a
-final norm, a pooling head with a norm) joins the last group.
+A model source registers the families of its own models: timm's
+(``"timm/..."``, ``"hf-hub:..."``, see ``_sources.timm``) has the modules of
+timm's ``feature_info`` as stages, and what follows the last stage (a final
+norm, a pooling head with a norm) joins the last group.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from torch import nn
-
-from sktransfer import _timm
 
 __all__ = ["Family", "family_of", "register_family"]
 
@@ -47,12 +46,16 @@ class Family:
     nhwc : bool
         Whether intermediate feature maps are laid out ``(n, H, W, C)``
         (Swin) rather than ``(n, C, H, W)``.
+    tail : callable or None
+        ``tail(module, stages) -> list[str]``: modules after the last stage
+        that are trained together with it (timm: a final norm, a head).
     """
 
     name: str
     patterns: tuple[str, ...]
     stages: Callable[[nn.Module], list[str]]
     nhwc: bool = False
+    tail: Callable[[nn.Module, list[str]], list[str]] | None = None
 
     def trainable_groups(self, module: nn.Module) -> list[list[str]]:
         """The units of ``trainable_layers``, in execution order: one list of
@@ -61,15 +64,15 @@ class Family:
         groups = [[name] for name in stages]
         if self.name == "vit" and len(groups) > 1:
             groups[-2:] = [groups[-2] + groups[-1]]
-        elif self.name == "timm" and groups:
-            groups[-1] += _timm.tail(module, stages)
+        elif self.tail is not None and groups:
+            groups[-1] += self.tail(module, stages)
         return groups
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
-def register_family(name: str, *patterns: str, nhwc: bool = False):
+def register_family(name: str, *patterns: str, nhwc: bool = False, tail=None):
     """Register the decorated ``stages(module)`` function as a family."""
 
     def decorator(stages: Callable[[nn.Module], list[str]]):
@@ -78,7 +81,7 @@ def register_family(name: str, *patterns: str, nhwc: bool = False):
                 f"A family named {name!r} is registered already "
                 f"({_FAMILIES[name].patterns}); choose another name."
             )
-        _FAMILIES[name] = Family(name, patterns, stages, nhwc)
+        _FAMILIES[name] = Family(name, patterns, stages, nhwc, tail)
         return stages
 
     return decorator
@@ -134,9 +137,6 @@ def _regnet_stages(module: nn.Module) -> list[str]:
 @register_family("maxvit", "maxvit*")
 def _maxvit_stages(module: nn.Module) -> list[str]:
     return _children(module, "blocks")
-
-
-register_family("timm", _timm.PREFIX + "*", _timm.HUB_PREFIX + "*")(_timm.stages)
 
 
 def _generic_stages(module: nn.Module) -> list[str]:

@@ -17,9 +17,10 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
 from sktransfer import _dask, _decode, _device, _engine, _training
-from sktransfer._backbones import Backbone, last_linear, load_backbone, replace_head
 from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._families import family_of
+from sktransfer._sources import Backbone, load_backbone
+from sktransfer._sources.checkpoints import last_linear, replace_head
 
 __all__ = ["FineTunedClassifier"]
 
@@ -28,6 +29,9 @@ _NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
 
 class ClassifierNetwork(nn.Module):
     """A backbone (its old head removed) followed by a new linear head."""
+
+    backbone: nn.Module
+    head: nn.Linear
 
     def __init__(self, backbone: nn.Module, head: nn.Linear):
         super().__init__()
@@ -272,6 +276,8 @@ class FineTunedClassifier(ClassifierMixin, TransferEstimator):
     >>> clf.predict(X[:2]).shape
     (2,)
     """
+
+    network_: ClassifierNetwork
 
     _parameter_constraints: dict = {
         **SHARED_CONSTRAINTS,
@@ -626,7 +632,8 @@ class FineTunedClassifier(ClassifierMixin, TransferEstimator):
                 "task before using it as the 'model' of an extractor."
             ),
         )
-        backbone: nn.Module = self._network().backbone
+        self._network()
+        backbone = self.network_.backbone
         module = copy.deepcopy(backbone).cpu().eval()
         module.requires_grad_(False)
         family = family_of(self.model if isinstance(self.model, str) else None, module)
@@ -638,6 +645,11 @@ class FineTunedClassifier(ClassifierMixin, TransferEstimator):
     # -- persistence --------------------------------------------------------
     def _rebuild_network(self) -> ClassifierNetwork:
         state = self._pickled_network_state()
+        if state is None:
+            raise ValueError(
+                "This FineTunedClassifier's pickle holds no network tensors: it was "
+                "not written by sktransfer. Fit the classifier again."
+            )
         backbone = load_backbone(self.model, None)
         if backbone.head is None:
             replace_head(backbone.module, self._head_name)

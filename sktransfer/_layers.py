@@ -21,6 +21,7 @@ from torchvision.models.feature_extraction import (
 
 from sktransfer._common import did_you_mean
 from sktransfer._fusion import fuse_pointwise
+from sktransfer._sources import check_model, load_backbone
 from sktransfer.exceptions import LayerError
 
 __all__ = [
@@ -335,12 +336,10 @@ def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
     >>> list_layers("resnet18")
     {'layer1': (64, 56, 56), 'layer2': (128, 28, 28), 'layer3': (256, 14, 14), 'layer4': (512, 7, 7)}
     """  # noqa: E501
-    from sktransfer._backbones import _check_model_name, load_backbone
-
     if which not in ("stages", "all"):
         raise ValueError(f"'which' must be 'stages' or 'all'. Got {which!r}.")
     if isinstance(model, str):
-        _check_model_name(model)
+        check_model(model)
         backbone = load_backbone(model, None)
     else:
         backbone = load_backbone(model, "DEFAULT")

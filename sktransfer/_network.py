@@ -17,81 +17,23 @@ empties them all.
 from __future__ import annotations
 
 import copy
-import os
 import weakref
 from dataclasses import dataclass
 
 from torch import nn
-from torchvision.models import WeightsEnum
 
-from sktransfer import _device, _engine, _layers, _timm
-from sktransfer._backbones import (
-    Backbone,
-    _check_model_name,
-    hub_path,
-    load_backbone,
-    resolve_weights,
-)
-from sktransfer._identity import file_digest, module_digest
+from sktransfer import _device, _engine, _layers
+from sktransfer._identity import module_digest
 from sktransfer._memo import Memo
+from sktransfer._sources import Backbone, load_backbone, weights_identity
 
-__all__ = ["Built", "build", "output_widths", "rebuild", "weights_identity"]
+__all__ = ["Built", "build", "output_widths", "rebuild"]
 
 _BACKBONES = Memo(size=4)  # memo id -> CPU backbone, its digest, its node names
 _NETWORKS = Memo(size=8)  # (memo id, layers, pooling) -> CPU network
 _WIDTHS = Memo(size=64)
 # (network key, device) -> that network's copy on a device other than the CPU
 _ON_DEVICE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-
-def weights_identity(model, weights, seed) -> str | None:
-    """Identify a network's weights by content, before loading them.
-
-    Published weights (torchvision's or timm's): their name and the digest
-    of the cached file (or ``absent``); a checkpoint: the digest of its
-    bytes; a module or a fitted classifier:
-    :func:`~sktransfer._identity.module_digest` (code, settings, hooks,
-    tensors); seeded random weights: the model and the seed (in one
-    process, the same seed gives the same tensors). None: not shareable
-    (unseeded random weights, or a specification that ``load_backbone``
-    will refuse with a clear error).
-    """
-    if hasattr(model, "_sktransfer_backbone"):  # a FineTunedClassifier
-        if "network_" not in model.__dict__ and "_network_state" not in model.__dict__:
-            return None  # not fitted: load_backbone says so
-        return f"finetuned|{module_digest(model._network())}"
-    if isinstance(model, nn.Module):
-        base = module_digest(model)
-        if isinstance(weights, str) and weights == "DEFAULT":
-            return base
-    elif isinstance(model, str):
-        _check_model_name(model)
-        base = model
-    else:
-        return None  # invalid; load_backbone says what is wrong
-    if weights is None:
-        return None if seed is None else f"{base}|random|{seed}"
-    if isinstance(model, str) and not isinstance(weights, os.PathLike):
-        resolved = resolve_weights(model, weights)
-        if isinstance(resolved, WeightsEnum):
-            name = f"{type(resolved).__name__}.{resolved.name}"
-            try:
-                content = file_digest(hub_path(resolved))
-            except OSError:
-                content = "absent"  # downloaded by load_backbone
-            return f"{base}|{name}|{content}"
-        if isinstance(resolved, str):  # timm's
-            try:
-                cached = _timm.cached_weights_file(resolved)
-            except OSError:  # a hub config that cannot be had: load says so
-                return None
-            content = "absent" if cached is None else file_digest(cached)
-            return f"{base}|{resolved}|{content}"
-        weights = resolved
-    try:
-        return f"{base}|file|{file_digest(weights)}"
-    except (OSError, TypeError):
-        return None  # a missing file: load_backbone says what is wrong
 
 
 @dataclass

@@ -12,11 +12,11 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer._backbones import cpu_module
 from sktransfer._cache import EmbeddingCache
 from sktransfer._common import require
 from sktransfer._device import restore_device
 from sktransfer._identity import file_digest
+from sktransfer._sources.checkpoints import cpu_module
 from sktransfer.exceptions import ImageReadError, TamperedModelError
 
 __all__ = ["MARK", "SHARING", "TorchPickleMixin"]
@@ -161,6 +161,11 @@ class TorchPickleMixin:
         """The tensors an unpickled estimator rebuilds its network from
         (None: rebuilt from the published weights' name)."""
         return vars(self).get("_network_state")
+
+    def _pop_saved_weights_digest(self) -> str | None:
+        """The digest of the published weights' file that :func:`save`
+        recorded (None: not a loaded model with published weights), once."""
+        return vars(self).pop("_weights_file_digest", None)
 
     def _drop_pickled_state(self) -> None:
         """Forget the pickled tensors, once the network is rebuilt."""

@@ -26,12 +26,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
 from threadpoolctl import threadpool_limits
 
-from sktransfer._backbones import _check_model_name, weights_at_hand
 from sktransfer._common import require
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
 from sktransfer._layers import FeatureNet
-from sktransfer._timm import HUB_PREFIX
+from sktransfer._sources import check_model, weights_at_hand
+from sktransfer._sources.timm import HUB_PREFIX
 from sktransfer._version import __version__
 from sktransfer.exceptions import (
     ProbeUsageError,
@@ -65,7 +65,7 @@ def parse_model(spec) -> tuple[str, object]:
         name, _, weights = spec[len(scheme) :].partition(":")
         name, weights = scheme + name, weights or None
     try:
-        _check_model_name(name)
+        check_model(name)
     except ValueError as exc:
         raise ProbeUsageError(str(exc)) from None
     return name, weights

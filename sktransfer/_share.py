@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator
 
 from sktransfer._common import replace_file, require
 from sktransfer._finetune import FineTunedClassifier
+from sktransfer._identity import file_digest
 from sktransfer._persist import SHARING
 from sktransfer._version import __version__
 from sktransfer.exceptions import (  # (TamperedModelError: raised by load)
@@ -259,11 +260,9 @@ def load(path, *, trusted=None):
 def check_weights_file(estimator) -> None:
     """Published weights: loaded (downloaded if needed) and checked against
     the digest of the file the estimator was saved with."""
-    saved = estimator.__dict__.pop("_weights_file_digest", None)
+    saved = estimator._pop_saved_weights_digest()
     if saved is None:
         return
-    from sktransfer._identity import file_digest
-
     estimator._network()  # loads the weights: downloads, or says it cannot
     here = estimator._published_weights_file()
     if file_digest(here) != saved:
@@ -297,29 +296,27 @@ def _describe(estimator) -> dict:
         "model": estimator.model
         if isinstance(estimator.model, str)
         else f"FineTunedClassifier(model={estimator.model.model!r})",
-        "weights": estimator.__dict__.get("weights_", str(estimator.weights)),
+        "weights": getattr(estimator, "weights_", str(estimator.weights)),
     }
     published = estimator._published_weights_file()
     if published is not None:
-        from sktransfer._identity import file_digest
-
         out["weights_file_digest"] = f"blake2b:{file_digest(published)}"
     if isinstance(estimator, FineTunedClassifier):
         out["trainable_layers"] = estimator.trainable_layers
         out["classes"] = [str(c) for c in getattr(estimator, "classes_", [])]
     else:
-        out["layers"] = estimator.__dict__.get("layers_", estimator.layer)
+        out["layers"] = getattr(estimator, "layers_", estimator.layer)
         out["pooling"] = estimator.pooling
-        out["n_features_out"] = estimator.__dict__.get("n_features_out_")
-    out["preprocessing"] = repr(estimator.__dict__.get("preprocessing_"))
-    out["precision"] = estimator.__dict__.get("precision_", estimator.precision)
+        out["n_features_out"] = getattr(estimator, "n_features_out_", None)
+    out["preprocessing"] = repr(getattr(estimator, "preprocessing_", None))
+    out["precision"] = getattr(estimator, "precision_", estimator.precision)
     return out
 
 
 def _config(obj) -> dict:
     """``config.json``: what the model is made of (its fitted sktransfer
     estimators), and the versions it was saved with."""
-    fitted = [e for e in _ours(obj) if "preprocessing_" in e.__dict__]
+    fitted = [e for e in _ours(obj) if hasattr(e, "preprocessing_")]
     return {
         "library_name": "sktransfer",
         "model_file": MODEL_FILE,

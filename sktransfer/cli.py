@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from sktransfer._backbones import weights_at_hand
 from sktransfer._common import require
+from sktransfer._sources import weights_at_hand
 from sktransfer.exceptions import WeightsUnavailableError
 
 DEMO_DESCRIPTION = __doc__[__doc__.index("``sktransfer demo``") :].replace("``", "'")

@@ -10,7 +10,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights
 
 from sktransfer import PretrainedFeatureExtractor
-from sktransfer._backbones import resolve_weights
+from sktransfer._sources import resolve_weights
 from sktransfer.exceptions import WeightsUnavailableError
 
 from .conftest import transform_in_fresh_process

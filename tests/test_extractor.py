@@ -42,13 +42,13 @@ def test_clone_builds_no_model(monkeypatch):
     architecture): any attempt would raise here."""
     import torchvision
 
-    from sktransfer import _backbones
+    from sktransfer._sources.torchvision import TorchvisionSource
 
     def refuse(*args, **kwargs):
         raise AssertionError("clone built a model")
 
     monkeypatch.setattr(torchvision.models, "get_model", refuse)
-    monkeypatch.setattr(_backbones, "_load", refuse)
+    monkeypatch.setattr(TorchvisionSource, "load", refuse)
     extractor = PretrainedFeatureExtractor(model="vit_h_14", weights=None)
     copy = clone(extractor)
     assert copy.get_params() == extractor.get_params()

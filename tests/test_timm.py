@@ -43,7 +43,7 @@ def images():
 def hub_cache(tmp_path, monkeypatch):
     """An empty, offline Hugging Face hub cache; ``publish(repo, state)``
     puts weights in it as a download would."""
-    from sktransfer import _timm
+    from sktransfer._sources import timm as _timm
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -408,7 +408,7 @@ def test_preprocessing_follows_the_pretrained_config():
     preprocessed here equals timm's own eval transform of the image."""
     from PIL import Image
 
-    from sktransfer._backbones import load_backbone
+    from sktransfer._sources import load_backbone
 
     for name, crop, resize in [
         ("convnext_tiny.fb_in22k", 224, 256),  # crop_pct 0.875, center

@@ -29,15 +29,28 @@ from torch import nn
 
 from sktransfer import _preprocess
 from sktransfer._common import did_you_mean, require
-from sktransfer.exceptions import PreprocessingWarning, warn
+from sktransfer._families import family_of, register_family
+from sktransfer._identity import file_digest
+from sktransfer._sources import checkpoints
+from sktransfer._sources.base import (
+    Backbone,
+    Source,
+    not_a_weights_name,
+    random_or_file_identity,
+)
+from sktransfer.exceptions import (
+    PreprocessingWarning,
+    WeightsUnavailableError,
+    warn,
+)
 
 __all__ = [
     "HUB_PREFIX",
     "PREFIX",
+    "TimmSource",
     "cache_folder",
     "cached_weights_file",
     "check_name",
-    "create",
     "is_timm",
     "list_names",
     "preprocessing_of",
@@ -49,8 +62,6 @@ __all__ = [
 
 PREFIX = "timm/"
 HUB_PREFIX = "hf-hub:"
-#: Suffixes that make a ``weights`` string a file rather than a tag.
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
 #: Published timm weights (or hub configs) that could not be had in this
 #: process (name -> the error), so that the next clone fails at once.
 UNAVAILABLE: dict[str, Exception] = {}
@@ -199,7 +210,7 @@ def _default_weights(name: str) -> str:
 
 
 def _file_or_error(model: str, weights: str, valid: list[str]) -> Path:
-    if os.sep in weights or weights.endswith(CHECKPOINT_SUFFIXES):
+    if os.sep in weights or weights.endswith(checkpoints.SUFFIXES):
         return Path(weights)
     hint = did_you_mean(weights, valid, n=2)
     raise ValueError(
@@ -292,8 +303,6 @@ def weights_at_hand(model: str) -> list[str]:
 def _unavailable(name: str, exc, what: str = "the weights"):
     from huggingface_hub import constants
 
-    from sktransfer.exceptions import WeightsUnavailableError
-
     offline = (
         ""
         if constants.HF_HUB_OFFLINE
@@ -336,11 +345,12 @@ def _load_report():
         logger.setLevel(level)
 
 
-def create(model: str, resolved, read_checkpoint) -> tuple[Any, str | None]:
+def create(model: str, resolved) -> tuple[Any, str | None]:
     """Build ``model`` with the resolved weights: published (through timm's
-    loader and the hub cache), a local file (read by ``read_checkpoint``,
-    then handed to timm's loader, which adapts its format and drops a
-    classifier), or random. Returns the module and the weights' description.
+    loader and the hub cache), a local file (read by
+    :func:`~sktransfer._sources.checkpoints.read_checkpoint`, then handed
+    to timm's loader, which adapts its format and drops a classifier), or
+    random. Returns the module and the weights' description.
     Keys of a local file that do not fit the model are an error, never a
     partly random network."""
     name = _timm_name(model)
@@ -356,7 +366,7 @@ def create(model: str, resolved, read_checkpoint) -> tuple[Any, str | None]:
         return module, _described(resolved)
     if resolved is None:
         return _create_model(name, pretrained=False), None
-    state = read_checkpoint(resolved)
+    state = checkpoints.read_checkpoint(resolved)
     with _load_report() as report:
         try:
             module = _create_model(
@@ -467,3 +477,74 @@ def tail(module: nn.Module, stage_names: list[str]) -> list[str]:
     if last not in children:
         return []
     return children[children.index(last) + 1 :]
+
+
+register_family("timm", PREFIX + "*", HUB_PREFIX + "*", tail=tail)(stages)
+
+
+class TimmSource(Source):
+    """timm and Hugging Face hub names (``"timm/..."``, ``"hf-hub:..."``)."""
+
+    name = "timm"
+
+    def matches(self, model) -> bool:
+        return is_timm(model)
+
+    def check(self, model) -> None:
+        check_name(model)
+
+    def resolve_weights(self, model, weights) -> str | Path | None:
+        return resolve_weights(model, weights)
+
+    def identity(self, model, weights, seed) -> str | None:
+        check_name(model)
+        if isinstance(weights, os.PathLike) or weights is None:
+            return random_or_file_identity(model, weights, seed)
+        resolved = resolve_weights(model, weights)
+        if not isinstance(resolved, str):
+            return random_or_file_identity(model, resolved, seed)
+        try:
+            cached = cached_weights_file(resolved)
+        except OSError:  # a hub config that cannot be had: load says so
+            return None
+        content = "absent" if cached is None else file_digest(cached)
+        return f"{model}|{resolved}|{content}"
+
+    def load(self, model, weights) -> Backbone:
+        """A timm model, its classifier removed by timm (``num_classes=0``)."""
+        check_name(model)
+        module, description = create(model, resolve_weights(model, weights))
+        return Backbone(
+            module.eval(),
+            preprocessing_of(module.pretrained_cfg, model),
+            description,
+            family_of(model, module),
+            head_name(module),
+        )
+
+    def cached_file(self, model, weights) -> Path | None:
+        resolved = resolve_weights(model, weights)
+        if not isinstance(resolved, str):
+            return None
+        return cached_weights_file(resolved) or cache_folder(resolved)
+
+    def weights_at_hand(self, model) -> list[str]:
+        return weights_at_hand(model)
+
+    def named_preprocessing(self, model, name: str) -> _preprocess.Preprocessing:
+        resolved = resolve_weights(model, name)
+        if not isinstance(resolved, str):
+            raise not_a_weights_name(name)
+        return preprocessing_of(pretrained_cfg(resolved), model)
+
+    def check_available(self, model, weights) -> None:
+        if not UNAVAILABLE:
+            return
+        try:
+            resolved = resolve_weights(model, weights)
+        except (ValueError, TypeError, OSError):
+            return
+        if isinstance(resolved, str):
+            known = UNAVAILABLE.get(resolved)
+            if known is not None and cached_weights_file(resolved) is None:
+                raise WeightsUnavailableError(str(known))
