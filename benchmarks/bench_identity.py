@@ -41,8 +41,9 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import EmbeddingCache, _cache, _identity, _inputs, _network, _sources
+from sktransfer import EmbeddingCache, _cache, _identity, _network, _sources
 from sktransfer._identity import cpu_model
+from sktransfer._images import inputs as _inputs
 
 SPENT: dict[str, float] = defaultdict(float)
 

@@ -42,8 +42,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import PretrainedFeatureExtractor, _decode
+from sktransfer import PretrainedFeatureExtractor
 from sktransfer._identity import cpu_model
+from sktransfer._images import decode as _decode
 
 WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/weights/mobilenet_v2_imagenet.pth"

@@ -4,10 +4,10 @@ from sktransfer._cache import EmbeddingCache, default_cache
 from sktransfer._embed import embed_dataset
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
-from sktransfer._folders import list_images, load_image_folder
-from sktransfer._layers import list_layers
+from sktransfer._images.folders import list_images, load_image_folder
 from sktransfer._preprocess import Preprocessing
 from sktransfer._probe import ProbeResult, probe
+from sktransfer._runtime.layers import list_layers
 from sktransfer._share import load, save, untrusted_types
 from sktransfer._sources.torchvision import model_names as _model_names
 from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
@@ -85,7 +85,8 @@ def clear_caches() -> None:
     """
     import torch
 
-    from sktransfer import _cache, _identity, _int8, _network
+    from sktransfer import _cache, _identity, _network
+    from sktransfer._runtime import int8 as _int8
 
     _network.clear()
     _int8.clear()

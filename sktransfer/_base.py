@@ -24,11 +24,13 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from sktransfer import _dask, _decode, _device, _int8, _preprocess
+from sktransfer import _dask, _device, _preprocess
 from sktransfer._common import owned_random_state
 from sktransfer._identity import numerics
-from sktransfer._inputs import as_images
+from sktransfer._images import decode as _decode
+from sktransfer._images.inputs import as_images
 from sktransfer._persist import TorchPickleMixin
+from sktransfer._runtime import int8 as _int8
 from sktransfer._sources import check_weights, named_preprocessing
 from sktransfer.exceptions import NumericsWarning, warn
 
@@ -90,7 +92,7 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
 
     # -- inputs -------------------------------------------------------------
     def _input_options(self) -> dict:
-        """Keywords of :func:`~sktransfer._inputs.as_images`."""
+        """Keywords of :func:`~sktransfer._images.inputs.as_images`."""
         return {"num_workers": self.num_workers, "max_pixels": self.max_pixels}
 
     def _images(self, X, fitted: bool = False):

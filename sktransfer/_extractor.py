@@ -13,19 +13,13 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer import (
-    _cache,
-    _dask,
-    _decode,
-    _device,
-    _engine,
-    _int8,
-    _layers,
-    _network,
-)
+from sktransfer import _cache, _dask, _device, _engine, _network
 from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import digest
+from sktransfer._images import decode as _decode
+from sktransfer._runtime import int8 as _int8
+from sktransfer._runtime import layers as _layers
 from sktransfer._sources import published_weights_file
 from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning, warn
 

@@ -16,9 +16,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
-from sktransfer import _dask, _decode, _device, _engine, _training
+from sktransfer import _dask, _device, _engine, _training
 from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._families import family_of
+from sktransfer._images import decode as _decode
 from sktransfer._sources import Backbone, load_backbone
 from sktransfer._sources.checkpoints import last_linear, replace_head
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sktransfer import _device, _engine, _layers
+from sktransfer import _device, _engine
 from sktransfer._identity import module_digest
 from sktransfer._memo import Memo
+from sktransfer._runtime import layers as _layers
 from sktransfer._sources import Backbone, load_backbone, weights_identity
 
 __all__ = ["Built", "build", "output_widths", "rebuild"]

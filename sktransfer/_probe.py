@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from sktransfer._common import require
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
-from sktransfer._layers import FeatureNet
+from sktransfer._runtime.layers import FeatureNet
 from sktransfer._sources import check_model, weights_at_hand
 from sktransfer._sources.timm import HUB_PREFIX
 from sktransfer._version import __version__

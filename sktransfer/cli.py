@@ -832,8 +832,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from sklearn.utils._param_validation import InvalidParameterError
 
-    from sktransfer._layers import LayerError
     from sktransfer._probe import ProbeUsageError
+    from sktransfer._runtime.layers import LayerError
 
     parser = _parser()
     args = parser.parse_args(argv)

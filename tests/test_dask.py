@@ -174,7 +174,7 @@ def test_an_int8_extractor_runs_its_quantized_model_on_the_workers(client, image
     """precision="int8": fit calibrates on the first calibration_size images
     of the collection; the workers run the model the extractor carries."""
     pytest.importorskip("onnxruntime")
-    from sktransfer import _int8
+    from sktransfer._runtime import int8 as _int8
 
     if _int8.int8_kernels() is None:
         pytest.skip("this CPU has no int8 dot-product instructions")
@@ -242,7 +242,8 @@ def _count_images():
     extractor network, from here on."""
     import torch
 
-    from sktransfer import _layers, _network
+    from sktransfer import _network
+    from sktransfer._runtime import layers as _layers
 
     _layers.images_seen = _network.fits = 0
     if not hasattr(_layers, "counting_hook"):
@@ -263,7 +264,8 @@ def _count_images():
 
 
 def _counts():
-    from sktransfer import _layers, _network
+    from sktransfer import _network
+    from sktransfer._runtime import layers as _layers
 
     return _network.fits, _layers.images_seen
 
@@ -347,7 +349,8 @@ def test_a_dataset_job_resumes_with_the_missing_partitions_only(
     partition embeds that partition's images only, and writes it the same."""
     import torch
 
-    from sktransfer import _embed, _layers, embed_dataset
+    from sktransfer import _embed, embed_dataset
+    from sktransfer._runtime import layers as _layers
 
     # (the module's cluster may be running: this job runs here)
     monkeypatch.setattr(_embed, "active_client", lambda: None)

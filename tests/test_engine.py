@@ -174,7 +174,7 @@ def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
     those of the CPU's decoding (decoders differ by a level or so)."""
     from PIL import Image
 
-    from sktransfer import _decode
+    from sktransfer._images import decode as _decode
 
     rng = np.random.default_rng(0)
     paths = []

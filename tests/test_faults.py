@@ -33,10 +33,10 @@ from sktransfer import (
     EmbeddingCache,
     FineTunedClassifier,
     PretrainedFeatureExtractor,
-    _decode,
     _network,
     load_image_folder,
 )
+from sktransfer._images import decode as _decode
 from sktransfer.exceptions import ImageReadError
 
 from .conftest import SMALL, TinyCNN, assert_same_rows

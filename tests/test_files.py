@@ -19,8 +19,8 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 
 from sktransfer import PretrainedFeatureExtractor, list_images, load_image_folder
-from sktransfer._decode import BACKGROUND, decode, to_array
-from sktransfer._inputs import ListImages, as_images
+from sktransfer._images.decode import BACKGROUND, decode, to_array
+from sktransfer._images.inputs import ListImages, as_images
 from sktransfer.exceptions import ImageReadError
 
 from .conftest import SMALL, TinyCNN, assert_same_rows
@@ -566,7 +566,7 @@ def test_jpegs_decoded_on_the_device_give_pillows_rows(tmp_path, monkeypatch, cr
     """The decode-on-device path (nvJPEG on CUDA; here torchvision's decoder on
     the CPU, the same code) gives the pixels and batches of the Pillow path;
     only plain upright RGB/grayscale JPEGs take it."""
-    from sktransfer import _decode
+    from sktransfer._images import decode as _decode
     from sktransfer._preprocess import Preprocessing
 
     paths = _device_jpegs(tmp_path)
@@ -616,7 +616,7 @@ def test_a_jpeg_the_device_cannot_decode_falls_back_to_pillow(tmp_path, hazards)
 def test_jpegs_over_the_pixel_limit_never_reach_the_device_decoder(tmp_path):
     """The pixel limit is checked from the header before the device decoder
     sees a file: the Pillow path then refuses it as a bomb."""
-    from sktransfer._decode import device_decodable
+    from sktransfer._images.decode import device_decodable
 
     path = _device_jpegs(tmp_path)[0]  # 48x40 = 1920 pixels
     data = Path(path).read_bytes()

@@ -10,14 +10,14 @@ from numpy.testing import assert_allclose
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from sktransfer import _fusion
-from sktransfer._fusion import (
+from sktransfer._runtime import fusion as _fusion
+from sktransfer._runtime.fusion import (
     ConvPointwise,
     StemMaxPool,
     fuse_pointwise,
     operator_works,
 )
-from sktransfer._layers import FeatureNet
+from sktransfer._runtime.layers import FeatureNet
 
 needs_onednn = pytest.mark.skipif(
     not operator_works(), reason="oneDNN's fused convolution is not available"

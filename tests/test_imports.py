@@ -18,21 +18,20 @@ import sktransfer
 ROOT = Path(sktransfer.__file__).parent
 
 #: Lowest first: a module imports only from its own layer or those below.
-#: A name stands for the module and, if it is a package, everything in it.
+#: A name stands for the module and, if it is a package, everything in it
+#: (its modules may be placed apart: the longest name that fits counts).
 LAYERS = [
     # leaves: no sktransfer imports but these
     ["sktransfer.exceptions", "sktransfer._version", "sktransfer._common",
      "sktransfer._memo", "sktransfer._preprocess", "sktransfer._families"],
     # the machine: devices, identities, decoding, running a network
-    ["sktransfer._device", "sktransfer._identity", "sktransfer._decode",
-     "sktransfer._engine", "sktransfer._fusion", "sktransfer._dask",
+    ["sktransfer._device", "sktransfer._identity", "sktransfer._images.decode",
+     "sktransfer._engine", "sktransfer._runtime.fusion", "sktransfer._dask",
      "sktransfer._training"],
     # where inputs and models come from, and the embedding cache
-    ["sktransfer._inputs", "sktransfer._folders", "sktransfer._cache",
-     "sktransfer._sources"],
+    ["sktransfer._images", "sktransfer._cache", "sktransfer._sources"],
     # networks cut at layers, int8, shared networks, pickling
-    ["sktransfer._layers", "sktransfer._int8", "sktransfer._network",
-     "sktransfer._persist"],
+    ["sktransfer._runtime", "sktransfer._network", "sktransfer._persist"],
     ["sktransfer._base"],
     ["sktransfer._extractor", "sktransfer._finetune"],
     # workflows over the estimators

@@ -6,7 +6,7 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
 from sktransfer import PretrainedFeatureExtractor
-from sktransfer._inputs import as_images
+from sktransfer._images.inputs import as_images
 
 from .conftest import SMALL, assert_same_rows
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sktransfer import EmbeddingCache, PretrainedFeatureExtractor, _int8
+from sktransfer import EmbeddingCache, PretrainedFeatureExtractor
+from sktransfer._runtime import int8 as _int8
 from tests.conftest import assert_same_rows, transform_in_fresh_process
 
 pytest.importorskip("onnxruntime")

@@ -6,7 +6,7 @@ import torchvision
 from numpy.testing import assert_allclose
 
 from sktransfer import list_layers, list_models
-from sktransfer._layers import pool
+from sktransfer._runtime.layers import pool
 
 
 def test_list_layers_stages_with_shapes():
@@ -83,7 +83,7 @@ def test_batch_norms_are_folded_with_the_same_result():
     and the saved backbone keeps its own layers."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from sktransfer._layers import FeatureNet
+    from sktransfer._runtime.layers import FeatureNet
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)

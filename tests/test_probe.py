@@ -414,7 +414,7 @@ def test_an_unreadable_image_stops_embed_naming_its_row(folder, tmp_path, capsys
 def test_an_interrupted_embed_resumes_from_its_cache(folder, tmp_path, monkeypatch):
     """Ctrl-C after two chunks: no output, the chunks done are in
     OUT.partial/; the re-run sends only the rest through the network."""
-    from sktransfer._layers import FeatureNet
+    from sktransfer._runtime.layers import FeatureNet
 
     out = tmp_path / "emb.npy"
     argv = ["embed", str(folder), "-o", str(out), *EMBED, "--chunk-size", "5"]

@@ -208,7 +208,7 @@ def test_token_poolings_leave_prefix_tokens_out(images):
 
 
 def test_pooling_skips_register_tokens():
-    from sktransfer._layers import pool
+    from sktransfer._runtime.layers import pool
 
     t = torch.arange(2 * 7 * 3, dtype=torch.float32).reshape(2, 7, 3)
     torch.testing.assert_close(pool(t, "avg", prefix=5), t[:, 5:].mean(1))
@@ -221,7 +221,7 @@ def test_pooling_skips_register_tokens():
 
 
 def _counter():
-    from sktransfer._layers import FeatureNet
+    from sktransfer._runtime.layers import FeatureNet
 
     count = [0]
 

@@ -172,7 +172,7 @@ def test_numerics_warning_of_a_dask_array_points_at_compute(tiny_cnn, four):
 @triggers(PrecisionFallbackWarning)
 def test_precision_fallback_warning_points_at_fit(tiny_cnn, four, monkeypatch):
     """int8 where the CPU cannot run it: the warning is at fit."""
-    from sktransfer import _int8
+    from sktransfer._runtime import int8 as _int8
 
     monkeypatch.setattr(_int8, "unavailable", lambda: "no int8 instructions here")
     with pytest.warns(PrecisionFallbackWarning, match="no int8 instructions") as record:
@@ -189,7 +189,7 @@ def test_precision_fallback_of_a_failed_quantization_points_at_fit(
     """A network that cannot be quantized: the warning is at fit."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from sktransfer import _int8
+    from sktransfer._runtime import int8 as _int8
     from sktransfer.exceptions import QuantizationError
 
     def fails(*args, **kwargs):
@@ -210,7 +210,7 @@ def test_performance_warning_points_at_fit(tiny_cnn, four, monkeypatch, slow):
     float32 by ONNX Runtime: the warning is at fit."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from sktransfer import _int8
+    from sktransfer._runtime import int8 as _int8
 
     if _int8.int8_kernels() is None:
         pytest.skip("this CPU has no int8 dot-product instructions")
@@ -317,7 +317,7 @@ def test_device_warning_points_at_load(four, tmp_path, monkeypatch):
 @pytest.fixture
 def fresh_fusion():
     """Forget the fusion's self-tests and failures before and after a test."""
-    from sktransfer import _fusion
+    from sktransfer._runtime import fusion as _fusion
 
     def forget():
         _fusion._self_test.cache_clear()
@@ -331,7 +331,7 @@ def fresh_fusion():
 def _broken_operator(monkeypatch, behaviour):
     """oneDNN's fused convolution replaced by one that gives wrong values
     (the self-test fails) or raises (the call fails)."""
-    from sktransfer import _fusion
+    from sktransfer._runtime import fusion as _fusion
 
     class Broken:
         def __call__(self, x, weight, bias, *args):
@@ -356,7 +356,7 @@ def test_fusion_warning_points_at_the_network_call(
 ):
     """A fused operator that fails its self-test or its call: the warning,
     raised from inside the network's torch.fx frames, is at the call."""
-    from sktransfer import _fusion
+    from sktransfer._runtime import fusion as _fusion
 
     if not _fusion.operator_works():
         pytest.skip("oneDNN's fused convolution is not available")

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sktransfer import _decode
 from sktransfer._identity import digest
+from sktransfer._images import decode as _decode
 from sktransfer.exceptions import ImageReadError
 
 __all__ = ["ArrayImages", "ListImages", "as_images", "default_num_workers"]
@@ -630,7 +630,7 @@ class ListImages:
         are never yielded.
 
         ``decode_device``: where JPEG files and bytes that it can decode to
-        Pillow's pixels (:func:`~sktransfer._decode.device_decodable`) are
+        Pillow's pixels (:func:`~sktransfer._images.decode.device_decodable`) are
         decoded, a batch at a time, and then resized (nvJPEG on CUDA); the
         worker threads only read them. Their batches are on that device.
         """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sktransfer._decode import EXTENSIONS
+from sktransfer._images.decode import EXTENSIONS
 
 __all__ = ["list_images", "load_image_folder"]
 

@@ -46,8 +46,8 @@ from sktransfer._common import require
 from sktransfer._device import autocast
 from sktransfer._engine import cpu_block
 from sktransfer._identity import cpu_flags, cpu_kernels, digest
-from sktransfer._layers import FeatureNet, PooledOutputs
 from sktransfer._memo import Memo
+from sktransfer._runtime.layers import FeatureNet, PooledOutputs
 from sktransfer.exceptions import (
     PerformanceWarning,
     PrecisionFallbackWarning,

@@ -20,7 +20,7 @@ from torchvision.models.feature_extraction import (
 )
 
 from sktransfer._common import did_you_mean
-from sktransfer._fusion import fuse_pointwise
+from sktransfer._runtime.fusion import fuse_pointwise
 from sktransfer._sources import check_model, load_backbone
 from sktransfer.exceptions import LayerError
 
