@@ -18,10 +18,15 @@ folded and convolutions fused with their activations and residual adds
 (``_layers``, ``_fusion``; this applies to the extractor's networks), and
 batches run in blocks of a few images that stay in cache. Out of memory,
 the batch is halved and retried (down to one image) and the result is
-unchanged.
+unchanged. :func:`counting_images` counts the images the network runs on
+(:func:`run_batch`, whatever the network, int8 included), in one context.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
 
 import numpy as np
 import torch
@@ -29,13 +34,54 @@ from tqdm.auto import tqdm
 
 from sktransfer._device import autocast, cudnn_settings
 
-__all__ = ["batches", "device_input", "extract", "is_oom", "run_batch"]
+__all__ = [
+    "batches",
+    "counting_images",
+    "device_input",
+    "extract",
+    "is_oom",
+    "run_batch",
+]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
 # whatever the batch size: a block's activations stay in the caches and below
 # the C allocator's threshold for fresh, page-faulting memory (measured in
 # benchmarks/RESULTS.md, the CPU engine's table).
 CPU_BLOCK_PIXELS = 16 * 224 * 224
+
+
+@dataclasses.dataclass
+class ImageCount:
+    """The images the network ran on, within :func:`counting_images`."""
+
+    images: int = 0
+
+
+# The counts open in this context (nested ones all count), not process-wide:
+# another thread's or task's network adds nothing to them.
+_COUNTS: contextvars.ContextVar[tuple[ImageCount, ...]] = contextvars.ContextVar(
+    "sktransfer_image_counts", default=()
+)
+
+
+@contextlib.contextmanager
+def counting_images():
+    """Count the images that :func:`run_batch` runs through a network in this
+    context (each image once per run, whatever the number of layers tapped).
+
+    Yields an :class:`ImageCount` whose ``images`` grows as they run.
+    """
+    count = ImageCount()
+    token = _COUNTS.set((*_COUNTS.get(), count))
+    try:
+        yield count
+    finally:
+        _COUNTS.reset(token)
+
+
+def _counted(n: int) -> None:
+    for count in _COUNTS.get():
+        count.images += n
 
 
 def cpu_block(height: int, width: int) -> int:
@@ -70,6 +116,7 @@ def run_batch(
             feats = [torch.cat(layer) for layer in zip(*parts, strict=True)]
         else:
             feats = _forward(net, preprocessing, batch, device, dtype, resized)
+        _counted(len(batch))
         return feats if split else torch.cat(feats, dim=1)
 
 

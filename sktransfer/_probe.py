@@ -27,9 +27,9 @@ from sklearn.utils import _safe_indexing
 from threadpoolctl import threadpool_limits
 
 from sktransfer._common import require
+from sktransfer._engine import counting_images
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
-from sktransfer._runtime.layers import FeatureNet
 from sktransfer._sources import check_model, weights_at_hand
 from sktransfer._sources.timm import HUB_PREFIX
 from sktransfer._version import __version__
@@ -105,7 +105,7 @@ class ModelRun:
     layers: list  # cut points, shallow to deep; None is the final embedding
     widths: list
     embeddings: np.ndarray  # all cut points' columns, side by side
-    network_images: int  # images that went through the network
+    network_images: int  # images the network ran on (0: the cache answered)
     seconds: float  # fit + transform, decoding included
     errors: list  # ImageReadError of each image that could not be read
 
@@ -113,17 +113,6 @@ class ModelRun:
         i = self.layers.index(layer)
         start = int(sum(self.widths[:i]))
         return self.embeddings[:, start : start + self.widths[i]]
-
-
-def _count_network_images(counter: list):
-    """Count the images entering any extractor network (a global hook, for
-    the duration of one model's pass)."""
-
-    def hook(module, args):
-        if isinstance(module, FeatureNet):
-            counter[0] += len(args[0])
-
-    return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
 def _embed(model, weights, X, layers, settings, log) -> ModelRun:
@@ -136,10 +125,8 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     extractor = PretrainedFeatureExtractor(
         model=model, weights=_weights_value(weights), on_error="nan", **settings
     ).set_params(**first)
-    counter = [0]
-    handle = _count_network_images(counter)
     start = time.perf_counter()
-    try:
+    with counting_images() as count:
         try:
             extractor.fit(X)
         except WeightsUnavailableError:
@@ -159,15 +146,13 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
         with warnings.catch_warnings():  # probe() says it once, for all models
             warnings.simplefilter("ignore", UnreadableImagesWarning)
             embeddings = extractor.transform(X)
-    finally:
-        handle.remove()
     run = ModelRun(
         model=model,
         weights=extractor.weights_,
         layers=list(extractor.layers_),
         widths=list(extractor.n_features_per_layer_),
         embeddings=embeddings,
-        network_images=counter[0],
+        network_images=count.images,
         seconds=time.perf_counter() - start,
         errors=list(extractor.errors_),
     )

@@ -230,3 +230,22 @@ def test_pickled_reduced_precision_warns_on_other_kernels(images, tiny_cnn):
     restored.numerics_ = "bfloat16-cpu-amx-torch2.14.1"  # fitted on a Xeon
     with pytest.warns(UserWarning, match="fitted with precision='bfloat16'"):
         restored.transform(images)
+
+
+def test_counting_images_counts_this_context_only(tiny_cnn, images):
+    """The images a network runs on inside counting_images are counted once
+    each (in every open count), those outside it or in another thread not."""
+    import threading
+
+    from sktransfer._engine import counting_images
+
+    extractor = make(tiny_cnn, batch_size=4).fit(images)  # (its probe image: 1)
+    with counting_images() as outer:
+        extractor.transform(images)
+        with counting_images() as inner:
+            extractor.transform(images[:2])
+        thread = threading.Thread(target=extractor.transform, args=(images,))
+        thread.start()
+        thread.join()
+    extractor.transform(images)
+    assert (outer.images, inner.images) == (len(images) + 2, 2)

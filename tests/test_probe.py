@@ -164,6 +164,24 @@ def test_each_image_goes_through_each_network_once(tmp_path):
     assert "cached" in second.table()
 
 
+def test_int8_networks_count_their_images(tmp_path):
+    """The images counted are those the probe's network embeds, int8 ones
+    included: each once, none on a rerun the cache answers."""
+    pytest.importorskip("onnxruntime")
+    X = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), np.uint8)
+    kwargs = dict(
+        models=["resnet18"], weights="none", layers=[None], cv=2, precision="int8",
+        preprocessing={"resize_size": 32, "crop_size": 32},
+        cache=tmp_path / "cache", verbose=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (a CPU without int8 instructions)
+        first = probe(X, np.repeat([0, 1], 6), **kwargs)
+        second = probe(X, np.repeat([0, 1], 6), **kwargs)
+    assert [r["network_images"] for r in first.runs] == [12]
+    assert [r["network_images"] for r in second.runs] == [0]
+
+
 def test_every_row_is_scored_on_the_same_folds():
     """A row's fold scores are those of the plain sklearn code on the
     stratified folds seeded by random_state."""
