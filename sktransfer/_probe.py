@@ -49,9 +49,28 @@ DEFAULT_MODELS = ("convnext_tiny", "resnet50", "efficientnet_b0", "mobilenet_v2"
 MAX_ITER = 1000
 
 
-def linear_probe() -> Pipeline:
-    """The classifier scored on every cut point."""
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
+def linear_probe(max_iter: int = MAX_ITER) -> Pipeline:
+    """The classifier scored on every cut point: ``StandardScaler`` +
+    ``LogisticRegression`` stopping at ``max_iter`` iterations."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+
+
+def fit_with_weights_at_hand(extractor, X, note):
+    """Fit ``extractor``; where its DEFAULT weights cannot be had (not in the
+    torch cache, no network) but older published weights of its model are in
+    the cache, fit it with those instead, after ``note(their name)``.
+
+    DEFAULT names the newest weights; an older set in the cache is still the
+    model's published weights. Any other failure to load weights is raised.
+    """
+    try:
+        return extractor.fit(X)
+    except WeightsUnavailableError:
+        at_hand = weights_at_hand(extractor.model)
+        if extractor.weights != "DEFAULT" or not at_hand:
+            raise
+        note(at_hand[0])
+        return extractor.set_params(weights=at_hand[0]).fit(X)
 
 
 def parse_model(spec) -> tuple[str, object]:
@@ -127,19 +146,14 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
     ).set_params(**first)
     start = time.perf_counter()
     with counting_images() as count:
-        try:
-            extractor.fit(X)
-        except WeightsUnavailableError:
-            at_hand = weights_at_hand(model)
-            if weights != "DEFAULT" or not at_hand:
-                raise
-            # DEFAULT names the newest weights; an older set in the cache is
-            # still the model's published weights: use it, and say which.
-            log(
+        fit_with_weights_at_hand(
+            extractor,
+            X,
+            lambda at_hand: log(
                 f"{model}: the DEFAULT weights are not in the torch cache and "
-                f"cannot be downloaded; using {at_hand[0]}, the weights at hand."
-            )
-            extractor.set_params(weights=at_hand[0]).fit(X)
+                f"cannot be downloaded; using {at_hand}, the weights at hand."
+            ),
+        )
         if layers == "stages":  # every cut point as output columns
             extractor.set_params(layer=extractor.computed_layers_, cache_layers=None)
             extractor.fit(X)
@@ -182,19 +196,65 @@ def _cv_scores(estimator, X, y, folds, n_jobs) -> tuple[np.ndarray, int]:
     return result["test_score"], stopped
 
 
-def _row(run: ModelRun, scores, timed=True, **fields) -> dict:
-    """A row of the ranking; ``timed``: the run's images/s apply to it."""
-    return {
-        "model": run.model,
-        "weights": None if run.weights is None else str(run.weights),
-        **fields,
-        "cv_accuracy": float(np.mean(scores)),
-        "cv_std": float(np.std(scores)),
-        "cv_scores": [float(s) for s in scores],
-        "images_per_s": (
-            run.network_images / run.seconds if timed and run.network_images else None
-        ),
-    }
+@dataclasses.dataclass(frozen=True)
+class ProbeRow:
+    """One scored cut point of one model (or one fine-tuning), not ranked.
+
+    :meth:`to_dict` gives it as :attr:`ProbeResult.rows` holds it.
+    """
+
+    model: str
+    weights: str | None  # the weights loaded, by name or path; None: random
+    layer: str | None  # None: the final embedding
+    method: str  # "linear probe" or "fine-tuned"
+    trainable_layers: int | None  # (fine-tuned rows)
+    n_features: int | None
+    depth: float  # the cut point's position, 1.0 the final embedding
+    cv_accuracy: float
+    cv_std: float
+    cv_scores: tuple[float, ...]
+    images_per_s: float | None  # of the model's pass; None: the cache answered
+    max_epochs: int | None = None  # (fine-tuned rows)
+
+    @classmethod
+    def scored(cls, run: ModelRun, scores, timed=True, **fields) -> ProbeRow:
+        """The row of ``run`` with these fold ``scores``; ``timed``: the run's
+        images/s apply to it."""
+        return cls(
+            model=run.model,
+            weights=None if run.weights is None else str(run.weights),
+            cv_accuracy=float(np.mean(scores)),
+            cv_std=float(np.std(scores)),
+            cv_scores=tuple(float(s) for s in scores),
+            images_per_s=(
+                run.network_images / run.seconds
+                if timed and run.network_images
+                else None
+            ),
+            **fields,
+        )
+
+    def to_dict(self) -> dict:
+        """The row as a dict, keys in the order of the JSON ranking
+        (``max_epochs`` in fine-tuned rows only)."""
+        row = {
+            "model": self.model,
+            "weights": self.weights,
+            "layer": self.layer,
+            "method": self.method,
+            "trainable_layers": self.trainable_layers,
+            "n_features": self.n_features,
+            "depth": self.depth,
+        }
+        if self.method == "fine-tuned":
+            row["max_epochs"] = self.max_epochs
+        return {
+            **row,
+            "cv_accuracy": self.cv_accuracy,
+            "cv_std": self.cv_std,
+            "cv_scores": list(self.cv_scores),
+            "images_per_s": self.images_per_s,
+        }
 
 
 def probe(
@@ -376,7 +436,7 @@ def probe(
             rows, runs, X, kept, y_kept, folds, settings, finetune_epochs, n_jobs
         )
     return ProbeResult(
-        rows=rank(rows),
+        rows=rank([row.to_dict() for row in rows]),
         skipped=skipped,
         runs=[
             {
@@ -397,7 +457,7 @@ def probe(
     )
 
 
-def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
+def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[ProbeRow]:
     """A linear probe on every cut point of every model, on ``folds``."""
     rows, stopped = [], 0
     for run in runs:
@@ -408,7 +468,7 @@ def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
             )
             stopped += n_stopped
             rows.append(
-                _row(
+                ProbeRow.scored(
                     run,
                     scores,
                     layer=layer,
@@ -427,11 +487,13 @@ def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[dict]:
     return rows
 
 
-def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
+def _finetune_rows(
+    rows, runs, X, kept, y, folds, settings, epochs, n_jobs
+) -> list[ProbeRow]:
     """FineTunedClassifier with 0, 1 and 2 trainable stages of the best
     frozen model, on the same folds."""
-    best = max(rows, key=lambda row: row["cv_accuracy"])
-    run = next(r for r in runs if r.model == best["model"])
+    best = max(rows, key=lambda row: row.cv_accuracy)
+    run = next(r for r in runs if r.model == best.model)
     X_kept = _safe_indexing(X, kept)
     out = []
     for trainable in (0, 1, 2):
@@ -448,7 +510,7 @@ def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
         )
         scores, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
         out.append(
-            _row(
+            ProbeRow.scored(
                 run,
                 scores,
                 timed=False,
@@ -466,7 +528,9 @@ def _finetune_rows(rows, runs, X, kept, y, folds, settings, epochs, n_jobs):
 
 
 def rank(rows: list[dict]) -> list[dict]:
-    """Best first; rows within one standard deviation of the best marked."""
+    """The rows (as :meth:`ProbeRow.to_dict` gives them) best first, with
+    their ``rank``; those within one standard deviation of the best marked
+    ``close_to_best``."""
     ranked = sorted(rows, key=lambda row: (-row["cv_accuracy"], row["cv_std"]))
     if ranked:
         best = ranked[0]
