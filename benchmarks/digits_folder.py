@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sktransfer.cli import shifted_digits
+from sktransfer._cli.demo import shifted_digits
 
 
 def write_digits_folder(folder, limit=None, scale=4, seed=0) -> int:

@@ -6,6 +6,9 @@ for a folder of labelled images (:func:`sktransfer.probe`).
 ``sktransfer embed DIR_OR_LIST -o OUT``: the embeddings of a folder or a
 list of image files, to Parquet or ``.npy``.
 
+This module is the parser and :func:`main`; the work of each command is in
+``sktransfer._cli.<command>``, imported when that command runs.
+
 ``sktransfer demo``: the two ways of transfer on scikit-learn's bundled digits
 (no download). The target task is digits 5-9 with a handful of labels per
 class; the digits are placed at random in a 12x12 canvas, since real objects
@@ -23,216 +26,13 @@ are rarely centred. It compares, on the same held-out images:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib
 import os
 import sys
-import time
 
-import numpy as np
-
-from sktransfer._common import require
-from sktransfer._sources import weights_at_hand
-from sktransfer.exceptions import WeightsUnavailableError
+from sktransfer._cli.common import UsageError
 
 DEMO_DESCRIPTION = __doc__[__doc__.index("``sktransfer demo``") :].replace("``", "'")
-
-PRETRAINED_LAYERS = {
-    "mobilenet_v2": ["features.3", "features.6", "features.10", "features.13", None],
-    "resnet18": ["layer1", "layer2", "layer3", None],
-    "resnet50": ["layer1", "layer2", "layer3", None],
-}
-SOURCE_MODEL = "resnet18"
-SOURCE_LAYERS = ["layer1", "layer2", "layer3", None]
-CANVAS = 12
-# The digits are grayscale ink on black: one channel, centred on 0.
-SOURCE_PREPROCESSING = {
-    "resize_size": 32,
-    "crop_size": 32,
-    "mean": (0.5,),
-    "std": (0.5,),
-}
-
-
-def shifted_digits(limit=None, seed=0):
-    """scikit-learn's 8x8 digits as uint8 images, each at a random place in a
-    12x12 canvas; and their labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:limit]
-    rng = np.random.default_rng(seed)
-    canvas = np.zeros((len(images), CANVAS, CANVAS), np.uint8)
-    for image, place in zip(images, canvas, strict=True):
-        top, left = rng.integers(0, CANVAS - 8 + 1, 2)
-        place[top : top + 8, left : left + 8] = image
-    return canvas, digits.target[:limit]
-
-
-def split(y, labels_per_class, seed=0):
-    """Source rows (classes 0-4), and target train/test rows (classes 5-9,
-    ``labels_per_class`` of each class for training)."""
-    rng = np.random.default_rng(seed)
-    source = np.flatnonzero(y < 5)
-    target = np.flatnonzero(y >= 5)
-    train = np.concatenate(
-        [
-            rng.choice(target[y[target] == c], labels_per_class, replace=False)
-            for c in range(5, 10)
-        ]
-    )
-    return source, np.sort(train), np.setdiff1d(target, train)
-
-
-def _probe():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-
-
-def _reuse(extractor, layers, X, y, train, test, cv):
-    """Grid search of the cut point (and C) on the training labels; the
-    per-layer CV scores and the test accuracy of the chosen pipeline."""
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.pipeline import make_pipeline
-
-    extractor.set_params(cache_layers=layers)  # one pass for the whole grid
-    search = GridSearchCV(
-        make_pipeline(extractor, _probe()),
-        {
-            "pretrainedfeatureextractor__layer": layers,
-            "pipeline__logisticregression__C": [0.1, 1.0],
-        },
-        cv=cv,
-    ).fit(X[train], y[train])
-    per_layer: dict[str, float] = {}
-    for params, score in zip(
-        search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True
-    ):
-        name = str(params["pretrainedfeatureextractor__layer"])
-        per_layer[name] = max(per_layer.get(name, 0.0), score)
-    layer = search.best_params_["pretrainedfeatureextractor__layer"]
-    return layer, per_layer, search.score(X[test], y[test])
-
-
-def _pretrained(args, X):
-    from sktransfer import PretrainedFeatureExtractor
-
-    if args.weights.lower() == "none":
-        print("\n(The pretrained path is skipped: --weights none.)")
-        return None
-    extractor = PretrainedFeatureExtractor(
-        model=args.model,
-        weights=args.weights,
-        preprocessing={"resize_size": args.size, "crop_size": args.size},
-        batch_size=args.batch_size,
-        verbose=not args.quiet,
-    )
-    try:
-        return extractor.fit(X[:1])
-    except WeightsUnavailableError as exc:
-        at_hand = weights_at_hand(args.model)
-        if args.weights == "DEFAULT" and at_hand:
-            # DEFAULT names the newest weights; an older ImageNet set in the
-            # cache is still ImageNet weights: use it, and say which.
-            print(
-                f"\nThe DEFAULT {args.model} weights are not in the torch cache and "
-                f"cannot be downloaded; using {at_hand[0]}, the ImageNet weights "
-                "at hand."
-            )
-            return extractor.set_params(weights=at_hand[0]).fit(X[:1])
-        print(
-            f"\n!! The pretrained path is SKIPPED: no {args.model} weights here "
-            f"({exc}).\n!! Pass --weights PATH to a checkpoint, or run once online."
-        )
-        return None
-
-
-def _row(name, choice, accuracy):
-    print(f"{name:<46}{choice:<16}{accuracy}")
-
-
-def demo(args) -> int:
-    from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
-
-    start = time.perf_counter()
-    X, y = shifted_digits(args.limit)
-    source, train, test = split(y, args.labels)
-    cv = min(args.cv, args.labels)
-    print(
-        "sktransfer demo: transfer learning on scikit-learn's digits, each placed "
-        f"at random in a {CANVAS}x{CANVAS} canvas\n"
-        f"source task: digits 0-4, {len(source)} labelled images\n"
-        f"target task: digits 5-9, {args.labels} labelled images per class "
-        f"({len(train)}), tested on the other {len(test)}\n"
-    )
-    common = dict(
-        model=SOURCE_MODEL,
-        weights=None,
-        trainable_layers="all",
-        preprocessing=SOURCE_PREPROCESSING,
-        learning_rate=3e-3,
-        random_state=0,
-        verbose=not args.quiet,
-    )
-    print(f"Developing the source model ({SOURCE_MODEL} from scratch on 0-4)...")
-    developed = FineTunedClassifier(
-        **common, max_epochs=args.source_epochs, batch_size=64
-    ).fit(X[source], y[source])
-    print("Training from scratch on the target labels...")
-    scratch = FineTunedClassifier(
-        **common, max_epochs=args.scratch_epochs, batch_size=16
-    ).fit(X[train], y[train])
-    print("Grid searches over cut points...")
-    raw = _probe().fit(X[train].reshape(len(train), -1), y[train])
-    reused = PretrainedFeatureExtractor(model=developed, verbose=False)
-    reuse = _reuse(reused, SOURCE_LAYERS, X, y, train, test, cv)
-    pretrained = _pretrained(args, X)
-    imagenet = None
-    if pretrained is not None:
-        layers = PRETRAINED_LAYERS.get(args.model, [None])
-        imagenet = _reuse(pretrained, layers, X, y, train, test, cv)
-
-    header = "method (target task: digits 5-9)"
-    print(f"\n{header:<46}{'cut point (CV)':<16}test accuracy")
-    print("-" * 75)
-    raw_acc = raw.score(X[test].reshape(len(test), -1), y[test])
-    _row("raw pixels + logistic regression", "-", f"{raw_acc:.3f}")
-    _row(
-        f"{SOURCE_MODEL} trained from scratch on the labels",
-        "-",
-        f"{scratch.score(X[test], y[test]):.3f}",
-    )
-    _row("source model (0-4), frozen + logistic reg.", str(reuse[0]), f"{reuse[2]:.3f}")
-    name = f"ImageNet {args.model}, frozen + logistic reg."
-    if imagenet is not None:
-        _row(name, str(imagenet[0]), f"{imagenet[2]:.3f}")
-    else:
-        _row(name, "skipped", "no weights")
-    print(
-        f"\ncut points of the source model, {cv}-fold CV accuracy on the "
-        f"{len(train)} labels: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in reuse[1].items())
-    )
-    if imagenet is not None:
-        print(f"weights of the ImageNet model: {pretrained.weights_}")
-        print(
-            f"cut points of {args.model}, {cv}-fold CV accuracy: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in imagenet[1].items())
-        )
-    import torch
-
-    from sktransfer._identity import cpu_model
-
-    print(
-        f"\nwhole demo: {time.perf_counter() - start:.0f} s on {cpu_model()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        "float32.\nThe table is reproducible on this machine; another CPU can "
-        "give slightly different digits (the training rounds differently)."
-    )
-    return 0
-
 
 DESCRIPTION = """\
 sktransfer: transfer learning from pretrained image models, as scikit-learn
@@ -287,10 +87,6 @@ worker can write.
 """
 
 
-class UsageError(ValueError):
-    """A command line that cannot be run as given (exit status 2)."""
-
-
 class _Help(
     argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
 ):
@@ -303,18 +99,6 @@ class _Help(
         return super()._get_help_string(action)
 
 
-def _stderr(quiet):
-    def say(message):
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    return say
-
-
-def _note(message):
-    print(f"note: {message}", file=sys.stderr)
-
-
 def _positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:
@@ -324,277 +108,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
-
-
-def _none_or(text: str):
-    """None for the word 'none' (any case), else the text."""
-    return None if text.lower() == "none" else text
-
-
-def _preprocessing(args):
-    if args.size is None:
-        return "auto"
-    return {"resize_size": args.size, "crop_size": args.size}
-
-
-def read_labels(folder, labels_csv):
-    """Paths and labels: from a ``path,label`` CSV (paths relative to
-    ``folder``), or from ``folder``'s class folders."""
-    import csv
-
-    from sktransfer import load_image_folder
-
-    if labels_csv is None:
-        return load_image_folder(folder)
-    with open(labels_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise UsageError(
-                f"The labels file {labels_csv!r} lacks the column(s) "
-                f"{', '.join(sorted(missing))}: it needs a header with 'path' and "
-                f"'label'. It has: {reader.fieldnames}."
-            )
-        rows = [(r["path"], r["label"]) for r in reader]
-    if not rows:
-        raise UsageError(f"The labels file {labels_csv!r} has no rows.")
-    # (joined as the report's code joins them)
-    X = np.asarray([os.path.join(folder, path) for path, _ in rows], dtype=object)
-    return X, np.asarray([label for _, label in rows])
-
-
-def probe_command(args) -> int:
-    from sktransfer._probe import DEFAULT_MODELS
-
-    say = _stderr(args.quiet)
-    if args.save is not None and not args.save.endswith((".joblib", ".pkl")):
-        require("skops.io", "share", "--save in the safe format")  # before the work
-    if args.report is not None:
-        require("matplotlib", "report", "--report")
-    X, y = read_labels(args.dir, args.labels)
-    say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}")
-    models = args.models or DEFAULT_MODELS
-    layers = _layers_argument(args.layers, models)
-    # stdout is for results: what libraries print there (torch.hub's
-    # "Downloading: ...") goes to stderr with the progress.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = _probe_run(args, X, y, models, layers)
-    table = result.table()
-    if args.json == "-":
-        print(result.to_json())
-        say(table)
-    else:
-        print(table)
-        if args.json is not None:
-            with open(args.json, "w") as f:
-                f.write(result.to_json() + "\n")
-            say(f"ranking written to {args.json}")
-    networks = sum(run["seconds"] for run in result.runs)
-    say(
-        f"time: networks {networks:.1f} s (each image once per model: "
-        + ", ".join(f"{r['model']} {r['network_images']}" for r in result.runs)
-        + f" images), linear probes {result.classifier_seconds:.1f} s"
-    )
-    if args.report is not None:
-        path = result.write_report(args.report, _data_code(args, X, result))
-        say(f"report written to {path} (plot: {path.parent / 'probe.png'})")
-    if args.save is not None:
-        _save_winner(args, result, X, y, say)
-    return 0
-
-
-def _save_winner(args, result, X, y, say) -> None:
-    """Fit the winner on all readable images; save it in the safe format
-    (a folder or ``.skops`` file, with a card holding the ranking), or with
-    joblib for a ``.joblib`` / ``.pkl`` path."""
-    pipeline = result.best_pipeline().set_params(**_quiet_params(result))
-    keep = np.setdiff1d(np.arange(len(y)), result.unreadable)
-    with contextlib.redirect_stdout(sys.stderr):
-        pipeline.fit(X[keep], y[keep])
-    done = f"winning pipeline fitted on all {len(keep)} images and saved to"
-    if args.save.endswith((".joblib", ".pkl")):
-        import joblib
-
-        joblib.dump(pipeline, args.save)
-        say(
-            f"{done} {args.save} with joblib: a pickle, which runs code when "
-            "loaded; load it only from a source you trust (without the .joblib "
-            "suffix it is saved with sktransfer.save, which needs no pickle)."
-        )
-        return
-    from sktransfer import save
-
-    best = result.best
-    metrics = (
-        f"sktransfer probe: {result.cv}-fold CV accuracy "
-        f"{best['cv_accuracy']:.3f} +- {best['cv_std']:.3f}\n\n{result.table()}"
-    )
-    path = save(pipeline, args.save, metrics=metrics)
-    say(f"{done} {path} (load it with sktransfer.load({args.save!r}))")
-
-
-def _layers_argument(values, models):
-    """``--layers``: LAYER for every model, MODEL:LAYER for one."""
-    if values is None:
-        return "stages"
-    every = [_none_or(v) for v in values if ":" not in v]
-    own: dict = {}
-    for value in values:
-        if ":" in value:
-            model, _, layer = value.rpartition(":")  # (layers have no ':')
-            own.setdefault(model, []).append(_none_or(layer))
-    if not own:
-        return every
-    from sktransfer._probe import parse_model
-
-    names = [parse_model(m)[0] for m in models]
-    return {**{name: every or "stages" for name in names}, **own}
-
-
-def _data_code(args, X, result) -> str:
-    """Python that loads the probe's images and labels, less those that
-    could not be read."""
-    if args.labels is None:
-        code = (
-            "from sktransfer import load_image_folder\n\n"
-            f"X, y = load_image_folder({args.dir!r})"
-        )
-    else:
-        code = (
-            "import csv\nimport os\n\n"
-            f"with open({args.labels!r}, newline='') as f:\n"
-            "    rows = list(csv.DictReader(f))\n"
-            f"X = [os.path.join({args.dir!r}, row['path']) for row in rows]\n"
-            "y = [row['label'] for row in rows]"
-        )
-    if result.unreadable:
-        left_out = sorted(str(X[i]) for i in result.unreadable)
-        code += (
-            f"\nleft_out = {left_out!r}  # could not be read\n"
-            "X, y = map(list, zip(*[(x, t) for x, t in zip(X, y) "
-            "if x not in left_out]))"
-        )
-    return code
-
-
-def _probe_run(args, X, y, models, layers):
-    from sktransfer._probe import probe
-
-    return probe(
-        X,
-        y,
-        models=models,
-        weights=args.weights,
-        layers=layers,
-        cv=args.cv,
-        finetune=args.finetune,
-        finetune_epochs=args.finetune_epochs,
-        preprocessing=_preprocessing(args),
-        batch_size=args.batch_size,
-        precision=args.precision,
-        device=args.device,
-        cache=args.cache or "memory",
-        n_jobs=args.n_jobs,
-        random_state=args.seed,
-        verbose=not args.quiet,
-        log=_note,
-    )
-
-
-def _quiet_params(result) -> dict:
-    fine_tuned = result.best["method"] == "fine-tuned"
-    return {"verbose" if fine_tuned else "pretrainedfeatureextractor__verbose": False}
-
-
-def embed_command(args) -> int:
-    import shutil
-    from pathlib import Path
-
-    from sktransfer import PretrainedFeatureExtractor, list_images
-    from sktransfer._embed import embed_dataset, embed_files, paths_file
-    from sktransfer._probe import parse_model
-
-    say = _stderr(args.quiet)
-    source = Path(args.source)
-    if source.is_dir():
-        paths = list(list_images(source))
-    elif source.is_file():
-        lines = source.read_text().splitlines()
-        paths = [p for p in (line.strip() for line in lines) if p and p[0] != "#"]
-    else:
-        raise FileNotFoundError(f"{args.source!r} is neither a folder nor a file.")
-    model, _ = parse_model(args.model)  # usage errors before any work
-    layer = [_none_or(v) for v in args.layer] if args.layer else None
-    output = Path(args.output)
-    # a folder: no suffix, a trailing separator, or one that exists
-    dataset = output.suffix == "" or args.output.endswith(os.sep) or output.is_dir()
-    if args.scheduler and not dataset:
-        raise UsageError(
-            "--scheduler computes a dataset output (a folder: an output without a "
-            "suffix), one file per partition."
-        )
-    # (absolute: "out.npy.partial" alone would be refused as a bare word)
-    partial = output.absolute().with_name(output.name + ".partial")
-    cache = None if args.cache == "none" else args.cache or str(partial)
-    if dataset:  # (its partition files make it resumable)
-        cache = None if args.cache in (None, "none") else args.cache
-    if cache == str(partial) and partial.exists():
-        say(f"resuming from {partial}/")
-    extractor = PretrainedFeatureExtractor(
-        model=model,
-        weights=_none_or(args.weights),
-        layer=layer,
-        pooling=args.pooling,
-        preprocessing=_preprocessing(args),
-        batch_size=args.batch_size,
-        precision=args.precision,
-        device=args.device,
-        on_error=args.on_error,
-        cache=cache,
-        random_state=args.seed,
-    )
-    if dataset:
-        with contextlib.redirect_stdout(sys.stderr), _dask_client(args.scheduler):
-            done = embed_dataset(
-                paths,
-                output,
-                extractor,
-                partition_size=args.partition_size,
-                verbose=not args.quiet,
-            )
-        say(
-            f"{len(paths)} rows of {extractor.n_features_out_} features in "
-            f"{done['partitions']} files in {output}/: {done['written']} written, "
-            f"{done['skipped']} there already ({done['unreadable']} unreadable "
-            "images in those written)"
-        )
-        return 0
-    with contextlib.redirect_stdout(sys.stderr):  # (torch.hub prints)
-        errors = embed_files(
-            paths, output, extractor, chunk_size=args.chunk_size, verbose=not args.quiet
-        )
-    if cache == str(partial):
-        shutil.rmtree(partial, ignore_errors=True)
-    for error in errors:
-        print(f"warning: {error}", file=sys.stderr)
-    extra = f" and its paths to {paths_file(output)}" if output.suffix == ".npy" else ""
-    say(
-        f"{len(paths)} rows of {extractor.n_features_out_} features written to "
-        f"{output}{extra} ({len(errors)} unreadable images)"
-    )
-    return 0
-
-
-@contextlib.contextmanager
-def _dask_client(address):
-    """A Dask client of the scheduler at ``address`` while the job runs
-    (nothing without an address)."""
-    if not address:
-        yield None
-        return
-    distributed = require("distributed", "dask", "--scheduler")
-    with distributed.Client(address) as client:
-        yield client
 
 
 def _add_engine_options(p, batch_size=64, int8=False):
@@ -705,7 +218,6 @@ def _parser() -> argparse.ArgumentParser:
         ".joblib file (a pickle)",
     )
     _add_engine_options(p)
-    p.set_defaults(run=probe_command)
 
     p = sub.add_parser(
         "embed",
@@ -778,7 +290,6 @@ def _parser() -> argparse.ArgumentParser:
         "output's partitions on its cluster",
     )
     _add_engine_options(p, int8=True)
-    p.set_defaults(run=embed_command)
 
     p = sub.add_parser(
         "demo",
@@ -825,20 +336,21 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="use only the first N digits"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=demo)
     return parser
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return its
+    exit status."""
+    args = _parser().parse_args(argv)
+    # (imported once the command line is parsed: the help needs none of them)
     from sklearn.utils._param_validation import InvalidParameterError
 
-    from sktransfer._probe import ProbeUsageError
-    from sktransfer._runtime.layers import LayerError
+    from sktransfer.exceptions import LayerError, ProbeUsageError
 
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        command = importlib.import_module(f"sktransfer._cli.{args.command}")
+        return command.run(args)
     except BrokenPipeError:  # stdout closed early (| head): not a failure
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

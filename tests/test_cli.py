@@ -5,7 +5,8 @@ import urllib.error
 import pytest
 import torch
 
-from sktransfer.cli import main, shifted_digits, split
+from sktransfer._cli.demo import shifted_digits, split
+from sktransfer.cli import main
 
 QUICK = ["--limit", "500", "--labels", "5", "--cv", "2", "--quiet"]
 QUICK += ["--source-epochs", "1", "--scratch-epochs", "1"]
@@ -105,3 +106,39 @@ def test_demo_shows_transfer_helping(capsys, shared_weights):
     for transfer in ("source", "ImageNet"):
         assert rows[transfer] > rows["raw"] + 0.2, out
         assert rows[transfer] > rows["resnet18"] + 0.2, out
+
+
+def test_help_imports_no_command():
+    """The parser and the help import none of the commands' modules (nor
+    torch, numpy or scikit-learn): only the package's own __init__ does,
+    which this check leaves out."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sktransfer
+
+    code = f"""
+import json, sys, types
+package = types.ModuleType("sktransfer")
+package.__path__ = [{str(Path(sktransfer.__file__).parent)!r}]
+sys.modules["sktransfer"] = package
+from sktransfer.cli import main
+for argv in (["--help"], ["probe", "--help"], ["embed", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in
+      ("torch", "numpy", "sklearn", "PIL", "sktransfer"))))
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert json.loads(run.stdout.splitlines()[-1]) == [
+        "sktransfer",
+        "sktransfer._cli",
+        "sktransfer._cli.common",
+        "sktransfer.cli",
+    ]

@@ -383,7 +383,7 @@ def test_preprocessing_warning_points_at_fit(four, tmp_path, monkeypatch):
     constants = pytest.importorskip("huggingface_hub.constants")
     from timm.models._hub import save_for_hf
 
-    from sktransfer import _timm
+    from sktransfer._sources import timm as _timm
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
