@@ -473,8 +473,9 @@ class PretrainedFeatureExtractor(TransformerMixin, TransferEstimator):
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = cache_key
         self._drop_pickled_state()  # (from an earlier unpickling)
-        if store is not None and probe is not None:  # the probe's work is kept
-            # (under the digest of the bytes the probe decoded)
+        if store is not None and probe is not None and quantization is None:
+            # The probe's work is kept (under the digest of the bytes it
+            # decoded), unless it ran the float network of an int8 one.
             _cache.store_vectors(
                 store, config, computed, images.decoded_digest(row), probe
             )

@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
+import sktransfer
 from sktransfer import EmbeddingCache, PretrainedFeatureExtractor
 from sktransfer._runtime import int8 as _int8
 from tests.conftest import assert_same_rows, transform_in_fresh_process
@@ -278,3 +279,15 @@ def test_compile_is_ignored_under_int8(photos):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fitted.transform(photos[:2])
+
+
+@needs_int8_cpu
+def test_cached_rows_are_the_int8_networks_own(photos):
+    """fit's probe image runs the float network (for the widths): its row is
+    not cached as the int8 network's, so a cached transform gives the rows
+    of an uncached one, the probe image's included."""
+    sktransfer.clear_caches()  # (so that fit probes an image)
+    store = EmbeddingCache()
+    cached = resnet18(precision="int8", cache=store).fit(photos).transform(photos)
+    uncached = resnet18(precision="int8").fit(photos).transform(photos)
+    assert_same_rows(cached, uncached)
