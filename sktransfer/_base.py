@@ -34,21 +34,31 @@ from sktransfer._runtime import int8 as _int8
 from sktransfer._sources import check_weights, named_preprocessing
 from sktransfer.exceptions import NumericsWarning, warn
 
-__all__ = ["SHARED_CONSTRAINTS", "TransferEstimator", "precision_numerics"]
+__all__ = [
+    "IMAGE_CONSTRAINTS",
+    "SHARED_CONSTRAINTS",
+    "ImageEstimator",
+    "TransferEstimator",
+    "precision_numerics",
+]
 
 #: Parameters that every estimator takes, with the same meaning.
 SHARED_CONSTRAINTS: dict = {
-    "model": [str, nn.Module],
-    "weights": [str, os.PathLike, WeightsEnum, None],
-    "preprocessing": [str, dict, _preprocess.Preprocessing],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
-    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
-    "reduced_decoding": ["boolean"],
     "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
     "random_state": ["random_state"],
     "device": [str, torch.device],
     "verbose": ["verbose"],
+}
+#: And those of every estimator whose inputs are images.
+IMAGE_CONSTRAINTS: dict = {
+    **SHARED_CONSTRAINTS,
+    "model": [str, nn.Module],
+    "weights": [str, os.PathLike, WeightsEnum, None],
+    "preprocessing": [str, dict, _preprocess.Preprocessing],
+    "num_workers": [Interval(Integral, 0, None, closed="left"), None],
+    "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+    "reduced_decoding": ["boolean"],
 }
 
 
@@ -81,39 +91,19 @@ def _all_or_nothing(estimator):
 class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
     """What an estimator that runs a pretrained network shares.
 
-    A subclass implements ``_fit(X, y)`` (called by ``fit``, all or
-    nothing), ``_rebuild_network()`` (the fitted network from the pickled
-    state, see :class:`~sktransfer._persist.TorchPickleMixin`) and, where its
-    inputs take more options than ``num_workers`` and ``max_pixels``,
-    ``_input_options()``.
+    Whatever its inputs (images, texts), a subclass implements
+    ``_inputs(X, fitted)`` (``X`` as the adapter its engine takes),
+    ``_fit(X, y)`` (called by ``fit``, all or nothing), ``_dask_output`` and
+    ``_rebuild_network()`` (the fitted network from the pickled state, see
+    :class:`~sktransfer._persist.TorchPickleMixin`).
     """
 
     _parameter_constraints: dict = SHARED_CONSTRAINTS
 
-    # -- inputs -------------------------------------------------------------
-    def _input_options(self) -> dict:
-        """Keywords of :func:`~sktransfer._images.inputs.as_images`."""
-        return {"num_workers": self.num_workers, "max_pixels": self.max_pixels}
-
-    def _images(self, X, fitted: bool = False):
-        """``X`` as the images adapter; ``fitted``: decoded as in ``fit``."""
-        images = as_images(X, **self._input_options())
-        if fitted:
-            _decode.plan_reduced_decoding(
-                images, self.reduced_decoding, self.preprocessing_, self.device_
-            )
-        return images
-
-    def _preprocessing_for(self, backbone, images, device: torch.device):
-        """The preprocessing to fit with (the ``preprocessing`` parameter
-        over the weights' own), with the images' decoding planned for it."""
-        prep = _preprocess.resolve(
-            self.preprocessing,
-            backbone.preprocessing,
-            lambda name: named_preprocessing(self.model, name),
-        )
-        _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
-        return prep
+    @abc.abstractmethod
+    def _inputs(self, X, fitted: bool = False):
+        """``X`` as the adapter the engine takes (each input kind's own);
+        ``fitted``: prepared as in ``fit``."""
 
     def _model_label(self) -> str:
         """How error messages name the model."""
@@ -152,7 +142,7 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
         check_is_fitted(self)
         if _dask.is_dask(X):  # (each block checks the numerics where it runs)
             return _dask.lazy(self, X, method, *self._dask_output(method))
-        return run(self._images(X, fitted=True))
+        return run(self._inputs(X, fitted=True))
 
     @abc.abstractmethod
     def _dask_output(self, method: str) -> tuple[int | None, np.dtype]:
@@ -202,3 +192,37 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def _rebuild_network(self) -> nn.Module:
         """The fitted network from the pickled state (each estimator's own)."""
+
+
+class ImageEstimator(TransferEstimator):
+    """A :class:`TransferEstimator` whose inputs are images: the image
+    parameters, the images adapter and the weights' preprocessing. Where
+    its inputs take more options than ``num_workers`` and ``max_pixels``, a
+    subclass extends ``_input_options()``."""
+
+    _parameter_constraints: dict = IMAGE_CONSTRAINTS
+
+    # -- inputs -------------------------------------------------------------
+    def _input_options(self) -> dict:
+        """Keywords of :func:`~sktransfer._images.inputs.as_images`."""
+        return {"num_workers": self.num_workers, "max_pixels": self.max_pixels}
+
+    def _inputs(self, X, fitted: bool = False):
+        """``X`` as the images adapter; ``fitted``: decoded as in ``fit``."""
+        images = as_images(X, **self._input_options())
+        if fitted:
+            _decode.plan_reduced_decoding(
+                images, self.reduced_decoding, self.preprocessing_, self.device_
+            )
+        return images
+
+    def _preprocessing_for(self, backbone, images, device: torch.device):
+        """The preprocessing to fit with (the ``preprocessing`` parameter
+        over the weights' own), with the images' decoding planned for it."""
+        prep = _preprocess.resolve(
+            self.preprocessing,
+            backbone.preprocessing,
+            lambda name: named_preprocessing(self.model, name),
+        )
+        _decode.plan_reduced_decoding(images, self.reduced_decoding, prep, device)
+        return prep

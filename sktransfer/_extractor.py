@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import _cache, _dask, _device, _engine, _network
-from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
+from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
 from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
@@ -26,7 +26,7 @@ from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning, warn
 __all__ = ["PretrainedFeatureExtractor"]
 
 
-class PretrainedFeatureExtractor(TransformerMixin, TransferEstimator):
+class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
     """Embed images with a frozen pretrained network, cut at any layer.
 
     Images go through the backbone's own preprocessing (resize, centre crop,
@@ -329,7 +329,7 @@ class PretrainedFeatureExtractor(TransformerMixin, TransferEstimator):
     """
 
     _parameter_constraints: dict = {
-        **SHARED_CONSTRAINTS,
+        **IMAGE_CONSTRAINTS,
         "model": [str, nn.Module, HasMethods(["_sktransfer_backbone"])],
         "layer": [str, list, tuple, None],
         "pooling": [StrOptions(set(_layers.POOLINGS)), None],
@@ -411,7 +411,7 @@ class PretrainedFeatureExtractor(TransformerMixin, TransferEstimator):
         int8 = self.precision == "int8"
         if _dask.is_dask(X):  # the images fit runs, computed
             X = _dask.first_images(X, self.calibration_size if int8 else 1)
-        images = self._images(X)
+        images = self._inputs(X)
         if int8:
             device, precision = _int8.resolve_device(self.device)
         else:

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
 from sktransfer import _dask, _device, _engine, _training
-from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
+from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
 from sktransfer._families import family_of
 from sktransfer._images import decode as _decode
 from sktransfer._sources import Backbone, load_backbone
@@ -83,7 +83,7 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
     return trainable_layers
 
 
-class FineTunedClassifier(ClassifierMixin, TransferEstimator):
+class FineTunedClassifier(ClassifierMixin, ImageEstimator):
     """Fine-tune a pretrained network on your classes: new head, last stages.
 
     The network's classification head (its final ``nn.Linear``) is replaced
@@ -281,7 +281,7 @@ class FineTunedClassifier(ClassifierMixin, TransferEstimator):
     network_: ClassifierNetwork
 
     _parameter_constraints: dict = {
-        **SHARED_CONSTRAINTS,
+        **IMAGE_CONSTRAINTS,
         "trainable_layers": [
             Interval(Integral, 0, None, closed="left"),
             StrOptions({"all"}),
@@ -389,7 +389,7 @@ class FineTunedClassifier(ClassifierMixin, TransferEstimator):
                 "The training data must have at least 2 classes; got 1 class: "
                 f"{classes.tolist()}."
             )
-        images = self._images(X)
+        images = self._inputs(X)
         if len(y) != len(images):
             raise ValueError(
                 f"X has {len(images)} images but y has {len(y)} labels; they "
