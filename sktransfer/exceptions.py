@@ -28,6 +28,7 @@ __all__ = [
     "QuantizationError",
     "SktransferWarning",
     "TamperedModelError",
+    "TextInputError",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
     "WeightsUnavailableError",
@@ -67,6 +68,20 @@ class ImageReadError(OSError, ValueError):
         super().__init__(message)
         self.index = index
         self.path = path
+
+
+class TextInputError(ValueError):
+    """A row of the input has no text (None, NaN, ``pd.NA``).
+
+    Attributes
+    ----------
+    index : int or None
+        Position of the text in the input (its row in the output).
+    """
+
+    def __init__(self, message, *, index=None):
+        super().__init__(message)
+        self.index = index
 
 
 class LayerError(ValueError):

@@ -29,7 +29,8 @@ LAYERS = [
      "sktransfer._engine", "sktransfer._runtime.fusion", "sktransfer._dask",
      "sktransfer._training"],
     # where inputs and models come from, and the embedding cache
-    ["sktransfer._images", "sktransfer._cache", "sktransfer._sources"],
+    ["sktransfer._images", "sktransfer._text", "sktransfer._cache",
+     "sktransfer._sources"],
     # networks cut at layers, int8, shared networks, pickling
     ["sktransfer._runtime", "sktransfer._network", "sktransfer._persist"],
     ["sktransfer._base"],
