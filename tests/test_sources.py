@@ -71,6 +71,8 @@ def test_a_source_registered_later_is_asked_first(monkeypatch, images):
         _sources.register_source(ToySource())
     assert _sources.source_of("toy:tiny").name == "toy"
     assert _sources.source_of("resnet18").name == "torchvision"
+    with pytest.raises(TypeError, match="No model source of text models"):
+        _sources.source_of("toy:tiny", kind="text")  # (an image source)
 
     extractor = PretrainedFeatureExtractor(
         model="toy:tiny", weights="DEFAULT", device="cpu"

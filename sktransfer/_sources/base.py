@@ -60,11 +60,16 @@ class Source(abc.ABC):
 
     Subclasses implement :meth:`matches`, :meth:`identity` and
     :meth:`load`; the other methods have the answers of a source without
-    published weights.
+    published weights. An image source's :meth:`load` gives a
+    :class:`Backbone`; a source of another ``kind`` gives what its
+    estimators run (a text encoder and its tokenizer, say).
     """
 
     #: A short name, for messages and the registry.
     name: str = ""
+    #: The inputs of the models it gives ("image", "text"): an estimator
+    #: asks only the sources of its kind, so that a name means one thing.
+    kind: str = "image"
 
     @abc.abstractmethod
     def matches(self, model) -> bool:
@@ -123,11 +128,17 @@ def register_source(source: Source) -> Source:
     return source
 
 
-def source_of(model) -> Source:
-    """The source of a ``model`` parameter; TypeError if there is none."""
+def source_of(model, kind: str = "image") -> Source:
+    """The source of a ``model`` parameter of an estimator whose inputs are
+    of ``kind``; TypeError if there is none."""
     for source in _SOURCES:
-        if source.matches(model):
+        if source.kind == kind and source.matches(model):
             return source
+    if kind != "image":
+        raise TypeError(
+            f"No model source of {kind} models takes a 'model' parameter of type "
+            f"{type(model).__name__} ({model!r:.80})."
+        )
     raise TypeError(
         "The 'model' parameter must be a torchvision model name such as "
         "'resnet50', a timm model name such as 'timm/convnext_tiny.fb_in22k', "
@@ -161,7 +172,7 @@ def weights_identity(model, weights, seed) -> str | None:
     :func:`load_backbone` will refuse with a clear error).
     """
     for source in _SOURCES:
-        if source.matches(model):
+        if source.kind == "image" and source.matches(model):
             return source.identity(model, weights, seed)
     return None  # invalid; load_backbone says what is wrong
 
@@ -232,6 +243,6 @@ def check_weights(model, weights) -> None:
     if weights is None or isinstance(weights, os.PathLike):
         return
     for source in _SOURCES:
-        if source.matches(model):
+        if source.kind == "image" and source.matches(model):
             source.check_available(model, weights)
             return
