@@ -192,3 +192,17 @@ def assert_checks_backed(table: dict, estimator: tuple) -> None:
         claimed.setdefault(target, set()).update(covered)
     for target, covered in claimed.items():
         assert covered <= set(table), f"{target} claims {covered - set(table)}"
+
+
+@pytest.fixture
+def fresh_checks():
+    """Forget the fusion's self-tests and failures before and after a test."""
+    from sktransfer._runtime import fusion
+
+    def forget():
+        fusion._self_test.cache_clear()
+        fusion._BROKEN.clear()
+
+    forget()
+    yield
+    forget()

@@ -216,19 +216,6 @@ def test_packed_weights_serve_other_sizes_and_copies():
         assert seen == [[1], [3], [3]]
 
 
-@pytest.fixture
-def fresh_checks():
-    """Forget the fusion's self-tests and failures before and after a test."""
-
-    def forget():
-        _fusion._self_test.cache_clear()
-        _fusion._BROKEN.clear()
-
-    forget()
-    yield
-    forget()
-
-
 @needs_onednn
 def test_operator_check_is_not_fooled_by_autocast(fresh_checks):
     """The one-off check of oneDNN's operator runs in the dtype it checks

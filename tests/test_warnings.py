@@ -314,20 +314,6 @@ def test_device_warning_points_at_load(four, tmp_path, monkeypatch):
 # -- FusionWarning -----------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_fusion():
-    """Forget the fusion's self-tests and failures before and after a test."""
-    from sktransfer._runtime import fusion as _fusion
-
-    def forget():
-        _fusion._self_test.cache_clear()
-        _fusion._BROKEN.clear()
-
-    forget()
-    yield
-    forget()
-
-
 def _broken_operator(monkeypatch, behaviour):
     """oneDNN's fused convolution replaced by one that gives wrong values
     (the self-test fails) or raises (the call fails)."""
@@ -352,7 +338,7 @@ def _broken_operator(monkeypatch, behaviour):
 @triggers(FusionWarning)
 @pytest.mark.parametrize("behaviour", ["wrong", "raise"])
 def test_fusion_warning_points_at_the_network_call(
-    fresh_fusion, four, monkeypatch, behaviour
+    fresh_checks, four, monkeypatch, behaviour
 ):
     """A fused operator that fails its self-test or its call: the warning,
     raised from inside the network's torch.fx frames, is at the call."""

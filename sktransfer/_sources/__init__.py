@@ -6,20 +6,9 @@ A new source registers itself with :func:`register_source` and is asked
 before these.
 """
 
-from sktransfer._sources.base import (
-    Backbone,
-    Source,
-    check_model,
-    check_weights,
-    load_backbone,
-    named_preprocessing,
-    published_weights_file,
-    register_source,
-    resolve_weights,
-    source_of,
-    weights_at_hand,
-    weights_identity,
-)
+from sktransfer._sources.base import *  # noqa: F403  (the registry's API)
+from sktransfer._sources.base import __all__ as __all__
+from sktransfer._sources.base import register_source
 from sktransfer._sources.finetuned import FinetunedSource
 from sktransfer._sources.module import ModuleSource
 from sktransfer._sources.timm import TimmSource
@@ -27,18 +16,3 @@ from sktransfer._sources.torchvision import TorchvisionSource
 
 for _source in (TorchvisionSource(), TimmSource(), ModuleSource(), FinetunedSource()):
     register_source(_source)
-
-__all__ = [
-    "Backbone",
-    "Source",
-    "check_model",
-    "check_weights",
-    "load_backbone",
-    "named_preprocessing",
-    "published_weights_file",
-    "register_source",
-    "resolve_weights",
-    "source_of",
-    "weights_at_hand",
-    "weights_identity",
-]

@@ -24,6 +24,7 @@ from torch import nn
 from sktransfer import _preprocess
 from sktransfer._families import Family
 from sktransfer._identity import file_digest
+from sktransfer.exceptions import WeightsUnavailableError
 
 __all__ = [
     "Backbone",
@@ -108,10 +109,28 @@ class Source(abc.ABC):
             f"name as 'model'. Got preprocessing={name!r}; pass a dict instead."
         )
 
+    def unavailable(self) -> dict:
+        """Published weights that could not be had in this process (their
+        key -> the error), so that the next clone fails at once."""
+        return {}
+
+    def still_unavailable(self, resolved) -> Exception | None:
+        """The error of resolved weights that could not be had and are
+        still not in the local cache (None: they may be had)."""
+        return None
+
     def check_available(self, model, weights) -> None:
         """Raise at once if these weights already could not be had in this
         process (called by ``clone``: no network access, a ``stat`` at most)."""
-        return None  # (by default, no weights are published)
+        if not self.unavailable():
+            return
+        try:
+            resolved = self.resolve_weights(model, weights)
+        except (ValueError, TypeError, OSError):
+            return  # (fit says what is wrong)
+        error = self.still_unavailable(resolved)
+        if error is not None:
+            raise WeightsUnavailableError(str(error))
 
 
 #: The registered sources, in the order they are asked (first match wins):

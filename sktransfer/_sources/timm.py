@@ -537,14 +537,11 @@ class TimmSource(Source):
             raise not_a_weights_name(name)
         return preprocessing_of(pretrained_cfg(resolved), model)
 
-    def check_available(self, model, weights) -> None:
-        if not UNAVAILABLE:
-            return
-        try:
-            resolved = resolve_weights(model, weights)
-        except (ValueError, TypeError, OSError):
-            return
-        if isinstance(resolved, str):
-            known = UNAVAILABLE.get(resolved)
-            if known is not None and cached_weights_file(resolved) is None:
-                raise WeightsUnavailableError(str(known))
+    def unavailable(self) -> dict:
+        return UNAVAILABLE
+
+    def still_unavailable(self, resolved) -> Exception | None:
+        if not isinstance(resolved, str):
+            return None
+        known = UNAVAILABLE.get(resolved)
+        return None if known is None or cached_weights_file(resolved) else known

@@ -53,10 +53,8 @@ class TorchvisionSource(Source):
     name = "torchvision"
 
     def __init__(self):
-        #: Published weights that could not be had in this process (the
-        #: file the torch cache lacks -> the error): the next clone fails
-        #: at once.
-        self.unavailable: dict[Path, WeightsUnavailableError] = {}
+        #: (the file the torch cache lacks -> the error; see unavailable)
+        self._unavailable: dict[Path, WeightsUnavailableError] = {}
 
     def matches(self, model) -> bool:
         return isinstance(model, str)
@@ -157,7 +155,7 @@ class TorchvisionSource(Source):
                 f"Either copy the file from {weights.url} there, or pass a local "
                 "state_dict checkpoint as weights='/path/to/checkpoint.pth'."
             )
-            self.unavailable[hub_path(weights)] = error
+            self._unavailable[hub_path(weights)] = error
             raise error from exc
 
     def cached_file(self, model, weights) -> Path | None:
@@ -177,15 +175,12 @@ class TorchvisionSource(Source):
             raise not_a_weights_name(name)
         return _preprocess.from_weights(resolved)
 
-    def check_available(self, model, weights) -> None:
-        if not self.unavailable:
-            return
-        try:
-            resolved = self.resolve_weights(model, weights)
-        except (ValueError, TypeError, OSError):
-            return
-        if isinstance(resolved, WeightsEnum):
-            path = hub_path(resolved)
-            error = self.unavailable.get(path)
-            if error is not None and not path.exists():
-                raise WeightsUnavailableError(str(error))
+    def unavailable(self) -> dict:
+        return self._unavailable
+
+    def still_unavailable(self, resolved) -> Exception | None:
+        if not isinstance(resolved, WeightsEnum):
+            return None
+        path = hub_path(resolved)
+        error = self._unavailable.get(path)
+        return None if error is None or path.exists() else error
