@@ -1,15 +1,13 @@
-"""sktransfer: transfer learning from pretrained image models, the sklearn way."""
+"""sktransfer: transfer learning from pretrained image models, the sklearn way.
 
-from sktransfer._cache import EmbeddingCache, default_cache
-from sktransfer._embed import embed_dataset
-from sktransfer._extractor import PretrainedFeatureExtractor
-from sktransfer._finetune import FineTunedClassifier
-from sktransfer._images.folders import list_images, load_image_folder
-from sktransfer._preprocess import Preprocessing
-from sktransfer._probe import ProbeResult, probe
-from sktransfer._runtime.layers import list_layers
-from sktransfer._share import load, save, untrusted_types
-from sktransfer._sources.torchvision import model_names as _model_names
+The estimators and functions are imported on first use (PEP 562), so that
+``import sktransfer`` and ``sktransfer --help`` do not load torch; the
+errors and warning categories are imported at once.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
 from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
 from sktransfer.exceptions import (
     CacheWarning,
@@ -30,6 +28,49 @@ from sktransfer.exceptions import (
     UntrustedTypesError,
     WeightsUnavailableError,
 )
+
+#: Public names imported on first use: name -> the module that defines it.
+_LAZY = {
+    "EmbeddingCache": "sktransfer._cache",
+    "default_cache": "sktransfer._cache",
+    "embed_dataset": "sktransfer._embed",
+    "PretrainedFeatureExtractor": "sktransfer._extractor",
+    "FineTunedClassifier": "sktransfer._finetune",
+    "list_images": "sktransfer._images.folders",
+    "load_image_folder": "sktransfer._images.folders",
+    "Preprocessing": "sktransfer._preprocess",
+    "ProbeResult": "sktransfer._probe",
+    "probe": "sktransfer._probe",
+    "list_layers": "sktransfer._runtime.layers",
+    "load": "sktransfer._share",
+    "save": "sktransfer._share",
+    "untrusted_types": "sktransfer._share",
+}
+
+if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
+    from sktransfer._cache import EmbeddingCache, default_cache
+    from sktransfer._embed import embed_dataset
+    from sktransfer._extractor import PretrainedFeatureExtractor
+    from sktransfer._finetune import FineTunedClassifier
+    from sktransfer._images.folders import list_images, load_image_folder
+    from sktransfer._preprocess import Preprocessing
+    from sktransfer._probe import ProbeResult, probe
+    from sktransfer._runtime.layers import list_layers
+    from sktransfer._share import load, save, untrusted_types
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sktransfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # (imported once)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "CacheWarning",
@@ -125,7 +166,8 @@ def list_models(pattern: str = "*") -> list[str]:
     import fnmatch
 
     from sktransfer._sources import timm as _timm
+    from sktransfer._sources.torchvision import model_names
 
     if pattern.startswith(_timm.PREFIX):
         return _timm.list_names(pattern[len(_timm.PREFIX) :])
-    return [n for n in _model_names() if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in model_names() if fnmatch.fnmatchcase(n, pattern)]
