@@ -183,3 +183,36 @@ def test_layout_rule_is_explicit():
     assert array.image_size() == tensor.image_size() == (5, 7)
     (_, a), (_, t) = next(array.batches(2)), next(tensor.batches(2))
     assert a.shape == t.shape == (2, 3, 5, 7)
+
+
+def test_non_native_byte_orders_give_the_native_rows(extractor):
+    """Big-endian (and explicitly little-endian) uint8, uint16 and float
+    images, in arrays and in lists, give the rows of the native arrays."""
+    rng = np.random.default_rng(3)
+    X8 = rng.integers(0, 256, (4, 36, 40, 3), dtype=np.uint8)
+    natives = [
+        X8,
+        X8.astype(np.uint16) * 257 + rng.integers(0, 257, X8.shape).astype(np.uint16),
+        (X8 / 255).astype(np.float32),
+        X8 / 255,
+    ]
+    for native in natives:
+        expected = extractor.transform(native)
+        for order in (">", "<"):
+            swapped = native.astype(native.dtype.newbyteorder(order))
+            assert_array_equal(swapped, native)
+            before = swapped.copy()
+            assert_same_rows(extractor.transform(swapped), expected)
+            assert_same_rows(extractor.transform(list(swapped)), expected)
+            assert_array_equal(swapped, before)  # never modified
+            assert swapped.dtype.byteorder == before.dtype.byteorder
+
+
+def test_byte_order_does_not_change_the_cache_key():
+    """The same pixels in either byte order are the same image to the cache."""
+    from sktransfer._images.inputs import image_digest
+
+    image = np.arange(48, dtype=np.uint16).reshape(4, 4, 3)
+    swapped = image.astype(">u2")
+    assert image_digest(swapped, True) == image_digest(image, True)
+    assert image_digest(swapped[::-1], True) != image_digest(image, True)
