@@ -41,8 +41,9 @@ class Preprocessing:
         Side of the square centre crop taken after resizing; ``None`` keeps
         the whole image.
     mean, std : tuple of float or None
-        Per-channel normalisation of images scaled to [0, 1]; ``None`` skips
-        normalisation.
+        Per-channel normalisation of images scaled to [0, 1]: 3 finite
+        numbers (one per RGB channel) or 1 for all three, ``std`` positive;
+        ``None`` skips normalisation.
     interpolation : {"bilinear", "bicubic", "nearest"}
         Resampling filter of the resize.
     antialias : bool
