@@ -175,7 +175,9 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         of bfloat16 for ResNet-50 on CPUs with AVX512-VNNI or AMX. Rows move
         by about 2-13% of their norm depending on the model (depthwise
         convolutions, as in MobileNets, the most). Where the CPU has no int8
-        dot-product instructions, or the network cannot be exported, ``fit``
+        dot-product instructions, the network cannot be exported, or the
+        calibration images cannot set the ranges (all of one flat colour, or
+        spanning a sliver of the pixel scale: dark or blank images), ``fit``
         warns and the network runs in bfloat16 (float32 where the CPU has no
         bf16 kernels either); ``precision_`` says what runs. Where int8 runs
         the network slower than that (EfficientNets), ``fit`` warns.
@@ -501,7 +503,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
             _engine.device_input(prep, batch, device, images.resizes)
             for _, batch in _engine.batches(images, prep, self.batch_size, device, rows)
         ]
-        return _int8.calibrate(built.net, inputs, built.key, self.pooling)
+        return _int8.calibrate(built.net, inputs, built.key, self.pooling, std=prep.std)
 
     def transform(self, X):
         r"""Embed each image as one row.

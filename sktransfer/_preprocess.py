@@ -8,8 +8,10 @@ so that a batch preprocessed here equals one preprocessed by torchvision.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
+from numbers import Integral
 
 import torch
 from torchvision.transforms import InterpolationMode
@@ -39,8 +41,9 @@ class Preprocessing:
         Side of the square centre crop taken after resizing; ``None`` keeps
         the whole image.
     mean, std : tuple of float or None
-        Per-channel normalisation of images scaled to [0, 1]; ``None`` skips
-        normalisation.
+        Per-channel normalisation of images scaled to [0, 1]: 3 finite
+        numbers (one per RGB channel) or 1 for all three, ``std`` positive;
+        ``None`` skips normalisation.
     interpolation : {"bilinear", "bicubic", "nearest"}
         Resampling filter of the resize.
     antialias : bool
@@ -73,12 +76,15 @@ class Preprocessing:
         for name in ("resize_size", "crop_size"):
             value = getattr(self, name)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, Integral) or value < 1
             ):
                 raise ValueError(
-                    f"The preprocessing '{name}' must be a positive int or None. "
+                    f"The preprocessing '{name}' must be a positive int (a side "
+                    f"in pixels, e.g. 224) or None (no {name.split('_')[0]}). "
                     f"Got {value!r}."
                 )
+            if value is not None:
+                object.__setattr__(self, name, int(value))  # (numpy ints)
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 "The preprocessing 'interpolation' must be one of "
@@ -89,10 +95,9 @@ class Preprocessing:
                 "The preprocessing 'mean' and 'std' must both be given or both be "
                 f"None. Got mean={self.mean!r}, std={self.std!r}."
             )
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ValueError(
-                f"The preprocessing 'std' must be positive. Got {self.std!r}."
-            )
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _channel_values(self, name))
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of an image of this size after the resize (before the crop)."""
@@ -184,6 +189,50 @@ class Preprocessing:
         return batch
 
 
+def _channel_values(prep: Preprocessing, name: str) -> tuple[float, ...]:
+    """The ``mean`` or ``std`` of ``prep`` as a tuple of floats, checked: one
+    finite number per channel of the network's RGB input (or one for all
+    three), and for ``std`` positive. A NaN or infinite value would make every
+    image's row the same; a wrong count fails deep inside torch."""
+    value = getattr(prep, name)
+    example = "(0.485, 0.456, 0.406)" if name == "mean" else "(0.229, 0.224, 0.225)"
+    fix = (
+        f"Pass 3 finite numbers (one per RGB channel, e.g. {name}={example} for "
+        "ImageNet weights) or 1 for all channels; or leave 'mean' and 'std' out "
+        "to keep the weights' own."
+    )
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(
+            f"The preprocessing '{name}' must be a sequence of numbers. Got "
+            f"{value!r}. {fix}"
+        )
+    try:
+        if any(isinstance(v, (str, bytes, bool)) for v in value):
+            raise TypeError
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"The preprocessing '{name}' must hold numbers only. Got {value!r}. {fix}"
+        ) from None
+    if len(values) not in (1, 3):
+        raise ValueError(
+            f"The preprocessing '{name}' has {len(values)} values; the network's "
+            f"input has 3 channels (RGB, grayscale images repeated). Got "
+            f"{value!r}. {fix}"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(
+            f"The preprocessing '{name}' must be finite (a NaN or infinity would "
+            f"give every image the same row). Got {value!r}. {fix}"
+        )
+    if name == "std" and any(v <= 0 for v in values):
+        raise ValueError(
+            f"The preprocessing 'std' must be positive (images are divided by "
+            f"it). Got {value!r}. {fix}"
+        )
+    return values
+
+
 def from_weights(weights) -> Preprocessing:
     """Read the preprocessing of a torchvision weights enum member."""
     preset = weights.transforms()
@@ -239,11 +288,7 @@ def resolve(spec, auto: Preprocessing, named) -> Preprocessing:
                 f"The 'preprocessing' parameter has unknown keys {unknown}. "
                 f"Accepted keys: {sorted(known)}."
             )
-        values = dict(spec)
-        for key in ("mean", "std"):
-            if values.get(key) is not None:
-                values[key] = tuple(float(v) for v in values[key])
-        return replace(auto, **values)
+        return replace(auto, **spec)  # (checked by Preprocessing)
     raise TypeError(
         "The 'preprocessing' parameter must be 'auto', a weights name such as "
         "'IMAGENET1K_V1', a dict of overrides such as "

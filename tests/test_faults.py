@@ -490,6 +490,33 @@ def test_a_closed_pil_image_names_its_row(pictures):
     assert info.value.index == 1
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP"])
+def test_a_pil_image_whose_with_block_ended_names_its_row(pictures, tmp_path, fmt):
+    """``with Image.open(path) as image: pass`` and then ``image`` passed: the
+    file is closed before the pixels were read. An ImageReadError saying the
+    image is closed for its row (not "AssertionError: ."), or with
+    on_error="nan" a NaN row and the others in place."""
+    paths = []
+    for i, picture in enumerate(pictures[:3]):
+        paths.append(tmp_path / f"{i}.{fmt.lower()}")
+        Image.fromarray(picture).save(paths[-1], format=fmt)
+    with Image.open(paths[1]) as unread:
+        pass
+    images = [Image.open(paths[0]), unread, Image.open(paths[2])]
+    extractor = make(TinyCNN()).fit([str(p) for p in paths])
+    with pytest.raises(ImageReadError, match="PIL image is closed") as info:
+        extractor.transform(images)
+    assert info.value.index == 1
+    assert "AssertionError" not in str(info.value)
+    tolerant = clone(extractor).set_params(on_error="nan").fit([str(p) for p in paths])
+    with pytest.warns(UserWarning, match="could not be read"):
+        rows = tolerant.transform(images)
+    assert [e.index for e in tolerant.errors_] == [1]
+    assert "PIL image is closed" in str(tolerant.errors_[0])
+    assert np.isnan(rows[1]).all()
+    assert_same_rows(rows[[0, 2]], tolerant.transform([str(paths[0]), str(paths[2])]))
+
+
 # -- 6. parameters that look like typos -------------------------------------------
 @pytest.mark.parametrize("word", ["None", "Memory", "disk", "cache"])
 def test_a_bare_word_as_cache_is_a_typo(pictures, tmp_path, monkeypatch, word):

@@ -443,6 +443,44 @@ def test_a_missing_value_is_an_unreadable_image(extractor, images):
         extractor.transform([images[0], float("nan")])
 
 
+def _pandas_missing_cases(pd, paths):
+    """(name, column) pairs of paths with row 1 missing, as pandas holds it."""
+    cases = [
+        ("string", pd.Series([paths[0], pd.NA, paths[1]], dtype="string")),
+        ("object pd.NA", pd.Series([paths[0], pd.NA, paths[1]], dtype=object)),
+        ("object pd.NaT", pd.Series([paths[0], pd.NaT, paths[1]], dtype=object)),
+        ("list pd.NA", [paths[0], pd.NA, paths[1]]),
+        ("numpy float32 NaN", [paths[0], np.float32("nan"), paths[1]]),
+    ]
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        column = pd.Series([paths[0], pd.NA, paths[1]], dtype="string[pyarrow]")
+        cases.append(("string[pyarrow]", column))
+    return cases
+
+
+def test_pandas_missing_values_are_unreadable_images_like_none(tmp_path):
+    """pd.NA (a pandas string column's missing value, also in object columns,
+    lists and pyarrow strings) and pd.NaT are missing images, as None is: an
+    error naming row 1, or a NaN row 1 with the others in place."""
+    pd = pytest.importorskip("pandas")
+    paths = [save(tmp_path / f"{i}.png", rgb_image(i)) for i in range(2)]
+    extractor = make_extractor().fit(paths)
+    expected = extractor.transform(paths)
+    tolerant = make_extractor(on_error="nan").fit(paths)
+    for name, X in _pandas_missing_cases(pd, paths):
+        with pytest.raises(ImageReadError, match="Image 1 could not be read: a miss"):
+            extractor.transform(X)
+        with pytest.warns(UserWarning, match="could not be read"):
+            rows = tolerant.transform(X)
+        assert np.isnan(rows[1]).all(), name
+        assert_same_rows(rows[[0, 2]], expected)
+        assert [e.index for e in tolerant.errors_] == [1], name
+
+
 # -- streaming -----------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
-from sktransfer import PretrainedFeatureExtractor
+from sktransfer import Preprocessing, PretrainedFeatureExtractor
 from sktransfer._images.inputs import as_images
 
 from .conftest import SMALL, assert_same_rows
@@ -183,3 +183,99 @@ def test_layout_rule_is_explicit():
     assert array.image_size() == tensor.image_size() == (5, 7)
     (_, a), (_, t) = next(array.batches(2)), next(tensor.batches(2))
     assert a.shape == t.shape == (2, 3, 5, 7)
+
+
+def test_non_native_byte_orders_give_the_native_rows(extractor):
+    """Big-endian (and explicitly little-endian) uint8, uint16 and float
+    images, in arrays and in lists, give the rows of the native arrays."""
+    rng = np.random.default_rng(3)
+    X8 = rng.integers(0, 256, (4, 36, 40, 3), dtype=np.uint8)
+    natives = [
+        X8,
+        X8.astype(np.uint16) * 257 + rng.integers(0, 257, X8.shape).astype(np.uint16),
+        (X8 / 255).astype(np.float32),
+        X8 / 255,
+    ]
+    for native in natives:
+        expected = extractor.transform(native)
+        for order in (">", "<"):
+            swapped = native.astype(native.dtype.newbyteorder(order))
+            assert_array_equal(swapped, native)
+            before = swapped.copy()
+            assert_same_rows(extractor.transform(swapped), expected)
+            assert_same_rows(extractor.transform(list(swapped)), expected)
+            assert_array_equal(swapped, before)  # never modified
+            assert swapped.dtype.byteorder == before.dtype.byteorder
+
+
+def test_byte_order_does_not_change_the_cache_key():
+    """The same pixels in either byte order are the same image to the cache."""
+    from sktransfer._images.inputs import image_digest
+
+    image = np.arange(48, dtype=np.uint16).reshape(4, 4, 3)
+    swapped = image.astype(">u2")
+    assert image_digest(swapped, True) == image_digest(image, True)
+    assert image_digest(swapped[::-1], True) != image_digest(image, True)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"mean": (float("nan"), 0.5, 0.5)}, "'mean' must be finite"),
+        ({"std": (0.2, float("inf"), 0.2)}, "'std' must be finite"),
+        ({"mean": (0.5, -float("inf"), 0.5)}, "'mean' must be finite"),
+        ({"std": (0.2, float("nan"), 0.2)}, "'std' must be finite"),
+        ({"mean": (0.5, 0.5), "std": (0.2, 0.2)}, "'mean' has 2 values"),
+        ({"std": (0.2, 0.2, 0.2, 0.2)}, "'std' has 4 values"),
+        ({"mean": ()}, "'mean' has 0 values"),
+        ({"std": (0.2, 0.0, 0.2)}, "'std' must be positive"),
+        ({"std": (-0.2,)}, "'std' must be positive"),
+        ({"mean": ("a", 0.5, 0.5)}, "'mean' must hold numbers"),
+        ({"mean": (True, 0.5, 0.5)}, "'mean' must hold numbers"),
+        ({"std": (None, 0.2, 0.2)}, "'std' must hold numbers"),
+        ({"mean": 0.5}, "'mean' must be a sequence"),
+        ({"std": "0.2"}, "'std' must be a sequence"),
+        ({"resize_size": 0}, "'resize_size' must be a positive int"),
+        ({"crop_size": -3}, "'crop_size' must be a positive int"),
+        ({"crop_size": 2.5}, "'crop_size' must be a positive int"),
+    ],
+)
+def test_bad_preprocessing_numbers_are_refused_at_fit(
+    tiny_cnn, images, override, match
+):
+    """NaN, infinite, zero or negative mean/std, wrong counts, non-numbers
+    and sizes < 1 are a ValueError at fit naming the field and the fix, never
+    rows that are all alike or a raw RuntimeError at transform."""
+    base = {**SMALL, "mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}
+    extractor = PretrainedFeatureExtractor(
+        model=tiny_cnn, preprocessing={**base, **override}, verbose=False, cache=None
+    )
+    with pytest.raises(ValueError, match=match) as info:
+        extractor.fit(images)
+    message = str(info.value)
+    assert "preprocessing" in message
+    if "mean" in match or "std" in match:
+        assert "Pass 3 finite numbers" in message
+    with pytest.raises(ValueError, match=match):
+        Preprocessing(**{**base, **override})
+
+
+def test_preprocessing_numbers_in_any_numeric_form_are_accepted(tiny_cnn, images):
+    """Lists, numpy arrays and numpy scalars give the rows of tuples of floats."""
+    as_floats = {**SMALL, "mean": (0.5, 0.25, 0.5), "std": (0.2, 0.3, 0.2)}
+    other_forms = {
+        "resize_size": np.int64(32),
+        "crop_size": 32,
+        "mean": np.array([0.5, 0.25, 0.5]),
+        "std": [0.2, np.float64(0.3), 0.2],
+    }
+    rows = []
+    for preprocessing in (as_floats, other_forms):
+        extractor = PretrainedFeatureExtractor(
+            model=tiny_cnn, preprocessing=preprocessing, verbose=False, cache=None
+        ).fit(images)
+        assert extractor.preprocessing_.mean == (0.5, 0.25, 0.5)
+        assert all(type(v) is float for v in extractor.preprocessing_.std)
+        rows.append(extractor.transform(images))
+    assert_same_rows(rows[1], rows[0])
+    assert not np.allclose(rows[0], rows[0][:1])  # the rows differ by image

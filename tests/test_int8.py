@@ -291,3 +291,90 @@ def test_cached_rows_are_the_int8_networks_own(photos):
     cached = resnet18(precision="int8", cache=store).fit(photos).transform(photos)
     uncached = resnet18(precision="int8").fit(photos).transform(photos)
     assert_same_rows(cached, uncached)
+
+
+def degenerate_calibrations(photos):
+    """(name, calibration images, what the warning says) whose int8 ranges
+    would leave ordinary photos' rows tens of percent off float32's."""
+    rng = np.random.default_rng(1)
+    shape = (8, *photos.shape[1:])
+    colours = rng.integers(0, 256, (8, 1, 1, 3)).astype(np.uint8)
+    return [
+        ("all black", np.zeros(shape, np.uint8), "one flat colour"),
+        ("one black image", np.zeros(shape[1:], np.uint8)[None], "one flat colour"),
+        ("all one colour", np.full(shape, (200, 30, 90), np.uint8), "one flat colour"),
+        ("flat colours", np.broadcast_to(colours, shape).copy(), "one flat colour"),
+        ("dark noise", rng.integers(0, 17, shape).astype(np.uint8), r"span [67]%"),
+        ("gray noise", rng.integers(120, 140, shape).astype(np.uint8), r"span [78]%"),
+    ]
+
+
+@needs_int8_cpu
+def test_degenerate_calibration_images_fall_back_to_float(photos):
+    """Calibration images of one flat colour (all black, one colour) or of a
+    sliver of the pixel scale cannot set the int8 ranges (rows of photos
+    came out 40-90% off float32's): fit warns why and runs the float
+    fallback, recorded in precision_, whose rows are float32's."""
+    exact = resnet18().fit(photos).transform(photos)
+    fallback = _int8.fallback_precision()
+    expected = resnet18(precision=fallback).fit(photos).transform(photos)
+    for name, calibration, why in degenerate_calibrations(photos):
+        with pytest.warns(sktransfer.PrecisionFallbackWarning, match=why) as record:
+            fitted = resnet18(precision="int8").fit(calibration)
+        message = str(record[0].message)
+        assert "precision='int8' is not used" in message, name
+        assert "Calibrate on images like those to be transformed" in message
+        assert fitted.precision_ == fallback, name
+        assert fitted.quantization_ is None, name
+        rows = fitted.transform(photos)
+        assert_same_rows(rows, expected)
+        assert np.median(relative_differences(rows, exact)) < 0.02, name
+
+
+@needs_int8_cpu
+def test_degenerate_calibration_under_a_calibration_sample(photos):
+    """The check is on the images calibrated on: a flat sample of varied
+    images falls back; one photo (calibration_size=1) still quantizes."""
+    flat = np.zeros_like(photos)
+    flat[::2] = photos[::2]  # the evenly spaced sample of 2 is rows 0 and 23
+    with pytest.warns(sktransfer.PrecisionFallbackWarning, match="flat colour"):
+        fitted = resnet18(precision="int8", calibration_size=2).fit(flat[1::2])
+    assert fitted.quantization_ is None
+    exact = resnet18().fit(photos).transform(photos)
+    for params, X in (({"calibration_size": 1}, photos), ({}, photos[:1])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sktransfer.PrecisionFallbackWarning)
+            one = resnet18(precision="int8", **params).fit(X)
+        assert one.precision_ == "int8"
+        assert one.quantization_["calibration_images"] == 1
+        rows = one.transform(photos)
+        assert np.median(relative_differences(rows, exact)) < 0.07
+
+
+def test_unfit_for_calibration_reads_the_pixel_scale():
+    """Flatness and span are judged on the [0, 1] pixel scale, through the
+    preprocessing's std: normalised inputs of photos pass, flat or narrow
+    ones do not, whatever the normalisation."""
+    rng = np.random.default_rng(2)
+    pixels = torch.from_numpy(rng.random((4, 3, 16, 16), dtype=np.float32))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    for std in (None, (0.229, 0.224, 0.225), (0.5,)):
+        scale = torch.tensor((1.0,) if std is None else std).view(1, -1, 1, 1)
+
+        def norm(x, scale=scale, std=std):
+            return x if std is None else (x - mean) / scale
+
+        assert _int8.unfit_for_calibration([norm(pixels)], std) is None
+        split = [norm(pixels[:1]), norm(pixels[1:])]
+        assert _int8.unfit_for_calibration(split, std) is None
+        flat = torch.ones_like(pixels) * torch.rand(4, 3, 1, 1)
+        assert "4 calibration images are each of one flat colour" in (
+            _int8.unfit_for_calibration([norm(flat)], std)
+        )
+        assert "calibration image is of one flat colour" in (
+            _int8.unfit_for_calibration([norm(flat[:1])], std)
+        )
+        narrow = 0.5 + 0.2 * pixels  # spans 20% of the scale
+        assert "span 20%" in _int8.unfit_for_calibration([norm(narrow)], std)
+        # flat images beside one photo: the photo sets the ranges
+        assert _int8.unfit_for_calibration([norm(flat), norm(pixels[:1])], std) is None

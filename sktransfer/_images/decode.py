@@ -211,13 +211,23 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
 
 
 def _check_open(image: Image.Image) -> None:
+    """Refuse a PIL image whose pixels are gone: closed by ``image.close()``
+    (its core is a DeferredError), or opened from a file by
+    ``Image.open`` and never loaded before its file was closed (a ``with
+    Image.open(path) as image:`` block ended; Pillow then fails with a bare
+    AssertionError)."""
     # Read without Pillow's ``im`` property, which asserts on images that
-    # are not loaded yet; a closed image holds a DeferredError there.
+    # are not loaded yet.
     core = image.__dict__.get("_im", image.__dict__.get("im"))
-    if type(core).__name__ == "DeferredError":
+    closed = type(core).__name__ == "DeferredError" or (
+        core is None and getattr(image, "fp", None) is None
+    )
+    if closed:
         raise ValueError(
-            "the PIL image is closed (image.close() or a `with` block ended "
-            "before it was passed); pass an open image, or the file's path"
+            "the PIL image is closed (image.close(), or the `with "
+            "Image.open(...)` block that opened it ended before its pixels "
+            "were read); pass an open image (call image.load() inside the "
+            "block), or the file's path"
         )
 
 

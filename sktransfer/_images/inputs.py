@@ -28,7 +28,6 @@ is one ``(H, W, C)`` or ``(H, W)`` image, each tensor one ``(C, H, W)`` or
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 from collections import deque
@@ -139,8 +138,32 @@ def image_digest(image, channels_last: bool) -> str:
     """Digest of one image's pixels, dtype and shape (a cache key part)."""
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
+    image = _native(image)  # (the same pixels in either byte order, one key)
     tag = f"{image.dtype.str}{image.shape}{channels_last}"
     return digest(tag, np.ascontiguousarray(image).data)
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order (a converted copy if it is not:
+    big-endian ``>u2`` or ``>f4`` data, as some file formats store it)."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
+def _is_missing(item) -> bool:
+    """Whether ``item`` is a missing value: None, a float NaN, or pandas'
+    ``pd.NA`` / ``pd.NaT`` (what a ``string`` column holds where a path is
+    missing)."""
+    if item is None:
+        return True
+    if isinstance(item, (float, np.floating)):
+        return bool(np.isnan(item))
+    kind = type(item)
+    return kind.__module__.startswith("pandas") and kind.__name__ in (
+        "NAType",
+        "NaTType",
+    )
 
 
 class ArrayImages:
@@ -176,8 +199,10 @@ class ArrayImages:
         else:
             is_float = np.issubdtype(dtype, np.floating)
             is_complex = np.issubdtype(dtype, np.complexfloating)
+        # any byte order: big-endian data is converted batch by batch
+        native = dtype.newbyteorder("=") if isinstance(dtype, np.dtype) else dtype
         if is_complex or not (
-            is_float or dtype in (np.uint8, np.uint16, torch.uint8, torch.uint16)
+            is_float or native in (np.uint8, np.uint16, torch.uint8, torch.uint16)
         ):
             raise TypeError(
                 f"Images must be uint8 (0..255), uint16 (0..65535) or float in "
@@ -328,6 +353,8 @@ class ArrayImages:
             return batch
         if chunk.dtype.kind == "f" and chunk.dtype != np.float32:
             chunk = chunk.astype(np.float32)  # a copy: the input is never touched
+        elif not chunk.dtype.isnative:  # big-endian uint16: torch reads native
+            chunk = _native(chunk)  # (a copy)
         else:
             chunk = np.ascontiguousarray(chunk)
             # read-only or memory-mapped input; or one image of a reversed
@@ -473,7 +500,7 @@ class ListImages:
                 item[None], channels_last=isinstance(item, np.ndarray), row=i
             )
             return "array"
-        if item is None or (isinstance(item, float) and math.isnan(item)):
+        if _is_missing(item):
             self._fail(i, ValueError(f"a missing value ({item!r}) instead of an image"))
             return "missing"
         raise TypeError(

@@ -70,6 +70,7 @@ __all__ = [
     "rates",
     "resolve_device",
     "unavailable",
+    "unfit_for_calibration",
 ]
 
 _WHAT = 'precision="int8"'
@@ -517,17 +518,80 @@ def fitted_network(quantization: dict, layers, pooling) -> nn.Module:
     )
 
 
+#: Pixels of a calibration image that vary by at most this much (on the
+#: [0, 1] scale) in every channel: an image of one flat colour.
+FLAT_SPREAD = 2 / 255
+#: Calibration images whose pixels span less than this part of the [0, 1]
+#: scale, in every channel, leave the ranges too narrow for other images.
+NARROWEST_SPAN = 0.25
+
+
+def unfit_for_calibration(inputs: list, std) -> str | None:
+    """Why the preprocessed calibration batches ``inputs`` cannot set the
+    ranges of the network's values, or None.
+
+    The int8 ranges are the extremes the calibration images reach; the
+    values of other images are clipped to them. Images of one flat colour
+    (all black, all one colour) reach no edge or texture, and images whose
+    pixels span a sliver of the scale (dark or blank images) no brighter or
+    darker pixel: the int8 rows of ordinary photos then come out tens of
+    percent off float32's (figures in ``docs/speed.md``). One image, or a
+    few alike, with the contrast of a photo, set ranges as many do.
+
+    ``std``: the preprocessing's normalisation (None: none), which turns
+    the inputs back to the [0, 1] scale of the pixels.
+    """
+    scale = torch.tensor((1.0,) if std is None else tuple(std)).view(1, -1)
+    flat = 0
+    low = high = None
+    for batch in inputs:
+        batch = batch.float()
+        lows, highs = batch.amin(dim=(2, 3)), batch.amax(dim=(2, 3))  # (n, C)
+        flat += int((((highs - lows) * scale).amax(dim=1) <= FLAT_SPREAD).sum())
+        low = lows.amin(dim=0) if low is None else torch.minimum(low, lows.amin(0))
+        high = highs.amax(dim=0) if high is None else torch.maximum(high, highs.amax(0))
+    n = sum(len(batch) for batch in inputs)
+    fix = (
+        "Calibrate on images like those to be transformed (calibration_size "
+        "of them are drawn from the images given to fit), or use "
+        f"precision={fallback_precision()!r}"
+    )
+    what = "calibration image" if n == 1 else f"{n} calibration images"
+    if flat == n:
+        return (
+            f"the {what} {'is' if n == 1 else 'are each'} of one flat "
+            "colour (e.g. all black), which sets no range for the edges and "
+            "textures of other images: their int8 rows would be tens of percent "
+            f"off. {fix}"
+        )
+    span = float(((high - low) * scale).amax()) if low is not None else 0.0
+    if span < NARROWEST_SPAN:
+        return (
+            f"the pixels of the {what} span {span:.0%} of the 0..1 "
+            "scale at most (dark, blank or faded images), which leaves the ranges too "
+            "narrow for other images: their int8 rows would be tens of percent "
+            f"off. {fix}"
+        )
+    return None
+
+
 def calibrate(
-    net: FeatureNet, inputs: list, key, pooling
+    net: FeatureNet, inputs: list, key, pooling, std=None
 ) -> tuple[dict | None, nn.Module]:
     """Quantize ``net`` on the preprocessed calibration batches ``inputs``:
     ``(quantization_, network)``, or ``(None, net)`` with a warning where it
-    cannot be (``precision_`` is then :func:`fallback_precision`).
+    cannot be (``precision_`` is then :func:`fallback_precision`): the
+    network cannot be exported, or the calibration images cannot set its
+    ranges (:func:`unfit_for_calibration`; ``std`` is the preprocessing's).
 
     Never a silent slowdown: convolutions left in float32, and a quantized
     network slower than its float fallback (many small depthwise
     convolutions and float gates between them), are warned of.
     """
+    unfit = unfit_for_calibration(inputs, std)
+    if unfit is not None:
+        _without_int8(unfit)
+        return None, net
     # ranges computed at the engine's fastest: in bf16 where it has kernels
     # (the ranges move by far less than an int8 step)
     fastest = _device.PRECISIONS[fallback_precision()]
