@@ -14,6 +14,7 @@ from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version
 from sktransfer.exceptions import (
     CacheWarning,
     DeviceWarning,
+    FolderLinkWarning,
     FusionWarning,
     ImageReadError,
     LayerError,
@@ -35,6 +36,7 @@ __all__ = [
     "DeviceWarning",
     "EmbeddingCache",
     "FineTunedClassifier",
+    "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",
     "LayerError",
