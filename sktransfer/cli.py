@@ -231,7 +231,8 @@ def _parser() -> argparse.ArgumentParser:
         "source",
         metavar="DIR_OR_LIST",
         help="a folder (its images, subfolders included) or a text file of "
-        "paths, one per line",
+        "paths, one per line, each line verbatim (no comments; an empty line is "
+        "an error)",
     )
     p.add_argument(
         "-o",

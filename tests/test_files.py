@@ -256,6 +256,62 @@ def test_list_images_lists_each_file_once_by_its_own_path(tmp_path, links):
     assert all(str(root / name) in message for name in links)
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["#1.png", "b.png ", "b.png", " c.png", "\tc.png"],  # comment-like, spaces
+        ["a.png", "# not a comment", "#", "a.png\t", "a.png\x0c"],
+        ["x\u2028y.png", "x\x85y.png", "x\ry.png", "x\x0bz.png", "\u2029.png"],
+    ],
+)
+@pytest.mark.parametrize("terminator", ["\n", "\r\n"])
+@pytest.mark.parametrize("last", [True, False])
+def test_a_list_file_is_read_line_by_line_verbatim(tmp_path, names, terminator, last):
+    """Each line is one path, only its terminator removed: no comments, no
+    stripping, no other line breaks; a Windows file's \r\n is a terminator."""
+    from sktransfer._images.folders import read_list_file
+
+    text = terminator.join(names) + (terminator if last else "")
+    (tmp_path / "files.txt").write_bytes(text.encode())
+    assert read_list_file(tmp_path / "files.txt") == names
+
+
+def test_a_list_file_keeps_a_trailing_carriage_return_of_a_unix_file(tmp_path):
+    """Lines of a \n file that end in \r (not all of them): the \r is part of
+    the name."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(b"a.png\r\nb.png\n")
+    assert read_list_file(tmp_path / "files.txt") == ["a.png\r", "b.png"]
+
+
+def test_a_list_file_with_names_that_are_not_utf8(tmp_path):
+    """Bytes that are not UTF-8 become the name os.listdir would give."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(b"\xff.png\nok.png\n\xe9t\xe9.png\n")
+    names = read_list_file(tmp_path / "files.txt")
+    assert [os.fsencode(n) for n in names] == [b"\xff.png", b"ok.png", b"\xe9t\xe9.png"]
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("a.png\n\nb.png\n", 2),
+        ("\na.png\n", 1),
+        ("a.png\nb.png\n\n", 3),
+        ("a\r\n\r\n", 2),
+    ],
+)
+def test_an_empty_line_of_a_list_file_is_an_error_naming_it(tmp_path, text, line):
+    """An empty line is not skipped: every line is a row."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(text.encode())
+    with pytest.raises(ValueError, match=f"Line {line} of the list file .* is empty"):
+        read_list_file(tmp_path / "files.txt")
+
+
 # -- decoding ------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from sktransfer._images.decode import EXTENSIONS
 from sktransfer.exceptions import FolderLinkWarning, warn
 
-__all__ = ["list_images", "load_image_folder"]
+__all__ = ["list_images", "load_image_folder", "read_list_file"]
 
 
 def _is_image_name(name: str) -> bool:
@@ -229,3 +229,38 @@ def load_image_folder(folder):
         X.extend(paths)
         y.extend([label] * len(paths))
     return np.asarray(X, dtype=object), np.asarray(y)
+
+
+def read_list_file(file) -> list[str]:
+    """The paths of a list file: one path per line, each line verbatim.
+
+    Only the line terminator is removed: ``\\n``, or ``\\r\\n`` when every
+    line of the file ends so (a file written on Windows). Spaces, a leading
+    ``#`` and any other character are part of the path; the bytes of a line
+    become a path as the file system's names do (:func:`os.fsdecode`), so a
+    name that is not UTF-8 is listed as it is. A last line without a
+    terminator counts. There are no comments.
+
+    Raises
+    ------
+    ValueError
+        If a line is empty (its number named: every line is a row), or the
+        file lists no path.
+    """
+    data = Path(file).read_bytes()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the last line's terminator
+        lines.pop()
+    ended = len(lines) if data.endswith(b"\n") else len(lines) - 1
+    if ended and all(line.endswith(b"\r") for line in lines[:ended]):
+        lines[:ended] = [line[:-1] for line in lines[:ended]]
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            raise ValueError(
+                f"Line {number} of the list file {str(file)!r} is empty. A list "
+                "file holds one path per line, each line a row: remove the "
+                "empty line."
+            )
+    if not lines:
+        raise ValueError(f"The list file {str(file)!r} lists no path.")
+    return [os.fsdecode(line) for line in lines]
