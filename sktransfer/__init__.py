@@ -1,7 +1,7 @@
 """sktransfer: transfer learning from pretrained image models, the sklearn way."""
 
 from sktransfer._cache import EmbeddingCache, default_cache
-from sktransfer._embed import embed_dataset
+from sktransfer._embed import embed_dataset, read_embeddings
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
 from sktransfer._images.folders import list_images, load_image_folder
@@ -63,6 +63,7 @@ __all__ = [
     "load",
     "load_image_folder",
     "probe",
+    "read_embeddings",
     "save",
     "untrusted_types",
 ]
