@@ -12,6 +12,7 @@ from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version
 from sktransfer.exceptions import (
     CacheWarning,
     DeviceWarning,
+    FolderLinkWarning,
     FusionWarning,
     ImageReadError,
     LayerError,
@@ -34,6 +35,7 @@ _LAZY = {
     "EmbeddingCache": "sktransfer._cache",
     "default_cache": "sktransfer._cache",
     "embed_dataset": "sktransfer._embed",
+    "read_embeddings": "sktransfer._embed",
     "PretrainedFeatureExtractor": "sktransfer._extractor",
     "FineTunedClassifier": "sktransfer._finetune",
     "list_images": "sktransfer._images.folders",
@@ -49,7 +51,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._cache import EmbeddingCache, default_cache
-    from sktransfer._embed import embed_dataset
+    from sktransfer._embed import embed_dataset, read_embeddings
     from sktransfer._extractor import PretrainedFeatureExtractor
     from sktransfer._finetune import FineTunedClassifier
     from sktransfer._images.folders import list_images, load_image_folder
@@ -77,6 +79,7 @@ __all__ = [
     "DeviceWarning",
     "EmbeddingCache",
     "FineTunedClassifier",
+    "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",
     "LayerError",
@@ -104,6 +107,7 @@ __all__ = [
     "load",
     "load_image_folder",
     "probe",
+    "read_embeddings",
     "save",
     "untrusted_types",
 ]

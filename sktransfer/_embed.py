@@ -8,6 +8,12 @@ Ctrl-C) resumes where it stopped: a re-run takes the finished chunks from
 the cache. The output file is written at the end, atomically (a temporary
 file renamed into place), so it is either absent or complete.
 
+To ``.npy``: the rows, then the paths file (``<stem>.paths.txt``), each
+renamed into place; the paths file's header records the row count and the
+digest of the ``.npy`` it goes with, so :func:`read_embeddings` detects a
+pair that does not belong together (a job killed between the two renames)
+instead of returning rows under another image's path.
+
 To a dataset (:func:`embed_dataset`): each partition of ``partition_size``
 rows is one task that embeds its images and writes its own file, atomically;
 a re-run computes only the partitions whose file is missing. With a Dask
@@ -19,9 +25,11 @@ whoever writes it, the output is the same as an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +41,7 @@ from sktransfer._common import replace_file, require
 from sktransfer._dask import active_client, worker_memory
 from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning
 
-__all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file"]
+__all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file", "read_embeddings"]
 
 FORMATS = (".parquet", ".npy")
 
@@ -53,8 +61,9 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
         The image files, in the order of the output rows.
     output : path-like
         ``*.parquet`` (columns ``row``, ``path``, ``embedding``, ``error``;
-        needs pyarrow) or ``*.npy`` (float32 rows) with the paths, one per
-        line, in ``<stem>.paths.txt`` beside it.
+        needs pyarrow) or ``*.npy`` (float32 rows) with the paths in
+        ``<stem>.paths.txt`` beside it, read back, checked, by
+        :func:`read_embeddings`.
     extractor : PretrainedFeatureExtractor
         Not fitted; its ``cache`` makes the job resumable.
     chunk_size : int, default=1024
@@ -78,11 +87,8 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("No images to embed.")
-    if output.suffix == ".npy" and any("\n" in p for p in paths):
-        raise ValueError(
-            "A path holds a line break, which the .npy output's paths file "
-            "(one path per line) cannot store. Write Parquet instead."
-        )
+    if output.suffix == ".parquet":
+        _check_utf8(paths, "a Parquet file's path column")
     extractor.set_params(verbose=False).fit(paths)
     rows = np.empty((len(paths), extractor.n_features_out_), dtype=np.float32)
     errors = []
@@ -154,15 +160,112 @@ def _write_parquet(output, paths, rows, errors, metadata, start=0) -> None:
 
 
 def _write_npy(output, paths, rows) -> None:
+    """The rows to ``output`` and the paths to its paths file, each
+    atomically: the ``.npy`` first, then the paths file, whose header
+    records the ``.npy``'s row count and digest. A pair that does not
+    belong together (a job killed between the two renames, two jobs
+    writing one output) is detected by :func:`read_embeddings`."""
+    digest = []
+
     def write(path):
         with open(path, "wb") as f:
             np.save(f, rows)
+        digest.append(_sha256(path))
 
     replace_file(output, write)
+    header = {"sktransfer": "paths", "version": 2, "rows": len(paths)}
+    header["npy_sha256"] = digest[0]
+    # one JSON string per line, in ASCII: any name round-trips (line breaks
+    # of every kind, names that are not UTF-8 as os.fsdecode gives them)
+    lines = [json.dumps(header), *(json.dumps(p) for p in paths)]
     replace_file(
         paths_file(output),
-        lambda path: Path(path).write_text("".join(p + "\n" for p in paths)),
+        lambda path: Path(path).write_bytes("".join(f"{x}\n" for x in lines).encode()),
     )
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def read_embeddings(output):
+    """The rows and paths of a ``.npy`` output of ``sktransfer embed``
+    (:func:`embed_files`), checked to belong together.
+
+    The paths file (``<stem>.paths.txt``) starts with a JSON header that
+    records the row count and the SHA-256 of the ``.npy`` file it was
+    written with; each further line is one path as a JSON string. A paths
+    file of the earlier format (one path per line, as text) is read too,
+    checked by its row count only.
+
+    Parameters
+    ----------
+    output : path-like
+        The ``.npy`` file.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_images, n_features)
+        The embeddings.
+    paths : list of str
+        ``paths[i]`` is the image of ``rows[i]`` (a name that is not UTF-8
+        as :func:`os.fsdecode` gives it).
+
+    Raises
+    ------
+    ValueError
+        If the paths file is missing or does not belong to the ``.npy`` file
+        (another job's, or one interrupted between writing the two).
+    """
+    output = Path(output)
+    listing = paths_file(output)
+    if not listing.exists():
+        raise ValueError(
+            f"The paths file {str(listing)!r} of {str(output)!r} is missing: "
+            "embed the images again."
+        )
+    data = listing.read_bytes()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    rows = np.load(output, allow_pickle=False)
+    if lines and lines[0].startswith(b'{"sktransfer": "paths"'):
+        header = json.loads(lines[0])
+        paths = [json.loads(line) for line in lines[1:]]
+        agree = header["rows"] == len(paths) == len(rows) and header[
+            "npy_sha256"
+        ] == _sha256(output)
+    else:  # the earlier format: a path per line, as text
+        paths = [os.fsdecode(line) for line in lines]
+        agree = len(paths) == len(rows)
+    if not agree:
+        raise ValueError(
+            f"The paths file {str(listing)!r} does not belong to {str(output)!r} "
+            f"({len(paths)} paths for {len(rows)} rows, or rows of another job: "
+            "a job interrupted between writing the two, or two jobs writing one "
+            "output). Embed the images again."
+        )
+    return rows, paths
+
+
+def _check_utf8(paths, what: str) -> None:
+    """Parquet stores paths as UTF-8 text: a name that is not UTF-8 (bytes
+    that os.fsdecode kept as surrogates) is refused before the work."""
+    for index, path in enumerate(paths):
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"Image {index} ({path!r}) has a name that is not UTF-8, which "
+                f"{what} (UTF-8 text) cannot store. Write .npy instead: its paths "
+                "file stores any name."
+            ) from None
 
 
 #: A dataset folder's record of its job: what its partitions hold.
@@ -195,6 +298,16 @@ def embed_dataset(paths, folder, extractor, *, partition_size=1000, verbose=True
     verbose : bool, default=True
         A progress bar on stderr.
 
+    Raises
+    ------
+    RuntimeError
+        If another job is writing to ``folder``: one job at a time holds
+        its lock, ``_sktransfer_job.lock`` (its host and process id; a lock
+        whose process of this host is gone is taken over).
+    ValueError
+        If a path is not UTF-8 (Parquet stores paths as UTF-8 text), before
+        any work.
+
     Returns
     -------
     summary : dict
@@ -206,10 +319,17 @@ def embed_dataset(paths, folder, extractor, *, partition_size=1000, verbose=True
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("No images to embed.")
+    _check_utf8(paths, "a Parquet dataset's path column")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    extractor.set_params(verbose=False).fit(paths)
-    _check_job(folder, paths, partition_size, extractor)
+    with _job_lock(folder):
+        extractor.set_params(verbose=False).fit(paths)
+        _check_job(folder, paths, partition_size, extractor)
+        return _embed_partitions(paths, folder, extractor, partition_size, verbose)
+
+
+def _embed_partitions(paths, folder, extractor, partition_size, verbose) -> dict:
+    """The partitions missing from ``folder``, written (the job's lock held)."""
     count = math.ceil(len(paths) / partition_size)
     todo = [i for i in range(count) if not partition_file(folder, i).exists()]
     tasks = [
@@ -222,7 +342,9 @@ def embed_dataset(paths, folder, extractor, *, partition_size=1000, verbose=True
         total=len(todo), desc="Partitions", unit="file", disable=not verbose
     ) as bar:
         unreadable = _run(extractor, tasks, targets, metadata, bar)
-    for stale in folder.glob(".part-*.tmp"):  # (left by a killed writer)
+    # left by a killed writer of this job or an earlier one: the lock keeps
+    # any other job from writing here now
+    for stale in folder.glob(".part-*.tmp"):
         stale.unlink(missing_ok=True)
     return {
         "partitions": count,
@@ -230,6 +352,59 @@ def embed_dataset(paths, folder, extractor, *, partition_size=1000, verbose=True
         "skipped": count - len(todo),
         "unreadable": unreadable,
     }
+
+
+#: Held by the job writing a dataset folder: its owner (host, process).
+LOCK_FILE = "_sktransfer_job.lock"
+
+
+@contextlib.contextmanager
+def _job_lock(folder: Path):
+    """One job at a time in ``folder``: a second one is refused, naming the
+    first (whose temporary files it would otherwise delete as stale). A
+    lock left by a process of this host that is gone is taken over."""
+    lock = folder / LOCK_FILE
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):  # being written, or damaged
+                holder = {}
+            if holder.get("host") == owner["host"] and not _alive(holder.get("pid")):
+                lock.unlink(missing_ok=True)  # (its process is gone)
+                continue
+            raise RuntimeError(
+                f"The folder {str(folder)!r} is being written by another job "
+                f"(process {holder.get('pid', '?')} on {holder.get('host', '?')}). "
+                f"Wait for it to finish, or delete {str(lock)!r} if that job "
+                "is gone."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        break
+    else:
+        raise RuntimeError(f"Could not lock the folder {str(folder)!r}.")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` of this host runs (assumed where it cannot be
+    told)."""
+    if not isinstance(pid, int) or os.name == "nt":  # (os.kill would end it)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's
+        return True
+    return True
 
 
 def _check_job(folder: Path, paths, partition_size, extractor) -> None:
@@ -242,7 +417,7 @@ def _check_job(folder: Path, paths, partition_size, extractor) -> None:
 
     listing = hashlib.blake2b(digest_size=16)
     for path in paths:
-        listing.update(path.encode() + b"\n")
+        listing.update(os.fsencode(path) + b"\n")
     job = {
         "rows": len(paths),
         "partition_size": int(partition_size),

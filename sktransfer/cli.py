@@ -231,7 +231,8 @@ def _parser() -> argparse.ArgumentParser:
         "source",
         metavar="DIR_OR_LIST",
         help="a folder (its images, subfolders included) or a text file of "
-        "paths, one per line",
+        "paths, one per line, each line verbatim (no comments; an empty line is "
+        "an error)",
     )
     p.add_argument(
         "-o",
@@ -239,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         metavar="OUT",
         help="OUT.parquet (columns row, path, embedding, error; needs pyarrow), "
-        "OUT.npy (with OUT.paths.txt beside it), or a folder OUT (no suffix): "
+        "OUT.npy (with OUT.paths.txt beside it; read both back with "
+        "sktransfer.read_embeddings), or a folder OUT (no suffix): "
         "a Parquet dataset, one file per partition",
     )
     p.add_argument(

@@ -16,6 +16,7 @@ import warnings
 __all__ = [
     "CacheWarning",
     "DeviceWarning",
+    "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",
     "LayerError",
@@ -147,6 +148,13 @@ class CacheWarning(SktransferWarning):
 
 class DeviceWarning(SktransferWarning):
     """The device an estimator was fitted on is not available here."""
+
+
+class FolderLinkWarning(SktransferWarning):
+    """A link in an image folder leads to a folder that is listed elsewhere
+    (the folder itself or one above it, another class folder, or a folder
+    listed already): it is not followed, so that each image is listed once,
+    with one label. The message names the links."""
 
 
 class FusionWarning(SktransferWarning, RuntimeWarning):

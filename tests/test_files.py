@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sktransfer import PretrainedFeatureExtractor, list_images, load_image_folder
 from sktransfer._images.decode import BACKGROUND, decode, to_array
 from sktransfer._images.inputs import ListImages, as_images
-from sktransfer.exceptions import ImageReadError
+from sktransfer.exceptions import FolderLinkWarning, ImageReadError
 
 from .conftest import SMALL, TinyCNN, assert_same_rows
 
@@ -157,6 +157,159 @@ def test_list_images_and_load_image_folder(tmp_path):
         list_images(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no class folders"):
         load_image_folder(tmp_path / "b" / "sub")
+
+
+def _class_tree(root):
+    """root/cat/{0,1}.png, root/cat/sub/2.png, root/dog/{0,1}.png, a root
+    image, and outside/{0,1}.png beside root."""
+    for rel in ["cat/0.png", "cat/1.png", "cat/sub/2.png", "dog/0.png", "dog/1.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "top.png").write_bytes(b"x")
+    (root.parent / "outside").mkdir()
+    for name in ("0.png", "1.png"):
+        (root.parent / "outside" / name).write_bytes(b"x")
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        {"kitty": "cat"},  # a second name for a class
+        {"all": "."},  # the root itself
+        {"up": ".."},  # above the root
+        {"kitten": "cat/sub"},  # into another class's tree
+        {"a_cat": "cat", "z_dog": "dog"},  # sorting before and after the real one
+        {"cat/dogs": "../dog", "dog/loop": ".."},  # inside a class
+        {"cat/puppies": "../dog/.."},  # the root, by another path
+        {"x": "../outside", "y": "../outside"},  # two links to one folder
+    ],
+)
+def test_a_link_never_labels_an_image_twice(tmp_path, links):
+    """Links to the root, above it, into a class folder or to a folder
+    listed already are cut and named: each image once, under its class."""
+    root = tmp_path / "root"
+    _class_tree(root)
+    for name, target in links.items():
+        os.symlink(target, root / name)
+    with pytest.warns(FolderLinkWarning) as record:
+        X, y = load_image_folder(root)
+    assert len(X) == len(set(map(os.path.realpath, X)))
+    expected = {"cat": 3, "dog": 2, "x": 2} if "x" in links else {"cat": 3, "dog": 2}
+    assert dict(zip(*np.unique(y, return_counts=True), strict=True)) == expected
+    for path, label in zip(X, y, strict=True):
+        real = Path(os.path.realpath(path))
+        if real.parent.name != "outside":
+            assert real.relative_to(root.resolve()).parts[0] == label
+    message = " ".join(str(w.message) for w in record)
+    cut = [name for name in links if name != "x"]
+    for name in cut:
+        assert str(root / name) in message
+    assert f"{len(cut)} link(s)" in message
+
+
+def test_a_link_to_a_folder_elsewhere_is_followed(tmp_path):
+    """A class folder that is a link to a folder outside the root (and not a
+    class by another name), or such a link inside a class, is followed,
+    without a warning."""
+    root = tmp_path / "root"
+    _class_tree(root)
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "9.png").write_bytes(b"x")
+    os.symlink("../outside", root / "elsewhere")
+    os.symlink("../../more", root / "dog" / "more")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FolderLinkWarning)
+        X, y = load_image_folder(root)
+        assert len(list_images(root)) == 3 + 3 + 2 + 1
+    assert y.tolist() == ["cat"] * 3 + ["dog"] * 3 + ["elsewhere"] * 2
+    assert [os.path.relpath(p, root) for p in X[3:]] == [
+        "dog/0.png",
+        "dog/1.png",
+        "dog/more/9.png",
+        "elsewhere/0.png",
+        "elsewhere/1.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    "links", [{"all": "."}, {"again": "cat"}, {"cat/up": "../.."}, {"b": "cat/sub"}]
+)
+def test_list_images_lists_each_file_once_by_its_own_path(tmp_path, links):
+    """A link to the folder, above it or to a folder listed through its own
+    path is cut and named; each file comes once, by its real path."""
+    root = tmp_path / "root"
+    _class_tree(root)
+    for name, target in links.items():
+        os.symlink(target, root / name)
+    with pytest.warns(FolderLinkWarning) as record:
+        paths = list_images(root)
+    names = [os.path.relpath(p, root) for p in paths]
+    assert names == [
+        "cat/0.png",
+        "cat/1.png",
+        "cat/sub/2.png",
+        "dog/0.png",
+        "dog/1.png",
+        "top.png",
+    ]
+    message = str(record[0].message)
+    assert all(str(root / name) in message for name in links)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["#1.png", "b.png ", "b.png", " c.png", "\tc.png"],  # comment-like, spaces
+        ["a.png", "# not a comment", "#", "a.png\t", "a.png\x0c"],
+        ["x\u2028y.png", "x\x85y.png", "x\ry.png", "x\x0bz.png", "\u2029.png"],
+    ],
+)
+@pytest.mark.parametrize("terminator", ["\n", "\r\n"])
+@pytest.mark.parametrize("last", [True, False])
+def test_a_list_file_is_read_line_by_line_verbatim(tmp_path, names, terminator, last):
+    """Each line is one path, only its terminator removed: no comments, no
+    stripping, no other line breaks; a Windows file's \r\n is a terminator."""
+    from sktransfer._images.folders import read_list_file
+
+    text = terminator.join(names) + (terminator if last else "")
+    (tmp_path / "files.txt").write_bytes(text.encode())
+    assert read_list_file(tmp_path / "files.txt") == names
+
+
+def test_a_list_file_keeps_a_trailing_carriage_return_of_a_unix_file(tmp_path):
+    """Lines of a \n file that end in \r (not all of them): the \r is part of
+    the name."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(b"a.png\r\nb.png\n")
+    assert read_list_file(tmp_path / "files.txt") == ["a.png\r", "b.png"]
+
+
+def test_a_list_file_with_names_that_are_not_utf8(tmp_path):
+    """Bytes that are not UTF-8 become the name os.listdir would give."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(b"\xff.png\nok.png\n\xe9t\xe9.png\n")
+    names = read_list_file(tmp_path / "files.txt")
+    assert [os.fsencode(n) for n in names] == [b"\xff.png", b"ok.png", b"\xe9t\xe9.png"]
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("a.png\n\nb.png\n", 2),
+        ("\na.png\n", 1),
+        ("a.png\nb.png\n\n", 3),
+        ("a\r\n\r\n", 2),
+    ],
+)
+def test_an_empty_line_of_a_list_file_is_an_error_naming_it(tmp_path, text, line):
+    """An empty line is not skipped: every line is a row."""
+    from sktransfer._images.folders import read_list_file
+
+    (tmp_path / "files.txt").write_bytes(text.encode())
+    with pytest.raises(ValueError, match=f"Line {line} of the list file .* is empty"):
+        read_list_file(tmp_path / "files.txt")
 
 
 # -- decoding ------------------------------------------------------------

@@ -381,11 +381,42 @@ def test_embed_a_folder_to_parquet(folder, tmp_path):
 def test_embed_a_list_to_npy(folder, tmp_path):
     paths = [str(p) for p in sorted(folder.glob("*/*.png"))][::-1]
     listing = tmp_path / "files.txt"
-    listing.write_text("# images\n" + "\n".join(paths) + "\n\n")
+    listing.write_text("\n".join(paths) + "\n")
     out = tmp_path / "emb.npy"
     assert main(["embed", str(listing), "-o", str(out), *EMBED]) == 0
-    np.testing.assert_allclose(np.load(out), _reference(paths), rtol=1e-5, atol=1e-5)
-    assert (tmp_path / "emb.paths.txt").read_text().splitlines() == paths
+    rows, read = sktransfer.read_embeddings(out)
+    np.testing.assert_allclose(rows, _reference(paths), rtol=1e-5, atol=1e-5)
+    assert read == paths
+
+
+def test_embed_a_list_gives_one_row_per_line(folder, tmp_path):
+    """Names that look like comments or end in spaces are files of their own:
+    five lines, five rows, each the embedding of its line's file."""
+    source = sorted(folder.glob("*/*.png"))
+    names = ["#1.png", "b.png ", "b.png", " c.png", "# d.png"]
+    for name, image in zip(names, source, strict=False):
+        (tmp_path / name).write_bytes(image.read_bytes())
+    listing = tmp_path / "files.txt"
+    listing.write_text("".join(str(tmp_path / name) + "\n" for name in names))
+    out = tmp_path / "emb.parquet"
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert main(["embed", str(listing), "-o", str(out), *EMBED]) == 0
+    table = pq.read_table(out).to_pydict()
+    assert table["path"] == [str(tmp_path / name) for name in names]
+    expected = _reference([str(p) for p in source[: len(names)]])
+    np.testing.assert_allclose(
+        np.asarray(table["embedding"]), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_embed_refuses_a_list_with_an_empty_line(folder, tmp_path, capsys):
+    paths = [str(p) for p in sorted(folder.glob("*/*.png"))]
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join([*paths[:2], "", *paths[2:]]) + "\n")
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(listing), "-o", str(out), *EMBED]) == 1
+    assert "Line 3 of the list file" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_embed_to_a_bare_file_name_in_the_working_directory(

@@ -27,6 +27,7 @@ from sktransfer import (
     DeviceWarning,
     EmbeddingCache,
     FineTunedClassifier,
+    FolderLinkWarning,
     FusionWarning,
     NumericsWarning,
     PerformanceWarning,
@@ -410,6 +411,24 @@ def test_probe_warning_points_at_probe(four, offline):
     assert "mobilenet_v3_small: skipped" in messages
     assert "1 of 5 images could not be read" in messages
     assert result.unreadable == [4]
+
+
+# -- FolderLinkWarning -------------------------------------------------------------
+
+
+@triggers(FolderLinkWarning)
+def test_folder_link_warning_points_at_load_image_folder(tmp_path):
+    """A class folder that is a link to another: the warning is at the call."""
+    import os
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "0.png")
+    os.symlink("cat", tmp_path / "kitty")
+    with pytest.warns(FolderLinkWarning, match="kitty") as record:
+        line = next_line()
+        X, y = sktransfer.load_image_folder(tmp_path)
+    assert_points_here(record, FolderLinkWarning, line)
+    assert y.tolist() == ["cat"]
 
 
 # -- every category --------------------------------------------------------------

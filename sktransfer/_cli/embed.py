@@ -14,7 +14,7 @@ from sktransfer._cli.common import UsageError, none_or, preprocessing, progress
 from sktransfer._common import require
 from sktransfer._embed import embed_dataset, embed_files, paths_file
 from sktransfer._extractor import PretrainedFeatureExtractor
-from sktransfer._images.folders import list_images
+from sktransfer._images.folders import list_images, read_list_file
 from sktransfer._probe import parse_model
 
 
@@ -73,13 +73,12 @@ def run(args) -> int:
 
 def _paths(source) -> list[str]:
     """The images of a folder (sorted, subfolders included), or the paths
-    listed in a text file (blank lines and ``#`` comments left out)."""
+    listed in a text file, one per line, verbatim (``read_list_file``)."""
     path = Path(source)
     if path.is_dir():
         return list(list_images(path))
     if path.is_file():
-        lines = path.read_text().splitlines()
-        return [p for p in (line.strip() for line in lines) if p and p[0] != "#"]
+        return read_list_file(path)
     raise FileNotFoundError(f"{source!r} is neither a folder nor a file.")
 
 
