@@ -11,6 +11,7 @@ from sktransfer._runtime.layers import list_layers
 from sktransfer._share import load, save, untrusted_types
 from sktransfer._sources.torchvision import model_names as _model_names
 from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
+from sktransfer._word_vectors import PretrainedWordVectors
 from sktransfer.exceptions import (
     CacheWarning,
     DeviceWarning,
@@ -18,6 +19,7 @@ from sktransfer.exceptions import (
     ImageReadError,
     LayerError,
     NumericsWarning,
+    OutOfVocabularyWarning,
     PerformanceWarning,
     PrecisionFallbackWarning,
     PreprocessingWarning,
@@ -40,6 +42,7 @@ __all__ = [
     "ImageReadError",
     "LayerError",
     "NumericsWarning",
+    "OutOfVocabularyWarning",
     "PerformanceWarning",
     "PrecisionFallbackWarning",
     "Preprocessing",
@@ -48,6 +51,7 @@ __all__ = [
     "ProbeUsageError",
     "ProbeWarning",
     "PretrainedFeatureExtractor",
+    "PretrainedWordVectors",
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
@@ -74,7 +78,8 @@ def clear_caches() -> None:
     Drops the networks that clones share (and the memory they hold, on the
     GPU too), the in-memory embeddings of every process-wide cache (the
     ``"memory"`` one and those of ``cache="directory"``; the files on disk
-    stay), and the remembered digests of checkpoint files. Fitted
+    stay), the remembered digests of checkpoint files and the loaded word
+    vectors (their files stay mapped by the estimators that hold them). Fitted
     estimators keep working: they hold their own network. Everything is
     rebuilt or recomputed on demand.
 
@@ -89,11 +94,13 @@ def clear_caches() -> None:
 
     from sktransfer import _cache, _identity, _network
     from sktransfer._runtime import int8 as _int8
+    from sktransfer._text import word_vectors as _word_vectors
 
     _network.clear()
     _int8.clear()
     _cache.clear_memory()
     _identity.clear()
+    _word_vectors.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
