@@ -78,8 +78,9 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         A missing text (None, NaN, ``pd.NA``): raise
         :class:`~sktransfer.exceptions.TextInputError` naming its row, or
         give it a row of NaN. An empty text is valid (a row of zeros).
-    batch_size : int, default=4096
-        Texts pooled at a time (bounds the memory of a transform).
+    batch_size : int, default=512
+        Texts pooled at a time: bounds the memory of a transform and keeps
+        the gathered vectors in the CPU caches.
 
     Attributes
     ----------
@@ -152,7 +153,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         tokenizer=None,
         sif_a=1e-3,
         on_error="raise",
-        batch_size=4096,
+        batch_size=512,
     ):
         self.vectors = vectors
         self.pooling = pooling
