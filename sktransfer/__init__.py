@@ -17,6 +17,7 @@ from sktransfer.exceptions import (
     ImageReadError,
     LayerError,
     NumericsWarning,
+    OutOfVocabularyWarning,
     PerformanceWarning,
     PrecisionFallbackWarning,
     PreprocessingWarning,
@@ -44,6 +45,7 @@ _LAZY = {
     "ProbeResult": "sktransfer._probe",
     "probe": "sktransfer._probe",
     "list_layers": "sktransfer._runtime.layers",
+    "PretrainedWordVectors": "sktransfer._word_vectors",
     "load": "sktransfer._share",
     "save": "sktransfer._share",
     "untrusted_types": "sktransfer._share",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._probe import ProbeResult, probe
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
+    from sktransfer._word_vectors import PretrainedWordVectors
 
 
 def __getattr__(name: str):
@@ -84,6 +87,7 @@ __all__ = [
     "ImageReadError",
     "LayerError",
     "NumericsWarning",
+    "OutOfVocabularyWarning",
     "PerformanceWarning",
     "PrecisionFallbackWarning",
     "Preprocessing",
@@ -92,6 +96,7 @@ __all__ = [
     "ProbeUsageError",
     "ProbeWarning",
     "PretrainedFeatureExtractor",
+    "PretrainedWordVectors",
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
@@ -119,7 +124,8 @@ def clear_caches() -> None:
     Drops the networks that clones share (and the memory they hold, on the
     GPU too), the in-memory embeddings of every process-wide cache (the
     ``"memory"`` one and those of ``cache="directory"``; the files on disk
-    stay), and the remembered digests of checkpoint files. Fitted
+    stay), the remembered digests of checkpoint files and the loaded word
+    vectors (their files stay mapped by the estimators that hold them). Fitted
     estimators keep working: they hold their own network. Everything is
     rebuilt or recomputed on demand.
 
@@ -134,11 +140,13 @@ def clear_caches() -> None:
 
     from sktransfer import _cache, _identity, _network
     from sktransfer._runtime import int8 as _int8
+    from sktransfer._text import word_vectors as _word_vectors
 
     _network.clear()
     _int8.clear()
     _cache.clear_memory()
     _identity.clear()
+    _word_vectors.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

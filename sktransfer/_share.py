@@ -45,6 +45,7 @@ OUR_TYPES = [
     "sktransfer._extractor.PretrainedFeatureExtractor",
     "sktransfer._finetune.FineTunedClassifier",
     "sktransfer._preprocess.Preprocessing",
+    "sktransfer._word_vectors.PretrainedWordVectors",
 ]
 MODEL_FILE = "model.skops"
 

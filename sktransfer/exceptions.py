@@ -21,6 +21,7 @@ __all__ = [
     "ImageReadError",
     "LayerError",
     "NumericsWarning",
+    "OutOfVocabularyWarning",
     "PerformanceWarning",
     "PrecisionFallbackWarning",
     "PreprocessingWarning",
@@ -165,6 +166,11 @@ class FusionWarning(SktransferWarning, RuntimeWarning):
 class PreprocessingWarning(SktransferWarning):
     """The published preprocessing of a model cannot be reproduced exactly
     by sktransfer's batched preprocessing; what runs instead is named."""
+
+
+class OutOfVocabularyWarning(SktransferWarning):
+    """Some texts have no word in the vocabulary of the word vectors: their
+    rows are zeros (:class:`~sktransfer.PretrainedWordVectors`)."""
 
 
 class ProbeWarning(SktransferWarning):

@@ -30,10 +30,12 @@ from sktransfer import (
     FolderLinkWarning,
     FusionWarning,
     NumericsWarning,
+    OutOfVocabularyWarning,
     PerformanceWarning,
     PrecisionFallbackWarning,
     PreprocessingWarning,
     PretrainedFeatureExtractor,
+    PretrainedWordVectors,
     ProbeWarning,
     SktransferWarning,
     UnreadableImagesWarning,
@@ -429,6 +431,30 @@ def test_folder_link_warning_points_at_load_image_folder(tmp_path):
         X, y = sktransfer.load_image_folder(tmp_path)
     assert_points_here(record, FolderLinkWarning, line)
     assert y.tolist() == ["cat"]
+
+
+# -- OutOfVocabularyWarning -------------------------------------------------------
+
+
+@triggers(OutOfVocabularyWarning)
+def test_out_of_vocabulary_warning_points_at_transform(tmp_path, monkeypatch):
+    """A text with no known word: the warning is at transform, also when a
+    Pipeline predicts."""
+    monkeypatch.setenv("SKTRANSFER_WORD_VECTORS", str(tmp_path / "cache"))
+    path = tmp_path / "vectors.txt"
+    path.write_text("good 1 0\nbad -1 0\nfilm 0 1\n")
+    vectors = PretrainedWordVectors(vectors=path).fit(["good film"])
+    with pytest.warns(OutOfVocabularyWarning, match="1 of 2 texts") as record:
+        line = next_line()
+        rows = vectors.transform(["good film", "nothing known"])
+    assert_points_here(record, OutOfVocabularyWarning, line)
+    assert not rows[1].any()
+    pipe = make_pipeline(PretrainedWordVectors(vectors=path), LogisticRegression())
+    pipe.fit(["good film", "bad film"], [1, 0])
+    with pytest.warns(OutOfVocabularyWarning) as record:
+        line = next_line()
+        pipe.predict(["good", "zzz"])
+    assert_points_here(record, OutOfVocabularyWarning, line)
 
 
 # -- every category --------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Where models come from: the model-source registry (see ``base``).
 
-The sources, in the order they are asked: a fitted classifier, a module,
-a timm or Hugging Face hub name, a torchvision name (any other string).
+The image sources, in the order they are asked: a fitted classifier, a
+module, a timm or Hugging Face hub name, a torchvision name (any other
+string). Word vectors (a file, a gensim object or a name) are a source of
+their own kind, ``"word_vectors"``.
 A new source registers itself with :func:`register_source` and is asked
 before these.
 """
@@ -13,6 +15,13 @@ from sktransfer._sources.finetuned import FinetunedSource
 from sktransfer._sources.module import ModuleSource
 from sktransfer._sources.timm import TimmSource
 from sktransfer._sources.torchvision import TorchvisionSource
+from sktransfer._sources.word_vectors import WordVectorsSource
 
-for _source in (TorchvisionSource(), TimmSource(), ModuleSource(), FinetunedSource()):
+for _source in (
+    TorchvisionSource(),
+    TimmSource(),
+    ModuleSource(),
+    FinetunedSource(),
+    WordVectorsSource(),
+):
     register_source(_source)
