@@ -99,6 +99,8 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
     """
 
     _parameter_constraints: dict = SHARED_CONSTRAINTS
+    #: The kind of model source the ``model`` parameter names.
+    _source_kind = "image"
 
     @abc.abstractmethod
     def _inputs(self, X, fitted: bool = False):
@@ -115,7 +117,8 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
 
     # -- fitting ------------------------------------------------------------
     def __sklearn_clone__(self):
-        check_weights(self.model, self.weights)  # offline: fail once, not per fit
+        # offline: fail once, not per fit
+        check_weights(self.model, self.weights, self._source_kind)
         new = super().__sklearn_clone__()
         if not isinstance(self.model, str):
             # A module or a fitted classifier is only read, never modified:

@@ -249,7 +249,7 @@ def named_preprocessing(model, name: str) -> _preprocess.Preprocessing:
     return source_of(model).named_preprocessing(model, name)
 
 
-def check_weights(model, weights) -> None:
+def check_weights(model, weights, kind: str = "image") -> None:
     """Raise :class:`~sktransfer.exceptions.WeightsUnavailableError` at once
     if these published weights already could not be had in this process and
     are still not in the local cache.
@@ -262,6 +262,6 @@ def check_weights(model, weights) -> None:
     if weights is None or isinstance(weights, os.PathLike):
         return
     for source in _SOURCES:
-        if source.kind == "image" and source.matches(model):
+        if source.kind == kind and source.matches(model):
             source.check_available(model, weights)
             return
