@@ -14,7 +14,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import _cache, _dask, _device, _engine, _network
-from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
+from sktransfer._base import (
+    IMAGE_CONSTRAINTS,
+    ImageEstimator,
+    compute_precision,
+    precision_numerics,
+)
 from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
@@ -418,9 +423,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
             device, precision = _int8.resolve_device(self.device)
         else:
             device = _device.resolve_device(self.device)
-            precision = _device.dtype_name(
-                _device.resolve_precision(self.precision, device)
-            )
+            precision = _device.dtype_name(compute_precision(self.precision, device))
         int8 = precision == "int8"
         seed = None
         if self.weights is None and self.random_state is not None:

@@ -17,7 +17,12 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
 from sktransfer import _dask, _device, _engine, _training
-from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
+from sktransfer._base import (
+    IMAGE_CONSTRAINTS,
+    ImageEstimator,
+    compute_precision,
+    precision_numerics,
+)
 from sktransfer._families import family_of
 from sktransfer._images import decode as _decode
 from sktransfer._sources import Backbone, load_backbone
@@ -397,7 +402,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
             )
         self.classes_ = classes
         device = _device.resolve_device(self.device)
-        dtype = _device.resolve_precision(self.precision, device)
+        dtype = compute_precision(self.precision, device)
         rng = self._random_state()
         train, valid = np.arange(len(y)), None
         if self.early_stopping:
