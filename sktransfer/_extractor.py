@@ -170,7 +170,10 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         outputs stay float32). ``"auto"``: float32 on CPUs and MPS, whose
         rows agree across machines; bfloat16 on CUDA GPUs that support it
         (else float16). ``"bfloat16"`` is the CPU's opt-in speed mode (on
-        CPUs with AVX512-BF16 or AMX): it moves rows by a few percent of
+        CPUs with AVX512-BF16 or AMX, or ARM's BF16; on others, where bf16
+        is several times slower than float32, it warns with a
+        ``PrecisionFallbackWarning`` and runs float32, as ``precision_``
+        says): it moves rows by a few percent of
         their norm, differently on different CPUs, and did not change
         downstream accuracy in our measurements (see ``docs/speed.md``).
         float32 on CUDA runs without TF32. ``"int8"`` (CPU only; needs

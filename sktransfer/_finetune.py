@@ -189,7 +189,10 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         float32). ``"auto"``: float32 on CPUs and MPS; on CUDA, bfloat16
         where the GPU supports it (Ampere and later), else float16, with a
         gradient scaler.
-        ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16 or AMX.
+        ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16, AMX or ARM's
+        BF16; on other CPUs (AVX2 only), where bf16 is several times slower,
+        it warns (``PrecisionFallbackWarning``) and trains in float32, as
+        ``precision_`` says.
 
     num_workers : int or None, default=None
         Threads reading images given one by one, as in the extractor.
