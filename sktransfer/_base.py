@@ -26,19 +26,20 @@ from torchvision.models import WeightsEnum
 
 from sktransfer import _dask, _device, _preprocess
 from sktransfer._common import owned_random_state
-from sktransfer._identity import numerics
+from sktransfer._identity import cpu_bf16, numerics
 from sktransfer._images import decode as _decode
 from sktransfer._images.inputs import as_images
 from sktransfer._persist import TorchPickleMixin
 from sktransfer._runtime import int8 as _int8
 from sktransfer._sources import check_weights, named_preprocessing
-from sktransfer.exceptions import NumericsWarning, warn
+from sktransfer.exceptions import NumericsWarning, PrecisionFallbackWarning, warn
 
 __all__ = [
     "IMAGE_CONSTRAINTS",
     "SHARED_CONSTRAINTS",
     "ImageEstimator",
     "TransferEstimator",
+    "compute_precision",
     "precision_numerics",
 ]
 
@@ -68,6 +69,29 @@ def precision_numerics(device: torch.device, precision: str) -> str:
     if precision == "int8":
         return _int8.numerics()
     return numerics(device, _device.PRECISIONS[precision])
+
+
+def compute_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a network computes in for the ``precision`` parameter.
+
+    As :func:`~sktransfer._device.resolve_precision`, except that bfloat16
+    on a CPU without bfloat16 instructions (AVX2 only: most laptops, AMD Zen
+    3), where it runs several times slower than float32, falls back to
+    float32 with a :class:`~sktransfer.exceptions.PrecisionFallbackWarning`
+    (``precision_`` then says ``"float32"``). ``"auto"`` is float32 on CPUs:
+    no warning.
+    """
+    dtype = _device.resolve_precision(precision, device)
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_bf16():
+        warn(
+            f"precision={precision!r} is not used: this CPU has no bfloat16 "
+            "instructions (AVX512-BF16 or AMX on x86, BF16 on ARM), so bfloat16 "
+            "would run several times slower than float32. The network runs in "
+            "float32 instead (precision_='float32').",
+            PrecisionFallbackWarning,
+        )
+        return torch.float32
+    return dtype
 
 
 @contextlib.contextmanager

@@ -14,7 +14,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import _cache, _dask, _device, _engine, _network
-from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
+from sktransfer._base import (
+    IMAGE_CONSTRAINTS,
+    ImageEstimator,
+    compute_precision,
+    precision_numerics,
+)
 from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
@@ -165,7 +170,10 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         outputs stay float32). ``"auto"``: float32 on CPUs and MPS, whose
         rows agree across machines; bfloat16 on CUDA GPUs that support it
         (else float16). ``"bfloat16"`` is the CPU's opt-in speed mode (on
-        CPUs with AVX512-BF16 or AMX): it moves rows by a few percent of
+        CPUs with AVX512-BF16 or AMX, or ARM's BF16; on others, where bf16
+        is several times slower than float32, it warns with a
+        ``PrecisionFallbackWarning`` and runs float32, as ``precision_``
+        says): it moves rows by a few percent of
         their norm, differently on different CPUs, and did not change
         downstream accuracy in our measurements (see ``docs/speed.md``).
         float32 on CUDA runs without TF32. ``"int8"`` (CPU only; needs
@@ -418,9 +426,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
             device, precision = _int8.resolve_device(self.device)
         else:
             device = _device.resolve_device(self.device)
-            precision = _device.dtype_name(
-                _device.resolve_precision(self.precision, device)
-            )
+            precision = _device.dtype_name(compute_precision(self.precision, device))
         int8 = precision == "int8"
         seed = None
         if self.weights is None and self.random_state is not None:

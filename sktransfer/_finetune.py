@@ -17,7 +17,12 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import nn
 
 from sktransfer import _dask, _device, _engine, _training
-from sktransfer._base import IMAGE_CONSTRAINTS, ImageEstimator, precision_numerics
+from sktransfer._base import (
+    IMAGE_CONSTRAINTS,
+    ImageEstimator,
+    compute_precision,
+    precision_numerics,
+)
 from sktransfer._families import family_of
 from sktransfer._images import decode as _decode
 from sktransfer._sources import Backbone, load_backbone
@@ -184,7 +189,10 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         float32). ``"auto"``: float32 on CPUs and MPS; on CUDA, bfloat16
         where the GPU supports it (Ampere and later), else float16, with a
         gradient scaler.
-        ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16 or AMX.
+        ``"bfloat16"`` is opt-in on CPUs with AVX512-BF16, AMX or ARM's
+        BF16; on other CPUs (AVX2 only), where bf16 is several times slower,
+        it warns (``PrecisionFallbackWarning``) and trains in float32, as
+        ``precision_`` says.
 
     num_workers : int or None, default=None
         Threads reading images given one by one, as in the extractor.
@@ -397,7 +405,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
             )
         self.classes_ = classes
         device = _device.resolve_device(self.device)
-        dtype = _device.resolve_precision(self.precision, device)
+        dtype = compute_precision(self.precision, device)
         rng = self._random_state()
         train, valid = np.arange(len(y)), None
         if self.early_stopping:

@@ -206,3 +206,68 @@ def fresh_checks():
     forget()
     yield
     forget()
+
+
+#: /proc/cpuinfo of an AVX2-only CPU (AMD EPYC Zen 3; most laptops): no
+#: AVX-512, no bf16, no VNNI, no AMX.
+AVX2_CPUINFO = (
+    "processor\t: 0\nmodel name\t: AMD EPYC 7B13 (simulated)\n"
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi2\n"
+)
+_CPU_DETECTION = ("_cpuinfo", "cpu_flags", "cpu_bf16", "cpu_kernels", "cpu_model")
+
+
+def _simulate_cpu(monkeypatch, cpuinfo: str, bf16_forms: bool):
+    """Make this process see ``cpuinfo`` as its CPU, and (``bf16_forms``
+    False) its fused bf16 convolutions fail their self-test, as they do on
+    CPUs without bf16 instructions. Undone by :func:`_forget_cpu`."""
+    from sktransfer import _identity
+    from sktransfer._runtime import fusion
+
+    _forget_cpu()
+    monkeypatch.setattr(_identity, "_cpuinfo", lambda: cpuinfo)
+    if not bf16_forms:
+        real = fusion._self_test
+        monkeypatch.setattr(
+            fusion,
+            "_self_test",
+            lambda dtype, *form: dtype == torch.float32 and real(dtype, *form),
+        )
+
+
+def _forget_cpu():
+    from sktransfer import _identity
+    from sktransfer._runtime import fusion
+
+    for name in _CPU_DETECTION:
+        cached = getattr(_identity, name)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    if hasattr(fusion._self_test, "cache_clear"):
+        fusion._self_test.cache_clear()
+    fusion._BROKEN.clear()
+
+
+@pytest.fixture
+def avx2_only_cpu(monkeypatch):
+    """This process as on a CPU with AVX2 only: no bf16 instructions in its
+    flags, and fused bf16 convolutions that fail their self-test."""
+    _simulate_cpu(monkeypatch, AVX2_CPUINFO, bf16_forms=False)
+    yield
+    monkeypatch.undo()
+    _forget_cpu()
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU with bf16 instructions: this one if it has them, else this one
+    with ``avx512_bf16`` added to its flags (bf16 then runs, emulated: right,
+    only slower), for tests of what bf16 does."""
+    from sktransfer import _identity
+
+    if not _identity.cpu_bf16():
+        real = _identity._cpuinfo()
+        _simulate_cpu(monkeypatch, real + "\nflags\t\t: avx512_bf16\n", True)
+    yield
+    monkeypatch.undo()
+    _forget_cpu()

@@ -31,7 +31,7 @@ def test_precision_resolution_is_float32_on_the_cpu():
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
-def test_reduced_precision_stays_close_to_float32(images, precision):
+def test_reduced_precision_stays_close_to_float32(images, precision, bf16_cpu):
     """bf16/fp16 embeddings stay within a few percent of float32, as float32."""
     exact = make("resnet18", weights=None, random_state=0, precision="float32")
     low = make("resnet18", weights=None, random_state=0, precision=precision)
@@ -43,7 +43,7 @@ def test_reduced_precision_stays_close_to_float32(images, precision):
     assert not np.array_equal(a, b)  # the setting really changed the computation
 
 
-def test_precision_is_part_of_the_cache_key(images, tiny_cnn):
+def test_precision_is_part_of_the_cache_key(images, tiny_cnn, bf16_cpu):
     """Rows cached in one precision are never served for another."""
     from sktransfer import EmbeddingCache
 
@@ -197,7 +197,7 @@ def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
 
 
 def test_reduced_precision_rows_of_other_kernels_never_answer(
-    images, tiny_cnn, monkeypatch
+    images, tiny_cnn, monkeypatch, bf16_cpu
 ):
     """bf16 rows cached on one CPU kind are a miss on another, whose
     transform warns that rows may shift; float32 rows are shared and silent."""
@@ -223,7 +223,7 @@ def test_reduced_precision_rows_of_other_kernels_never_answer(
     assert low.numerics_ != _identity.numerics(torch.device("cpu"), torch.bfloat16)
 
 
-def test_pickled_reduced_precision_warns_on_other_kernels(images, tiny_cnn):
+def test_pickled_reduced_precision_warns_on_other_kernels(images, tiny_cnn, bf16_cpu):
     """A bf16 extractor unpickled where the kernels differ warns at transform."""
     low = make(tiny_cnn, precision="bfloat16").fit(images)
     restored = pickle.loads(pickle.dumps(low))
@@ -249,3 +249,57 @@ def test_counting_images_counts_this_context_only(tiny_cnn, images):
         thread.join()
     extractor.transform(images)
     assert (outer.images, inner.images) == (len(images) + 2, 2)
+
+
+def test_bf16_without_bf16_instructions_falls_back_to_float32(
+    images, tiny_cnn, avx2_only_cpu
+):
+    """On a CPU with AVX2 only (bf16 emulated, several times slower than
+    float32), precision="bfloat16" warns once and runs float32, as
+    precision_ and numerics_ say; "auto" is float32 there without a word."""
+    import warnings
+
+    from sktransfer import FineTunedClassifier
+    from sktransfer.exceptions import PrecisionFallbackWarning
+
+    exact = make(tiny_cnn, precision="float32").fit_transform(images)
+    with pytest.warns(
+        PrecisionFallbackWarning, match="no bfloat16 instructions"
+    ) as rec:
+        asked = make(tiny_cnn, precision="bfloat16").fit(images)
+    assert len(rec) == 1 and "precision_='float32'" in str(rec[0].message)
+    assert (asked.precision_, asked.numerics_) == ("float32", "float32")
+    assert_same_rows(asked.transform(images), exact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = make(tiny_cnn).fit(images)
+    assert auto.precision_ == "float32"
+    with pytest.warns(PrecisionFallbackWarning):
+        clf = FineTunedClassifier(
+            model=tiny_cnn, weights=None, max_epochs=1, precision="bfloat16",
+            verbose=False, random_state=0,
+        ).fit(images, [0, 1] * (len(images) // 2))  # fmt: skip
+    assert clf.precision_ == "float32"
+
+
+def test_bf16_with_bf16_instructions_runs_bf16(images, tiny_cnn, bf16_cpu):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low = make(tiny_cnn, precision="bfloat16").fit(images)
+    assert low.precision_ == "bfloat16" and low.numerics_.startswith("bfloat16-cpu")
+
+
+def test_bf16_detection_where_no_cpuinfo(monkeypatch):
+    """Without /proc/cpuinfo (Windows, Intel Macs) a short timing decides:
+    bf16 much slower than float32 means no bf16 instructions."""
+    from sktransfer import _identity
+
+    monkeypatch.setattr(_identity, "_cpuinfo", lambda: "")
+    monkeypatch.setattr(_identity.sys, "platform", "win32")
+    for ratio, has in [(0.5, True), (6.0, False)]:
+        _identity.cpu_flags.cache_clear(), _identity.cpu_bf16.cache_clear()
+        monkeypatch.setattr(_identity, "_bf16_timing", lambda r=ratio: r)
+        assert _identity.cpu_bf16() is has
+    _identity.cpu_flags.cache_clear(), _identity.cpu_bf16.cache_clear()

@@ -135,7 +135,7 @@ def test_warnings_inside_a_pipeline_point_at_the_pipeline_call(tiny_cnn, four):
 
 
 @triggers(NumericsWarning)
-def test_numerics_warning_points_at_transform_and_predict(tiny_cnn, four):
+def test_numerics_warning_points_at_transform_and_predict(tiny_cnn, four, bf16_cpu):
     """A bf16 fit run on other kernels (numerics_ of another CPU): the
     warning is at transform, also when a Pipeline predicts."""
     extractor = make(tiny_cnn, precision="bfloat16").fit(four)
@@ -155,7 +155,7 @@ def test_numerics_warning_points_at_transform_and_predict(tiny_cnn, four):
 
 
 @triggers(NumericsWarning)
-def test_numerics_warning_of_a_dask_array_points_at_compute(tiny_cnn, four):
+def test_numerics_warning_of_a_dask_array_points_at_compute(tiny_cnn, four, bf16_cpu):
     """A Dask array computed in this thread: the warning, raised from Dask's
     frames, is at the line that computes."""
     da = pytest.importorskip("dask.array")

@@ -21,7 +21,9 @@ That operator is internal to PyTorch and may change between releases, so it
 fails safe: each form used (with or without the add, each activation, each
 dtype) is checked against eager PyTorch once per process, at first use; a
 form that disagrees, or that raises at any call, runs unfused from then on,
-after one ``RuntimeWarning``. Setting the environment variable
+after one ``RuntimeWarning`` (a bf16 form on a CPU without bf16
+instructions, where the estimators do not run bf16: a debug-level log
+note instead). Setting the environment variable
 ``SKTRANSFER_CPU_FUSION=0`` turns the fusion off altogether (no rewriting,
 and modules already rewritten run unfused).
 """
@@ -29,6 +31,7 @@ and modules already rewritten run unfused).
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 import os
 
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sktransfer._device import dtype_name
+from sktransfer._identity import cpu_bf16
 from sktransfer.exceptions import FusionWarning, warn
 
 __all__ = ["FUSION_ENV", "ConvPointwise", "StemMaxPool", "enabled", "fuse_pointwise"]
@@ -83,6 +87,7 @@ def enabled() -> bool:
     }
 
 
+_LOG = logging.getLogger(__name__)
 _BROKEN: set = set()  # (dtype, activation, residual) of the forms that failed
 
 
@@ -97,6 +102,17 @@ def _give_up(dtype: torch.dtype, activation, residual: bool, why: str) -> None:
     if key in _BROKEN:
         return
     _BROKEN.add(key)
+    if dtype != torch.float32 and not cpu_bf16():
+        # A CPU without bf16 instructions emulates bf16 (the estimators
+        # run float32 there instead, saying so): nothing the user asked for
+        # is affected, so a note in the log, not a warning.
+        _LOG.debug(
+            "oneDNN's fused convolution (%s) %s on this CPU without bfloat16 "
+            "instructions; those convolutions run unfused.",
+            _form(dtype, activation, residual),
+            why,
+        )
+        return
     warn(
         f"oneDNN's fused convolution ({_form(dtype, activation, residual)}) "
         f"{why} with torch {torch.__version__}; those convolutions run unfused "

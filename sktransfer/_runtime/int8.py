@@ -45,7 +45,7 @@ from sktransfer import _device
 from sktransfer._common import require
 from sktransfer._device import autocast
 from sktransfer._engine import cpu_block
-from sktransfer._identity import cpu_flags, cpu_kernels, digest
+from sktransfer._identity import cpu_bf16, cpu_flags, digest
 from sktransfer._memo import Memo
 from sktransfer._runtime.layers import FeatureNet, PooledOutputs
 from sktransfer.exceptions import (
@@ -464,7 +464,7 @@ def clear() -> None:
 def fallback_precision() -> str:
     """What runs where int8 cannot: bfloat16 on CPUs with bf16 kernels,
     else float32."""
-    return "bfloat16" if cpu_kernels() in ("amx", "avx512bf16") else "float32"
+    return "bfloat16" if cpu_bf16() else "float32"
 
 
 def _without_int8(reason: str) -> str:
