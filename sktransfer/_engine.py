@@ -140,7 +140,9 @@ def device_input(preprocessing, batch, device, resized) -> torch.Tensor:
     applied ``preprocessing.geometry`` already."""
     if device.type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory()
-    batch = batch.to(device, non_blocking=True)
+    # Non-blocking only towards a GPU, whose stream orders the reads: a
+    # non-blocking copy from a GPU to the CPU returns before the rows arrive.
+    batch = batch.to(device, non_blocking=device.type == "cuda")
     x = preprocessing.finish(batch) if resized else preprocessing(batch)
     return x.contiguous(memory_format=torch.channels_last)
 
