@@ -155,9 +155,14 @@ def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed device allocation: PyTorch's, or one
+    inside cuBLAS or cuDNN (``CUBLAS_STATUS_ALLOC_FAILED``...)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "status_alloc_failed" in text
+    )
 
 
 def extract(

@@ -302,3 +302,23 @@ def test_counting_images_counts_this_context_only(tiny_cnn, images):
         thread.join()
     extractor.transform(images)
     assert (outer.images, inner.images) == (len(images) + 2, 2)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_fine_tuning_takes_cuda_tensors(images):
+    """FineTunedClassifier.fit probes its width on the CPU module: a CUDA
+    tensor in X comes to the CPU for it (it failed: device mismatch)."""
+    from sktransfer import FineTunedClassifier
+
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).cuda()
+    clf = FineTunedClassifier(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        device="cuda",
+        max_epochs=1,
+        preprocessing=SMALL,
+        verbose=False,
+    ).fit(tensor, [0, 1] * 3)
+    assert clf.predict(tensor).shape == (6,)

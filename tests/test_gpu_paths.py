@@ -364,3 +364,48 @@ def test_float32_rows_of_the_gpus_resize_stay_within_the_documented_bound(
     as_on_gpu = make("resnet18", **params).fit_transform(images)
     error = np.linalg.norm(as_on_gpu - cpu, axis=1) / np.linalg.norm(cpu, axis=1)
     assert 1e-3 < error.max() < GPU_CPU_ROW_TOLERANCE
+
+
+# -- 26. allocation failures inside cuBLAS and cuDNN ----------------------------
+
+
+def test_cublas_and_cudnn_allocation_failures_count_as_out_of_memory():
+    """cuBLAS and cuDNN report a failed allocation as *_STATUS_ALLOC_FAILED,
+    not "out of memory": the back-off halves the batch for them too."""
+    from sktransfer._engine import is_oom
+
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
+    assert is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(RuntimeError("CUDNN_STATUS_BAD_PARAM"))
+    assert not is_oom(ValueError("out of memory"))
+
+
+# -- 8. fit's probe row is computed under the settings of transform -------------
+
+
+def test_the_probe_row_runs_under_the_cudnn_settings_of_transform(
+    images, tiny_cnn, monkeypatch
+):
+    """fit's probe row is cached and served as a transform row: it runs
+    under the same cuDNN settings (no TF32 in float32, autotuning)."""
+    from sktransfer import _device, _engine, _network
+
+    _network.clear()  # (else a probe of an earlier test serves the widths)
+    inside = []
+    entered = []
+    original, original_settings = _engine.run_batch, _device.cudnn_settings
+
+    def settings(device, dtype):
+        entered.append(dtype)
+        return original_settings(device, dtype)
+
+    def run_batch(*args, **kwargs):
+        inside.append(len(entered))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_device, "cudnn_settings", settings)
+    monkeypatch.setattr(_engine, "cudnn_settings", settings)
+    monkeypatch.setattr(_engine, "run_batch", run_batch)
+    make(tiny_cnn, device="cpu", cache="memory").fit(images)
+    assert inside and inside[0] >= 1  # the probe, the first batch to run
