@@ -155,6 +155,9 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
     def fit(self, X, y=None):
         """Fit on ``X`` (and ``y``): see the subclass."""
         with _all_or_nothing(self):
+            # (a refit runs where it is: forget where an unpickled copy was fitted)
+            vars(self).pop(_device.FITTED_DEVICE, None)
+            vars(self).pop(_device.FITTED_PRECISION, None)
             return self._fit(X, y)
 
     @abc.abstractmethod

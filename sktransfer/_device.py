@@ -9,7 +9,9 @@ about them.
 from __future__ import annotations
 
 import contextlib
-from typing import TypeVar
+import inspect
+import threading
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,7 +25,8 @@ __all__ = [
     "prepare_network",
     "resolve_device",
     "resolve_precision",
-    "restore_device",
+    "fitted_runtime",
+    "restore_runtime",
 ]
 
 PRECISIONS = {
@@ -75,22 +78,78 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision != "auto":
         return PRECISIONS[precision]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _native_bf16(device) else torch.float16
     return torch.float32
 
 
-def restore_device(name: str, what: str) -> torch.device:
-    """The device of an unpickled estimator: the CPU, with a warning, if it
-    was fitted on CUDA and none is available here."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` (not the current GPU) computes bfloat16 natively:
+    Ampere (sm80) and later. ``torch.cuda.is_bf16_supported()`` counts
+    emulation by default (True on a T4 or V100, where bf16 is several times
+    slower than float16) and asks about the current device."""
+    chosen = (
+        contextlib.nullcontext() if device.index is None else torch.cuda.device(device)
+    )
+    with chosen:  # (is_bf16_supported asks about the current device)
+        check = torch.cuda.is_bf16_supported
+        if "including_emulation" in inspect.signature(check).parameters:
+            return bool(check(including_emulation=False))
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+#: Where an estimator that fell back to the CPU when unpickled keeps what it
+#: was fitted with, to pickle again: a copy that goes back to a GPU machine
+#: (a Dask client without CUDA scattering it to GPU workers) runs on CUDA.
+FITTED_DEVICE = "_fitted_device"
+FITTED_PRECISION = "_fitted_precision"
+
+
+def restore_runtime(state: dict, what: str) -> None:
+    """Set ``device_`` (and ``precision_``) of an unpickled estimator's
+    ``state`` to what runs here, keeping what it was fitted with.
+
+    Without CUDA, a CUDA-fitted estimator runs on the CPU (with a
+    :class:`DeviceWarning`), and with ``precision="auto"`` in float32, what
+    ``"auto"`` means on a CPU (a GPU's bfloat16 or float16 autocast is slow
+    on most CPUs). Its pickle still says CUDA and the fitted precision
+    (:func:`fitted_runtime`), so a copy sent on to a GPU machine runs there.
+    """
+    name = state.pop(FITTED_DEVICE, None) or state["device_"]
+    fitted_precision = state.pop(FITTED_PRECISION, None) or state.get("precision_")
+    fitted = torch.device(name)
+    if fitted.type == "cuda" and not torch.cuda.is_available():
+        auto = state.get("precision") == "auto" and fitted_precision in (
+            "bfloat16",
+            "float16",
+        )
         warn(
             f"This {what} was fitted on CUDA, which is not available here; it "
-            "will run on the CPU.",
+            "will run on the CPU"
+            + (
+                f" in float32 (precision='auto' ran {fitted_precision} there)"
+                if auto
+                else ""
+            )
+            + ". Pickled again, it runs on CUDA where CUDA is available.",
             DeviceWarning,
         )
-        device = torch.device("cpu")
-    return device
+        state[FITTED_DEVICE] = str(fitted)
+        state["device_"] = torch.device("cpu")
+        if auto:
+            state[FITTED_PRECISION] = fitted_precision
+            state["precision_"] = "float32"
+        return
+    state["device_"] = fitted
+
+
+def fitted_runtime(state: dict) -> None:
+    """The pickled ``device_`` and ``precision_`` of a ``__getstate__``
+    state: those it was fitted with (see :func:`restore_runtime`)."""
+    name = state.pop(FITTED_DEVICE, None)
+    state["device_"] = name or str(state["device_"])
+    precision = state.pop(FITTED_PRECISION, None)
+    if precision is not None:
+        state["precision_"] = precision
 
 
 _Module = TypeVar("_Module", bound=torch.nn.Module)
@@ -114,21 +173,114 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class _CudnnFlags:
+    """cuDNN's process-wide flags, shared by the calls that run at once.
+
+    The first call to enter saves the flags, the last to leave restores
+    them, and while any runs: autotuning (unless the user asked for
+    deterministic kernels), and no TF32 in convolutions while a float32 call
+    runs. (TF32 changes only float32 convolutions: under bf16/fp16 autocast
+    they do not run in float32, so a reduced-precision call sharing these
+    flags computes what it would alone.) Threads (Dask workers, the threaded
+    scheduler, joblib) enter and leave in any order under one lock.
+
+    TF32 is read and written without mixing PyTorch's two APIs: the legacy
+    ``torch.backends.cudnn.allow_tf32`` while it can be read, else (the
+    user set the new ``torch.backends.cudnn.conv.fp32_precision`` of torch
+    >= 2.9 apart from it, after which reading the legacy flag raises) the
+    new one (:meth:`_read_tf32`).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._float32_calls = 0
+        self._saved: tuple | None = None
+
+    @staticmethod
+    def _read_tf32() -> tuple:
+        """The user's TF32 setting for convolutions, as ``(legacy, new)``.
+
+        ``legacy``: ``torch.backends.cudnn.allow_tf32``, or None where
+        reading it raises: torch >= 2.9 keeps it apart from the new
+        ``fp32_precision`` flags, and refuses to read it once those were set
+        to disagree with it (a mix of the two APIs). ``new``: the
+        ``fp32_precision`` of the convolutions and RNNs (None before torch
+        2.9).
+        """
+        cudnn: Any = torch.backends.cudnn  # (fp32_precision: torch >= 2.9)
+        conv: Any = getattr(cudnn, "conv", None)
+        rnn: Any = getattr(cudnn, "rnn", None)
+        new = None
+        if hasattr(conv, "fp32_precision") and hasattr(rnn, "fp32_precision"):
+            new = (conv.fp32_precision, rnn.fp32_precision)
+        try:
+            legacy = cudnn.allow_tf32
+        except RuntimeError:
+            legacy = None
+        return legacy, new
+
+    @staticmethod
+    def _write_tf32(legacy, new) -> None:
+        """Set TF32 as :meth:`_read_tf32` gives it. Through the legacy flag
+        where it can be read (which keeps the new ones in step with it, so
+        it stays readable), else through the convolutions' new flag only."""
+        cudnn: Any = torch.backends.cudnn
+        if legacy is not None:
+            cudnn.allow_tf32 = legacy
+        if new is not None and (
+            legacy is None
+            or (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) != new
+        ):
+            cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = new
+
+    def _apply(self) -> None:
+        assert self._saved is not None
+        benchmark, (legacy, new) = self._saved
+        cudnn: Any = torch.backends.cudnn
+        cudnn.benchmark = benchmark if self._calls == 0 else not cudnn.deterministic
+        if self._float32_calls and self._calls:
+            if legacy is not None:
+                cudnn.allow_tf32 = False
+            else:
+                cudnn.conv.fp32_precision = "ieee"
+        else:
+            self._write_tf32(legacy, new)
+
+    @contextlib.contextmanager
+    def __call__(self, dtype: torch.dtype):
+        float32 = dtype == torch.float32
+        with self._lock:
+            if self._calls == 0:
+                self._saved = (torch.backends.cudnn.benchmark, self._read_tf32())
+            self._calls += 1
+            self._float32_calls += float32
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls -= 1
+                self._float32_calls -= float32
+                self._apply()
+                if self._calls == 0:
+                    self._saved = None
+
+
+_CUDNN_FLAGS = _CudnnFlags()
+
+
 def cudnn_settings(device: torch.device, dtype: torch.dtype):
-    """cuDNN for the duration of one call only: autotuned kernels, and for
-    float32 no TF32 (10-bit mantissas in convolutions, which PyTorch allows
-    by default and which move rows by about 1e-3): ``precision="float32"``
-    means float32. Matrix products follow
-    ``torch.backends.cuda.matmul.allow_tf32`` (off unless the user set it)."""
+    """cuDNN while a call runs: autotuned kernels, and for float32 no TF32
+    (10-bit mantissas in convolutions, which PyTorch allows by default and
+    which move rows by about 1e-3): ``precision="float32"`` means float32.
+    The flags are process-wide: overlapping calls (threads) share them, and
+    the last to leave restores the user's (:class:`_CudnnFlags`). Matrix
+    products follow the user's TF32 setting for them
+    (``torch.backends.cuda.matmul``; off unless the user set it)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(
-        enabled=cudnn.enabled,
-        benchmark=not cudnn.deterministic,
-        deterministic=cudnn.deterministic,
-        allow_tf32=cudnn.allow_tf32 and dtype != torch.float32,
-    )
+    return _CUDNN_FLAGS(dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -140,7 +140,9 @@ def device_input(preprocessing, batch, device, resized) -> torch.Tensor:
     applied ``preprocessing.geometry`` already."""
     if device.type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory()
-    batch = batch.to(device, non_blocking=True)
+    # Non-blocking only towards a GPU, whose stream orders the reads: a
+    # non-blocking copy from a GPU to the CPU returns before the rows arrive.
+    batch = batch.to(device, non_blocking=device.type == "cuda")
     x = preprocessing.finish(batch) if resized else preprocessing(batch)
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -153,9 +155,14 @@ def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed device allocation: PyTorch's, or one
+    inside cuBLAS or cuDNN (``CUBLAS_STATUS_ALLOC_FAILED``...)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "status_alloc_failed" in text
+    )
 
 
 def extract(

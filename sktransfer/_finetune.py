@@ -441,6 +441,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         self._head_name = head_name
         prep = self._preprocessing_for(backbone, images, device)
         _, probe = images.first(prep.geometry)
+        probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU here)
         with torch.inference_mode():
             x = prep.finish(probe) if images.resizes else prep(probe)
             width = module(x).reshape(1, -1).shape[1]

@@ -139,9 +139,10 @@ def output_widths(built: Built, prep, images, device, dtype, cached=None):
     if widths is not None:
         _WIDTHS.put(key, widths)
         return widths, row, None
-    feats = _engine.run_batch(
-        built.net, prep, image, device, dtype, split=True, resized=images.resizes
-    )
+    with _device.cudnn_settings(device, dtype):  # (as transform computes rows)
+        feats = _engine.run_batch(
+            built.net, prep, image, device, dtype, split=True, resized=images.resizes
+        )
     widths = [f.shape[1] for f in feats]
     _WIDTHS.put(key, widths)
     return widths, row, [f[0].cpu().numpy() for f in feats]

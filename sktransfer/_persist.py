@@ -14,7 +14,7 @@ from torchvision.models import WeightsEnum
 
 from sktransfer._cache import EmbeddingCache
 from sktransfer._common import require
-from sktransfer._device import restore_device
+from sktransfer._device import fitted_runtime, restore_runtime
 from sktransfer._identity import file_digest
 from sktransfer._sources.checkpoints import cpu_module
 from sktransfer.exceptions import ImageReadError, TamperedModelError
@@ -183,8 +183,8 @@ class TorchPickleMixin:
                 }
         if isinstance(state.get("model"), nn.Module):
             state["model"] = cpu_module(state["model"])
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
+        if "device_" in state:  # (what it was fitted with: see restore_runtime)
+            fitted_runtime(state)
         if SHARING.get():
             state = plain_state(self, state)
         return state
@@ -193,5 +193,5 @@ class TorchPickleMixin:
         if MARK in state:
             state = restore_state(self, state)
         if state.get("device_") is not None:
-            state["device_"] = restore_device(state["device_"], type(self).__name__)
+            restore_runtime(state, type(self).__name__)
         super().__setstate__(state)  # type: ignore[misc]

@@ -126,20 +126,73 @@ def test_other_errors_are_not_taken_for_out_of_memory(tiny_cnn, images):
 @pytest.mark.gpu
 @cuda
 def test_gpu_rows_match_cpu_rows(images):
-    """On CUDA (float32 and default precision) rows match the CPU's."""
-    cpu = make(
-        "resnet18", weights=None, random_state=0, device="cpu", precision="float32"
+    """On CUDA, float32 rows lie within about 1% of the CPU's (row norm):
+    the resize of uint8 images rounds differently there (docs/speed.md);
+    without a resize they agree to float32 accumulation. Default precision
+    within a few percent."""
+    from .test_gpu_paths import GPU_CPU_ROW_TOLERANCE
+
+    def rows(device, precision, X, **params):
+        return make(
+            "resnet18",
+            weights=None,
+            random_state=0,
+            device=device,
+            precision=precision,
+            **params,
+        ).fit_transform(X)
+
+    def error(a, b):
+        return (np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)).max()
+
+    expected = rows("cpu", "float32", images)
+    assert error(rows("cuda", "float32", images), expected) < GPU_CPU_ROW_TOLERANCE
+    # 32x32 images with resize_size=32, crop_size=32: no resize at all
+    small = images[:, :32, :32]
+    assert_allclose(
+        rows("cuda", "float32", small),
+        rows("cpu", "float32", small),
+        rtol=1e-3,
+        atol=1e-4,
     )
-    expected = cpu.fit_transform(images)
-    exact = make(
-        "resnet18", weights=None, random_state=0, device="cuda", precision="float32"
-    )
-    assert_allclose(exact.fit_transform(images), expected, rtol=1e-3, atol=1e-4)
     fast = make("resnet18", weights=None, random_state=0, device="cuda")
     out = fast.fit_transform(images)
     assert fast.precision_ in ("bfloat16", "float16")
-    error = np.linalg.norm(out - expected, axis=1) / np.linalg.norm(expected, axis=1)
-    assert error.max() < 0.05
+    assert error(out, expected) < 0.05
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_decoding_is_not_raced_by_queued_kernels(tmp_path):
+    """nvJPEG writes from a private stream that waits for nothing queued
+    before: decoded into memory the previous batch's kernels still read,
+    rows came out corrupted (pytorch/vision PR 9606). Large files and a
+    ResNet-50 keep kernels queued while the next batch decodes; every run
+    gives the rows of the first, and about those of Pillow's decoding."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((1280, 960), Image.BILINEAR)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        image.save(paths[-1], quality=90)
+    params = dict(
+        weights=None,
+        random_state=0,
+        precision="float32",
+        batch_size=8,
+        preprocessing={"resize_size": 224, "crop_size": 224},
+    )
+    gpu = make("resnet50", device="cuda", **params).fit(paths)
+    first = gpu.transform(paths)
+    for _ in range(5):  # (autotuned kernels may add in another order)
+        assert_allclose(gpu.transform(paths), first, rtol=1e-3, atol=1e-4)
+    arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    pillow = make("resnet50", device="cuda", **params).fit(arrays).transform(arrays)
+    error = np.linalg.norm(first - pillow, axis=1) / np.linalg.norm(pillow, axis=1)
+    assert error.max() < 0.05  # (decoders differ by a level or so)
 
 
 @pytest.mark.gpu
@@ -303,3 +356,23 @@ def test_bf16_detection_where_no_cpuinfo(monkeypatch):
         monkeypatch.setattr(_identity, "_bf16_timing", lambda r=ratio: r)
         assert _identity.cpu_bf16() is has
     _identity.cpu_flags.cache_clear(), _identity.cpu_bf16.cache_clear()
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_fine_tuning_takes_cuda_tensors(images):
+    """FineTunedClassifier.fit probes its width on the CPU module: a CUDA
+    tensor in X comes to the CPU for it (it failed: device mismatch)."""
+    from sktransfer import FineTunedClassifier
+
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).cuda()
+    clf = FineTunedClassifier(
+        model="resnet18",
+        weights=None,
+        random_state=0,
+        device="cuda",
+        max_epochs=1,
+        preprocessing=SMALL,
+        verbose=False,
+    ).fit(tensor, [0, 1] * 3)
+    assert clf.predict(tensor).shape == (6,)

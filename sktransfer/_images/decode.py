@@ -32,9 +32,11 @@ float32 array for deep grayscale images.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -207,7 +209,50 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
         # torchvision 0.29 deprecates its decoders for TorchCodec's; they
         # still work, and none of TorchCodec is a dependency of ours.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        if torch.device(device).type != "cuda":
+            return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        with _decode_stream(device) as stream:
+            images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        return _ordered(images, stream)  # (on the caller's stream again)
+
+
+_STREAMS = threading.local()
+
+
+@contextlib.contextmanager
+def _decode_stream(device):
+    """Make a stream of this thread's own, for decoding on ``device``, the
+    current one, and yield it.
+
+    torchvision's nvJPEG decoder allocates its outputs on the current stream
+    but writes them from a private stream that waits for nothing queued
+    before (pytorch/vision PR 9606). On the caller's stream, the caching
+    allocator may hand it memory that kernels still queued there (the
+    previous batch's) are reading: rows and pixels silently corrupted. On a
+    stream of its own, it only gets memory that decoding used (and freed
+    once the caller's kernels that read it ended, :func:`_ordered`), and the
+    stream is synchronised first, so no earlier decode still writes there.
+    """
+    device = torch.device(device)
+    streams = vars(_STREAMS).setdefault("streams", {})
+    key = (device.type, device.index)
+    if key not in streams:
+        streams[key] = torch.cuda.Stream(device)
+    stream = streams[key]
+    stream.synchronize()
+    with torch.cuda.stream(stream):
+        yield stream
+
+
+def _ordered(images: list, stream) -> list:
+    """Decoded ``images`` for the caller's stream: it waits for the
+    decoding stream, and their memory is not reused before its kernels that
+    read them have run."""
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for image in images:
+        image.record_stream(current)
+    return images
 
 
 def _check_open(image: Image.Image) -> None:
