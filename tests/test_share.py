@@ -283,3 +283,71 @@ def test_the_core_imports_without_the_extras():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "save"
+
+
+# -- untrusted files: bombs (issue 28, class 3) ------------------------------------
+BOMB = 300 << 20  # what each bomb inflates to: more than load's 256 MiB floor
+
+
+def _bomb(path, declared=None):
+    """A 300 KB zip whose schema.json inflates to 300 MiB of spaces; with
+    ``declared``, its headers claim that size (and its CRC) instead."""
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z,
+        z.open("schema.json", "w") as member,
+    ):
+        for _ in range(BOMB >> 20):
+            member.write(b" " * (1 << 20))
+    if declared is not None:
+        data = bytearray(path.read_bytes())
+        crc = zipfile.crc32(b" " * declared).to_bytes(4, "little")
+        size = declared.to_bytes(4, "little")
+        local, central = data.find(b"PK\x03\x04"), data.rfind(b"PK\x01\x02")
+        data[local + 14 : local + 18], data[local + 22 : local + 26] = crc, size
+        data[central + 16 : central + 20], data[central + 24 : central + 28] = crc, size
+        path.write_bytes(bytes(data))
+    assert path.stat().st_size < 1e6
+    return path
+
+
+def _peak_of(call) -> tuple[int, Exception | None]:
+    """The peak of the memory ``call()`` allocates (tracemalloc), and what
+    it raised."""
+    import tracemalloc
+
+    import skops.io  # noqa: F401  (its first import is not the bomb's)
+
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as exc:  # (returned to be checked)
+        raised = exc
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, raised
+
+
+@pytest.mark.parametrize("how", ["declared", "lying"])
+@pytest.mark.parametrize("call", ["load", "untrusted_types"])
+def test_a_compression_bomb_is_refused_before_it_is_inflated(tmp_path, how, call):
+    """A member that declares 300 MiB is refused from its declared size; one
+    that declares 100 bytes and inflates to 300 MiB is refused as soon as it
+    gives more. Either way load (and untrusted_types) allocate a few MB."""
+    path = _bomb(tmp_path / "bomb.skops", None if how == "declared" else 100)
+    peak, raised = _peak_of(lambda: getattr(sktransfer, call)(path))
+    assert isinstance(raised, ValueError), raised
+    if how == "declared":
+        assert "'schema.json' declares 314572800 bytes" in str(raised)
+        assert "compression bomb" in str(raised) and "max_bytes" in str(raised)
+    else:
+        assert "'schema.json' inflates to more than the 100 bytes" in str(raised)
+    assert peak < 16e6, f"{peak / 1e6:.0f} MB allocated"
+
+
+def test_max_bytes_bounds_what_load_inflates(data, tmp_path):
+    X, _ = data
+    path = sktransfer.save(_extractor(layer="layer2").fit(X), tmp_path / "m.skops")
+    assert sktransfer.load(path, max_bytes=100 << 20).n_features_out_ == 128
+    with pytest.raises(ValueError, match="more than max_bytes=1000000 bytes"):
+        sktransfer.load(path, max_bytes=1_000_000)
