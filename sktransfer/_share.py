@@ -276,7 +276,7 @@ def _check_stream(data: memoryview, member: zipfile.ZipInfo, model_file) -> None
     produced = 0
     try:
         for position in range(0, len(raw), _CHUNK):
-            pending = raw[position : position + _CHUNK]
+            pending: bytes | memoryview = raw[position : position + _CHUNK]
             while pending:
                 produced += len(inflater.decompress(pending, _CHUNK))
                 if produced > member.file_size:
@@ -400,6 +400,8 @@ def load(path, *, trusted=None, max_bytes=None):
         obj = sio.loads(data, trusted=OUR_TYPES + untrusted)
     for estimator in _ours(obj):
         check_weights_file(estimator)
+        if hasattr(estimator, "_check_identity"):
+            estimator._check_identity()  # (cache_key_ recomputed, never trusted)
     return obj
 
 
