@@ -21,12 +21,17 @@ from sktransfer._base import (
     precision_numerics,
 )
 from sktransfer._cache import EmbeddingCache
-from sktransfer._identity import digest
+from sktransfer._identity import digest, module_digest
 from sktransfer._images import decode as _decode
 from sktransfer._runtime import int8 as _int8
 from sktransfer._runtime import layers as _layers
 from sktransfer._sources import published_weights_file
-from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning, warn
+from sktransfer.exceptions import (
+    ImageReadError,
+    TamperedModelError,
+    UnreadableImagesWarning,
+    warn,
+)
 
 __all__ = ["PretrainedFeatureExtractor"]
 
@@ -442,7 +447,8 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
             self._model_label(),
         )
         prep = self._preprocessing_for(built.backbone, images, device)
-        cache_key = digest(built.identity, repr(prep), self._pooling_key(built))
+        pooling_key = self._pooling_key(built.backbone.module)
+        cache_key = digest(built.identity, repr(prep), pooling_key)
         net, quantization = built.net, None
         if int8:
             quantization, net = self._quantize(built, prep, images, device)
@@ -481,6 +487,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         self.n_features_out_ = int(sum(self.n_features_per_layer_))
         self.cache_key_ = cache_key
         self._drop_pickled_state()  # (from an earlier unpickling)
+        vars(self).pop("_key_unchecked", None)
         if store is not None and probe is not None and quantization is None:
             # The probe's work is kept (under the digest of the bytes it
             # decoded), unless it ran the float network of an int8 one.
@@ -489,12 +496,13 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
             )
         return self
 
-    def _pooling_key(self, built) -> str:
+    def _pooling_key(self, module, prefix=None) -> str:
         """The pooling's part of the cache key. Token rows pool after their
         prefix tokens: a key of their own (rows cached before this rule
         pooled the class token too)."""
         pooling = str(self.pooling)
-        prefix = _layers.prefix_tokens(built.backbone.module)
+        if module is not None:
+            prefix = _layers.prefix_tokens(module)
         if prefix:
             pooling += f"|after {prefix} prefix tokens"
         return pooling
@@ -540,6 +548,8 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
     def _transform(self, images) -> np.ndarray:
         self._check_numerics()
         store = _cache.resolve(self.cache)
+        if store is not None:
+            self._check_identity()
         if store is None:
             out = self._select(self._compute(images))
         else:
@@ -627,6 +637,83 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         return np.asarray(names, dtype=object)
 
     # -- persistence --------------------------------------------------------
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "cache_key_" in vars(self):
+            # Unpickled or loaded: cache_key_ is recomputed from what the state
+            # holds before a cache serves or stores a row (_check_identity).
+            self._key_unchecked = True
+            quantization = vars(self).get("quantization_")
+            if quantization is not None:  # (its digest also keys a memo)
+                self.quantization_ = {
+                    **quantization,
+                    "digest": digest(quantization["model"]),
+                }
+
+    def _check_identity(self) -> None:
+        """Recompute ``cache_key_`` of an unpickled or loaded extractor from
+        what it holds: its network's tensors as loaded (or the quantized
+        model's bytes), its preprocessing and pooling, and the widths its
+        network really gives; never trust the key a file claims (a forged
+        one would store rows under another model's key). Raises
+        :class:`~sktransfer.exceptions.TamperedModelError` where the state
+        contradicts itself."""
+        if not vars(self).get("_key_unchecked"):
+            return
+        name = type(self).__name__
+        quantization = self.quantization_
+        if (self.precision_ == "int8") != (quantization is not None) or not set(
+            self.layers_
+        ) <= set(self.computed_layers_):
+            raise TamperedModelError(
+                f"This {name}'s state contradicts itself (precision_="
+                f"{self.precision_!r} with{'out' if quantization is None else ''} "
+                f"a quantized network, layers_={self.layers_!r}, computed_layers_="
+                f"{self.computed_layers_!r}): the file was changed. Do not use it."
+            )
+        net = self._network()
+        if quantization is None:
+            module = net.backbone
+            assert isinstance(module, nn.Module)  # (a FeatureNet's)
+            pooling = self._pooling_key(module)
+            key = digest(module_digest(module), repr(self.preprocessing_), pooling)
+        else:  # (the float network is not in the state: the int8 model is)
+            key = digest(
+                "loaded int8",
+                repr(self.preprocessing_),
+                self._pooling_key(None, quantization["prefix"]),
+                quantization["digest"],
+                repr(quantization["keys"]),
+                repr(bool(quantization["nhwc"])),
+                repr(list(self.computed_layers_)),
+            )
+        prep = self.preprocessing_
+        side = prep.crop_size or prep.resize_size or 224
+        probe = torch.zeros((1, 3, side, side), dtype=torch.uint8)
+        feats = _engine.run_batch(
+            net, prep, probe, self.device_, self._dtype(), split=True
+        )
+        widths = [int(f.shape[1]) for f in feats]
+        claimed = dict(zip(self.computed_layers_, self.computed_widths_, strict=True))
+        per_layer = [claimed[layer] for layer in self.layers_]
+        if widths != list(self.computed_widths_) or per_layer != list(
+            self.n_features_per_layer_
+        ):
+            if self.pooling not in (None, "flatten") or per_layer != list(
+                self.n_features_per_layer_
+            ):
+                raise TamperedModelError(
+                    f"This {name}'s network gives outputs of widths {widths} for "
+                    f"{self.computed_layers_}, but its state records "
+                    f"{self.computed_widths_} (and {self.n_features_per_layer_} "
+                    f"for {self.layers_}): the file was changed. Do not use it."
+                )
+            # Unpooled widths depend on the image size: the recorded split
+            # becomes part of the key.
+            key = digest(key, repr(list(self.computed_widths_)))
+        self.cache_key_ = key
+        del self._key_unchecked
+
     def _published_weights_file(self):
         return published_weights_file(self.model, getattr(self, "weights_", None))
 
@@ -634,6 +721,16 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         if getattr(self, "quantization_", None) is not None:
             return _int8.fitted_network(
                 self.quantization_, self.computed_layers_, self.pooling
+            )
+        if (
+            self._pickled_network_state() is None
+            and self._published_weights_file() is None
+        ):
+            raise TamperedModelError(
+                f"This {type(self).__name__} holds no network tensors and names no "
+                f"published weights (weights_={self.weights_!r}): sktransfer writes "
+                "the tensors of every other network into its pickles and files, so "
+                "this one was changed. A path it names is not read."
             )
         return _network.rebuild(
             self.model,

@@ -122,6 +122,7 @@ def restore_state(estimator, state: dict) -> dict:
             "Do not use it; ask its author for a fresh copy."
         )
     state = {k: v for k, v in state.items() if k not in (MARK, "_sktransfer_checksum")}
+    untrusted_settings(state)
     blob = state.pop("_network_safetensors", None)
     if blob is not None:
         st = require("safetensors.torch", "share", "Loading a network")
@@ -132,6 +133,24 @@ def restore_state(estimator, state: dict) -> dict:
             for message, index, path in state["errors_"]
         ]
     return state
+
+
+def untrusted_settings(state: dict) -> None:
+    """A shared file's settings of the author's machine, made the
+    recipient's: a loaded model follows no path from the file and takes no
+    more threads than the recipient has CPUs.
+
+    A ``cache`` folder (any string other than ``"memory"``) becomes
+    ``"memory"``: the recipient's default, which ``set_params(cache=...)``
+    changes. ``num_workers`` above this machine's CPU count becomes None
+    (one thread per CPU, at most 8).
+    """
+    cache = state.get("cache")
+    if isinstance(cache, str) and cache != "memory":
+        state["cache"] = "memory"
+    workers = state.get("num_workers")
+    if isinstance(workers, int) and workers > (os.cpu_count() or 1):
+        state["num_workers"] = None
 
 
 class TorchPickleMixin:

@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import platform
+import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 from sklearn.base import BaseEstimator
@@ -48,6 +52,15 @@ OUR_TYPES = [
     "sktransfer._word_vectors.PretrainedWordVectors",
 ]
 MODEL_FILE = "model.skops"
+#: What a model file may inflate to, by default (``max_bytes=None``): this
+#: many times its own size (deflate shrinks sktransfer's JSON about tenfold,
+#: its tensors by ~7%), at least ``INFLATE_FLOOR``, at most ``INFLATE_CAP``.
+INFLATE_RATIO = 100
+INFLATE_FLOOR = 256 << 20
+INFLATE_CAP = 16 << 30
+#: The most members a model file may have (one per array, and the schema).
+MAX_MEMBERS = 100_000
+_CHUNK = 1 << 20
 
 
 # -- save and load ---------------------------------------------------------------
@@ -156,10 +169,16 @@ def save(obj, path, *, metrics=None) -> Path:
     return model_file
 
 
-def _read(path) -> bytes:
+def _read(path, max_bytes=None) -> bytes:
+    """The bytes of a saved model, refused before anything is inflated if
+    its members declare more than ``max_bytes`` (:func:`_check_sizes`)."""
     model_file = Path(path) if Path(path).is_file() else _paths(path)[0]
     try:
-        data = model_file.read_bytes()
+        with open(model_file, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # (a FIFO would block, a device
+                raise OSError(0, "not a regular file")  # never end)
+            data = f.read(st.st_size)
     except OSError as exc:
         raise FileNotFoundError(
             f"No saved model at {str(path)!r} ({exc.strerror}): expected a folder "
@@ -172,10 +191,121 @@ def _read(path) -> bytes:
             "runs whatever code it carries. Load it with joblib only if you trust "
             "its source."
         )
+    _check_sizes(data, model_file, max_bytes)
     return data
 
 
-def untrusted_types(path) -> list[str]:
+def inflate_budget(size: int, max_bytes=None) -> int:
+    """The most bytes a model file of ``size`` bytes may inflate to."""
+    if max_bytes is not None:
+        return int(max_bytes)
+    return min(max(INFLATE_RATIO * size, INFLATE_FLOOR), INFLATE_CAP)
+
+
+def _check_sizes(data: bytes, model_file, max_bytes=None) -> None:
+    """Refuse a zip whose members declare more than the budget, before any
+    is inflated, then one whose member inflates to more than it declares.
+
+    zipfile cuts a member at its declared size, but only after inflating a
+    whole read at once (``ZipFile.read`` inflates up to 2 GiB in one call),
+    so a member that lies about its size is found here, by inflating each
+    one in bounded steps and counting (:func:`_check_stream`)."""
+    budget = inflate_budget(len(data), max_bytes)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
+        raise ValueError(
+            f"{str(model_file)!r} is not a readable skops file ({exc})."
+        ) from exc
+    if len(members) > MAX_MEMBERS:
+        raise ValueError(
+            f"{str(model_file)!r} has {len(members)} members, more than the "
+            f"{MAX_MEMBERS} a model file written by sktransfer.save may have. It "
+            "is not loaded."
+        )
+    total = 0
+    for member in members:
+        total += member.file_size
+        if total > budget:
+            ratio = member.file_size / max(member.compress_size, 1)
+            raise ValueError(
+                f"{str(model_file)!r} would inflate to more than max_bytes="
+                f"{budget} bytes: its member {member.filename!r} declares "
+                f"{member.file_size} bytes from {member.compress_size} compressed "
+                f"({ratio:.0f}x), {total} bytes in all so far for a file of "
+                f"{len(data)} bytes (a compression bomb?). Nothing was inflated. "
+                "If you trust this file and have the memory, pass a larger "
+                "max_bytes."
+            )
+    view = memoryview(data)
+    for member in members:
+        _check_stream(view, member, model_file)
+
+
+def _check_stream(data: memoryview, member: zipfile.ZipInfo, model_file) -> None:
+    """Inflate ``member`` in steps of at most ``_CHUNK`` bytes, refusing it
+    as soon as it gives more than it declares."""
+
+    def refuse(why: str):
+        return ValueError(
+            f"{str(model_file)!r} is damaged or forged: its member "
+            f"{member.filename!r} {why}. It is not loaded."
+        )
+
+    offset = member.header_offset
+    header = bytes(data[offset : offset + 30])
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise refuse("has no local header where the directory says")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    start = offset + 30 + name_length + extra_length
+    raw = data[start : start + member.compress_size]
+    if member.compress_type == zipfile.ZIP_STORED:
+        if member.file_size != member.compress_size:
+            raise refuse(
+                f"is stored uncompressed, yet declares {member.file_size} bytes "
+                f"for {member.compress_size}"
+            )
+        return
+    if member.compress_type != zipfile.ZIP_DEFLATED:
+        raise refuse(
+            f"uses compression method {member.compress_type}; files written by "
+            "sktransfer.save are stored or deflated"
+        )
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    produced = 0
+    try:
+        for position in range(0, len(raw), _CHUNK):
+            pending: bytes | memoryview = raw[position : position + _CHUNK]
+            while pending:
+                produced += len(inflater.decompress(pending, _CHUNK))
+                if produced > member.file_size:
+                    raise refuse(
+                        f"inflates to more than the {member.file_size} bytes it "
+                        f"declares (from {member.compress_size} compressed)"
+                    )
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise refuse(f"does not inflate ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _zip_errors(path):
+    """A member that inflates to other bytes than its header declares (a
+    longer stream is cut at the declared size, then fails its CRC check):
+    a ValueError naming the file."""
+    try:
+        yield
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is damaged or forged: {exc} (a member inflates to "
+            "other bytes than its header declares). It is not loaded."
+        ) from exc
+
+
+def untrusted_types(path, *, max_bytes=None) -> list[str]:
     """The types a saved model needs that neither skops nor sktransfer
     trusts by default: check them before passing them to :func:`load`.
 
@@ -183,6 +313,12 @@ def untrusted_types(path) -> list[str]:
     ----------
     path : str or path-like
         A folder or ``.skops`` file written by :func:`save`.
+    max_bytes : int, optional
+        The most bytes the file's members may inflate to, checked against
+        the sizes they declare before any is inflated. Default: 100 times
+        the file's size, at least 256 MiB and at most 16 GiB. A file that
+        declares more (a compression bomb) is refused with a ValueError
+        naming the member and its sizes.
 
     Returns
     -------
@@ -191,12 +327,13 @@ def untrusted_types(path) -> list[str]:
         ``"sklearn.model_selection._split.StratifiedKFold"``.
     """
     sio = require("skops.io", "share", "sktransfer.load")
-    return _untrusted(sio, _read(path))
+    return _untrusted(sio, _read(path, max_bytes), path)
 
 
-def _untrusted(sio, data: bytes) -> list[str]:
+def _untrusted(sio, data: bytes, path) -> list[str]:
     try:
-        needed = sio.get_untrusted_types(data=data)
+        with _zip_errors(path):
+            needed = sio.get_untrusted_types(data=data)
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(
             f"This file is not a readable skops file ({type(exc).__name__}: {exc})."
@@ -204,7 +341,7 @@ def _untrusted(sio, data: bytes) -> list[str]:
     return [name for name in needed if name not in OUR_TYPES]
 
 
-def load(path, *, trusted=None):
+def load(path, *, trusted=None, max_bytes=None):
     """Load a model saved by :func:`save`, running no code from the file.
 
     Only trusted types are built: those skops trusts by default (scikit-learn
@@ -222,6 +359,12 @@ def load(path, *, trusted=None):
     trusted : list of str, optional
         Further types to trust, after checking them: see
         :func:`untrusted_types`.
+    max_bytes : int, optional
+        The most bytes the file's members may inflate to, checked against
+        the sizes they declare before any is inflated. Default: 100 times
+        the file's size, at least 256 MiB and at most 16 GiB. A file that
+        declares more (a compression bomb) is refused with a ValueError
+        naming the member and its sizes.
 
     Returns
     -------
@@ -239,11 +382,12 @@ def load(path, *, trusted=None):
         downloaded.
     ValueError
         If the weights file in the torch cache differs from the one the model
-        was saved with, or the file is not a skops file.
+        was saved with, the file is not a skops file, or it would inflate
+        to more than ``max_bytes``.
     """
     sio = require("skops.io", "share", "sktransfer.load")
-    data = _read(path)
-    untrusted = _untrusted(sio, data)
+    data = _read(path, max_bytes)
+    untrusted = _untrusted(sio, data, path)
     refused = [name for name in untrusted if name not in (trusted or [])]
     if refused:
         raise UntrustedTypesError(
@@ -252,9 +396,12 @@ def load(path, *, trusted=None):
             f"pass trusted={refused!r} (sktransfer.untrusted_types(path) lists "
             "them)."
         )
-    obj = sio.loads(data, trusted=OUR_TYPES + untrusted)
+    with _zip_errors(path):
+        obj = sio.loads(data, trusted=OUR_TYPES + untrusted)
     for estimator in _ours(obj):
         check_weights_file(estimator)
+        if hasattr(estimator, "_check_identity"):
+            estimator._check_identity()  # (cache_key_ recomputed, never trusted)
     return obj
 
 

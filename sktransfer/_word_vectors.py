@@ -246,14 +246,19 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         """The loaded vectors, the same as in ``fit`` (or an error)."""
         table = vars(self).get("_table")
         if table is None:
-            table = source_of(self.vectors, kind="word_vectors").load(self.vectors)
-            if table.digest != self.vectors_digest_:
+            # The file's content is checked before it is converted (which
+            # writes beside it or in the cache folder): a loaded model names
+            # a file its author chose.
+            source = source_of(self.vectors, kind="word_vectors")
+            found = source.identity(self.vectors)
+            if found != self.vectors_digest_:
                 raise ValueError(
                     f"The word vectors {self._describe_vectors()} are not those "
                     f"this estimator was fitted with (content digest "
-                    f"{table.digest}, fitted with {self.vectors_digest_}): the "
+                    f"{found}, fitted with {self.vectors_digest_}): the "
                     "file changed. Fit it again, or restore the original file."
                 )
+            table = source.load(self.vectors, found)
             self._table = table
         return table
 

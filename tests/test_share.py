@@ -283,3 +283,173 @@ def test_the_core_imports_without_the_extras():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "save"
+
+
+# -- untrusted files: bombs (issue 28, class 3) ------------------------------------
+BOMB = 300 << 20  # what each bomb inflates to: more than load's 256 MiB floor
+
+
+def _bomb(path, declared=None):
+    """A 300 KB zip whose schema.json inflates to 300 MiB of spaces; with
+    ``declared``, its headers claim that size (and its CRC) instead."""
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z,
+        z.open("schema.json", "w") as member,
+    ):
+        for _ in range(BOMB >> 20):
+            member.write(b" " * (1 << 20))
+    if declared is not None:
+        data = bytearray(path.read_bytes())
+        crc = zipfile.crc32(b" " * declared).to_bytes(4, "little")
+        size = declared.to_bytes(4, "little")
+        local, central = data.find(b"PK\x03\x04"), data.rfind(b"PK\x01\x02")
+        data[local + 14 : local + 18], data[local + 22 : local + 26] = crc, size
+        data[central + 16 : central + 20], data[central + 24 : central + 28] = crc, size
+        path.write_bytes(bytes(data))
+    assert path.stat().st_size < 1e6
+    return path
+
+
+def _peak_of(call) -> tuple[int, Exception | None]:
+    """The peak of the memory ``call()`` allocates (tracemalloc), and what
+    it raised."""
+    import tracemalloc
+
+    import skops.io  # noqa: F401  (its first import is not the bomb's)
+
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as exc:  # (returned to be checked)
+        raised = exc
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, raised
+
+
+@pytest.mark.parametrize("how", ["declared", "lying"])
+@pytest.mark.parametrize("call", ["load", "untrusted_types"])
+def test_a_compression_bomb_is_refused_before_it_is_inflated(tmp_path, how, call):
+    """A member that declares 300 MiB is refused from its declared size; one
+    that declares 100 bytes and inflates to 300 MiB is refused as soon as it
+    gives more. Either way load (and untrusted_types) allocate a few MB."""
+    path = _bomb(tmp_path / "bomb.skops", None if how == "declared" else 100)
+    peak, raised = _peak_of(lambda: getattr(sktransfer, call)(path))
+    assert isinstance(raised, ValueError), raised
+    if how == "declared":
+        assert "'schema.json' declares 314572800 bytes" in str(raised)
+        assert "compression bomb" in str(raised) and "max_bytes" in str(raised)
+    else:
+        assert "'schema.json' inflates to more than the 100 bytes" in str(raised)
+    assert peak < 16e6, f"{peak / 1e6:.0f} MB allocated"
+
+
+def test_max_bytes_bounds_what_load_inflates(data, tmp_path):
+    X, _ = data
+    path = sktransfer.save(_extractor(layer="layer2").fit(X), tmp_path / "m.skops")
+    assert sktransfer.load(path, max_bytes=100 << 20).n_features_out_ == 128
+    with pytest.raises(ValueError, match="more than max_bytes=1000000 bytes"):
+        sktransfer.load(path, max_bytes=1_000_000)
+
+
+# -- untrusted files: cache identity and paths (issue 28, classes 1 and 2) ---------
+# A forger edits the state and fixes up the author's checksum: setting the
+# attribute before sktransfer.save writes exactly that file.
+
+
+def test_a_forged_cache_key_poisons_no_cache(data, tmp_path):
+    """A file (or a pickle) whose cache_key_ claims the user's own model's
+    key stores its rows under its own recomputed key: the user's model reads
+    its own rows from the memory cache and from a directory cache."""
+    from tests.conftest import assert_same_rows
+
+    X, _ = data
+    sktransfer.clear_caches()
+    own = _extractor(random_state=0).fit(X)
+    expected = own.transform(X)  # (cache=None: computed)
+    forged = _extractor(random_state=1).fit(X)
+    theirs = forged.transform(X)
+    forged.cache_key_ = own.cache_key_
+    sktransfer.save(forged, tmp_path / "forged")
+    loaded = sktransfer.load(tmp_path / "forged")
+    unpickled = pickle.loads(pickle.dumps(forged))
+    for cache in ("memory", str(tmp_path / "emb-cache")):
+        for model in (loaded, unpickled):
+            assert_same_rows(model.set_params(cache=cache).transform(X), theirs)
+        assert_same_rows(own.set_params(cache=cache).transform(X), expected)
+        assert_same_rows(
+            _extractor(random_state=0, cache=cache).fit_transform(X), expected
+        )
+    assert loaded.cache_key_ != own.cache_key_
+    sktransfer.clear_caches()  # the directory cache alone
+    assert_same_rows(
+        _extractor(random_state=0, cache=str(tmp_path / "emb-cache")).fit_transform(X),
+        expected,
+    )
+
+
+def test_a_state_that_contradicts_its_network_is_refused(data, tmp_path, monkeypatch):
+    """Widths that split the rows differently, or a file whose network
+    tensors were dropped (its checkpoint path would then be read)."""
+    X, _ = data
+    swapped = _extractor(layer=["layer2", "layer3"]).fit(X)
+    assert swapped.computed_widths_ == [128, 256]
+    swapped.computed_widths_ = swapped.n_features_per_layer_ = [256, 128]
+    sktransfer.save(swapped, tmp_path / "swapped")
+    with pytest.raises(TamperedModelError, match=r"widths \[128, 256\]"):
+        sktransfer.load(tmp_path / "swapped")
+    checkpoint = tmp_path / "author" / "resnet18.pth"
+    checkpoint.parent.mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    dropped = _extractor(weights=checkpoint).fit(X)
+    with monkeypatch.context() as patch:
+        patch.setattr(PretrainedFeatureExtractor, "_tensors_to_pickle", lambda *_: None)
+        sktransfer.save(dropped, tmp_path / "dropped")
+    with pytest.raises(TamperedModelError, match="holds no network tensors"):
+        sktransfer.load(tmp_path / "dropped")
+
+
+def test_a_loaded_model_follows_no_path_from_the_file(data, tmp_path, monkeypatch):
+    """Saved with a cache folder and a checkpoint (both then gone) and more
+    threads than this machine has: loaded under another HOME, it writes in
+    no folder of the author's, reads no checkpoint, gives the same rows."""
+    X, _ = data
+    author = tmp_path / "home" / "author"
+    checkpoint = author / "resnet18.pth"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    model = _extractor(
+        weights=checkpoint, cache=str(author / "emb-cache"), num_workers=10_000
+    ).fit(X)
+    expected = model.set_params(cache=None).transform(X)
+    model.set_params(cache=str(author / "emb-cache"))
+    sktransfer.save(model, tmp_path / "shared")
+    import shutil
+
+    shutil.rmtree(author)
+    monkeypatch.setenv("HOME", str(tmp_path / "recipient"))
+    loaded = sktransfer.load(tmp_path / "shared")
+    assert loaded.cache == "memory" and loaded.num_workers is None
+    np.testing.assert_array_equal(loaded.transform(X), expected)
+    assert not author.exists()
+    # Only what the recipient sets is written.
+    loaded.set_params(cache=str(tmp_path / "mine")).transform(X)
+    assert (tmp_path / "mine").is_dir() and not author.exists()
+
+
+def test_loaded_word_vectors_check_the_file_before_converting_it(tmp_path):
+    vectors = tmp_path / "author" / "vectors.txt"
+    vectors.parent.mkdir()
+    vectors.write_text("good 1 0\nbad -1 0\nfilm 0 1\n")
+    model = sktransfer.PretrainedWordVectors(vectors=vectors).fit(["good film"])
+    sktransfer.save(model, tmp_path / "wv")
+    sktransfer.clear_caches()
+    for converted in (vectors.parent / ".sktransfer-word-vectors",):
+        shutil_rmtree = __import__("shutil").rmtree
+        shutil_rmtree(converted, ignore_errors=True)
+    vectors.write_text("good 9 9\nbad 9 9\nfilm 9 9\n")  # another file there
+    loaded = sktransfer.load(tmp_path / "wv")
+    with pytest.raises(ValueError, match="are not those this estimator was fitted"):
+        loaded.transform(["good film"])
+    assert not (vectors.parent / ".sktransfer-word-vectors").exists()
