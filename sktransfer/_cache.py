@@ -14,21 +14,34 @@ default one is what ``cache="memory"`` uses. Entries are keyed by
   dtype and shape of an array (never ``id()``, a path or a position),
 
 so changing any of them is a miss, not a stale hit. Memory is bounded by an
-LRU over bytes; a directory adds a persistent layer that other processes
-(``GridSearchCV(n_jobs>1)``) and later sessions share.
+LRU over bytes: each cache's own ``max_bytes``, and one process-wide bound on
+the memory layers of all caches together (``default_cache().max_bytes``, the
+least recently used vector of any cache dropped first), so that many
+directory caches do not each hold their own gigabyte. A directory adds a
+persistent layer that other processes (``GridSearchCV(n_jobs>1)``) and later
+sessions share.
 
 A reused vector must be the one a recomputation would give, so the directory
 trusts nothing it reads: each entry carries its length and a checksum of its
 key and contents, and an entry that fails the check (empty after a power
 loss, truncated, overwritten, of another width) is a miss that is recomputed
-and rewritten, with one warning. Writes go to a temporary file that is
-flushed to disk (``fsync``) before it is renamed into place, so readers see a
-whole entry or none. A directory that cannot be written still serves its
-hits; misses are then computed and not stored, with one warning.
+and rewritten, with one warning. A folder shared with other users is
+untrusted too: an entry is opened without following a link and without
+blocking, refused unless it is a regular file, and never read past the size
+its width gives (a FIFO, a link to ``/dev/zero``, a directory or an overlong
+file is a damaged entry, not a hang or a ``MemoryError``). Writes go to a
+temporary file (with the umask's mode, as any new file) that is flushed to
+disk (``fsync``) before it is renamed into place, so readers see a whole
+entry or none. A directory that cannot be written (read-only, a full disk or
+quota, an I/O error, a directory where the entry goes, a write, ``fsync``
+or rename that fails midway) still serves its hits; misses are then computed
+and not stored, with one warning, and no temporary file is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import struct
@@ -38,8 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sktransfer._common import file_mode, read_regular_file
 from sktransfer._identity import digest
-from sktransfer._memo import Memo
+from sktransfer._memo import Budget, Memo
 from sktransfer.exceptions import CacheWarning, warn
 
 __all__ = [
@@ -56,12 +70,18 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
+#: The process-wide bound on the memory layers of all caches together; its
+#: size is ``default_cache().max_bytes``.
+_BUDGET = Budget(DEFAULT_MAX_BYTES)
 
 # The entry format: magic, length n (uint64), n float32 (little endian), and
 # a 16-byte blake2b of the key, the header and the values.
 _MAGIC = b"SKTEMB01"
 _HEADER = struct.Struct("<8sQ")
 _SUM = 16
+#: The widest vector read from an entry whose width the reader does not know
+#: (64 MiB of float32; a layer's pooled vector is a few thousand values).
+_MAX_WIDTH = 1 << 24
 #: Sub-folder of a cache directory for this entry format.
 FORMAT_DIR = "v2"
 
@@ -77,6 +97,11 @@ def encode_entry(key: tuple, value: np.ndarray) -> bytes:
     """The bytes of a directory entry holding ``value`` (1-D float32)."""
     payload = _HEADER.pack(_MAGIC, len(value)) + value.astype("<f4").tobytes()
     return payload + _checksum(key, payload)
+
+
+def entry_size(width: int) -> int:
+    """The size in bytes of the entry of a vector of ``width`` values."""
+    return _HEADER.size + 4 * width + _SUM
 
 
 def decode_entry(key: tuple, data: bytes, width: int | None) -> np.ndarray:
@@ -105,7 +130,10 @@ class EmbeddingCache:
     ----------
     max_bytes : int, default=1 GiB
         Memory bound of the in-memory LRU; the least recently used vectors
-        are dropped past it. 0 keeps nothing in memory.
+        are dropped past it. 0 keeps nothing in memory. Setting it takes
+        effect at once. The memory layers of all caches also share one
+        process-wide bound, ``default_cache().max_bytes`` (1 GiB by
+        default): setting that one bounds them all together.
     directory : str or path-like, default=None
         If given, every vector is also written there (one file per image,
         layer and configuration, verified by a checksum when read, written
@@ -128,11 +156,9 @@ class EmbeddingCache:
     """
 
     def __init__(self, max_bytes=DEFAULT_MAX_BYTES, directory=None):
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
-            raise TypeError(f"max_bytes must be an int. Got {max_bytes!r}.")
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0. Got {max_bytes}.")
-        self.max_bytes = int(max_bytes)
+        self._memory = Memo(
+            _checked_bytes(max_bytes), weigh=lambda value: value.nbytes, budget=_BUDGET
+        )
         self.directory = None
         if directory is not None:
             self.directory = Path(os.path.expanduser(os.fspath(directory)))
@@ -142,7 +168,7 @@ class EmbeddingCache:
                     "a directory. Pass a directory path (it is created if "
                     "missing)."
                 )
-        self._memory = Memo(self.max_bytes, weigh=lambda value: value.nbytes)
+        self._bounds_all = False  # (True for default_cache(): see max_bytes)
         self._lock = threading.Lock()  # (for the counters and warnings)
         self._warned: set[str] = set()
         self.hits = 0
@@ -164,6 +190,20 @@ class EmbeddingCache:
     def __repr__(self):
         where = f", directory={str(self.directory)!r}" if self.directory else ""
         return f"EmbeddingCache(max_bytes={self.max_bytes}{where})"
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound of this cache's memory layer (for ``default_cache()``,
+        also of all memory layers together); setting it drops the least
+        recently used vectors at once."""
+        return self._memory.size
+
+    @max_bytes.setter
+    def max_bytes(self, max_bytes) -> None:
+        max_bytes = _checked_bytes(max_bytes)
+        if self._bounds_all:
+            _BUDGET.size = max_bytes
+        self._memory.size = max_bytes
 
     @property
     def nbytes(self) -> int:
@@ -214,10 +254,22 @@ class EmbeddingCache:
     def _read(self, key: tuple, width: int | None) -> np.ndarray | None:
         path = self._path(key)
         try:
-            data = path.read_bytes()
+            # not following links, never blocking, and never past the
+            # entry's size (a FIFO, /dev/zero, a directory: damaged entries)
+            limit = entry_size(width if width is not None else _MAX_WIDTH)
+            data = read_regular_file(path, limit, follow=False)
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            self._damaged(path, "a directory, not an entry")
+            return None
+        except ValueError:
+            self._damaged(path, "not a regular file: a FIFO, a device...")
+            return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a link
+                self._damaged(path, "a symbolic link, not an entry")
+                return None
             self._warn_once(
                 "unreadable",
                 f"The embedding cache entry {str(path)!r} cannot be read "
@@ -228,15 +280,19 @@ class EmbeddingCache:
         try:
             return decode_entry(key, data, width)
         except ValueError as exc:
-            with self._lock:
-                self.repaired += 1
-            self._warn_once(
-                "damaged",
-                f"The embedding cache entry {str(path)!r} is damaged ({exc}); "
-                "it is recomputed and rewritten. Further damaged entries are "
-                "repaired without a warning; see the cache's `repaired` count.",
-            )
+            self._damaged(path, exc)
             return None
+
+    def _damaged(self, path: Path, why) -> None:
+        """Count and warn (once) of an entry that failed its check."""
+        with self._lock:
+            self.repaired += 1
+        self._warn_once(
+            "damaged",
+            f"The embedding cache entry {str(path)!r} is damaged ({why}); "
+            "it is recomputed and rewritten. Further damaged entries are "
+            "repaired without a warning; see the cache's `repaired` count.",
+        )
 
     def put(self, key: tuple, value: np.ndarray) -> None:
         """Store a vector (a copy) under ``(config, layer, image)``."""
@@ -256,10 +312,23 @@ class EmbeddingCache:
             _fsync_directory(folder)
 
     def _write(self, key: tuple, value: np.ndarray) -> bool:
+        """Write one entry; False (and one warning) if the directory cannot
+        take it, whatever step fails, with no temporary file left."""
         path = self._path(key)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            try:
+                os.fchmod(fd, file_mode())  # (mkstemp's 0600 ignores the umask)
+                data = memoryview(encode_entry(key, value))
+                while data:  # (os.write may write part of it)
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)  # on disk before the rename makes it visible
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)  # atomic: readers never see half a file
+            return True
         except OSError as exc:
             self._warn_once(
                 "read-only",
@@ -268,29 +337,36 @@ class EmbeddingCache:
                 "still used; new embeddings are computed but not stored there.",
             )
             return False
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encode_entry(key, value))
-                f.flush()
-                os.fsync(f.fileno())  # on disk before the rename makes it visible
-            os.replace(tmp, path)  # atomic: readers never see half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return True
+        finally:
+            if tmp is not None and os.path.lexists(tmp):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def _remember(self, key: tuple, value: np.ndarray) -> None:
         self._memory.put(key, value)
 
 
+def _checked_bytes(max_bytes) -> int:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+        raise TypeError(f"max_bytes must be an int. Got {max_bytes!r}.")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0. Got {max_bytes}.")
+    return int(max_bytes)
+
+
 _DEFAULT = EmbeddingCache()
+_DEFAULT._bounds_all = True
 
 
 def default_cache() -> EmbeddingCache:
     """The process-wide cache used by ``cache="memory"`` (1 GiB by default).
 
-    Change its bound with ``default_cache().max_bytes = ...`` or empty it
-    with ``default_cache().clear()``.
+    Change its bound with ``default_cache().max_bytes = ...`` (at once: the
+    least recently used vectors past it are dropped) or empty it with
+    ``default_cache().clear()``. That bound is also the one for the memory
+    layers of all caches together (``cache="memory"``, every
+    ``cache="directory"`` and every ``EmbeddingCache``): the least recently
+    used vector of any of them is dropped first.
     """
     return _DEFAULT
 

@@ -1,5 +1,6 @@
 """Leaf utilities: the "did you mean" of error messages, optional
-dependencies, atomic file writes and owned random generators. Imports
+dependencies, atomic file writes (with the modes of the umask), bounded
+non-blocking reads of untrusted files and owned random generators. Imports
 nothing of the package, so that every module may import it."""
 
 from __future__ import annotations
@@ -7,11 +8,20 @@ from __future__ import annotations
 import difflib
 import os
 import secrets
+import stat
+import threading
 
 import numpy as np
 from sklearn.utils import check_random_state
 
-__all__ = ["did_you_mean", "owned_random_state", "replace_file", "require"]
+__all__ = [
+    "did_you_mean",
+    "file_mode",
+    "owned_random_state",
+    "read_regular_file",
+    "replace_file",
+    "require",
+]
 
 
 def owned_random_state(random_state) -> np.random.RandomState:
@@ -45,19 +55,90 @@ def require(module: str, extra: str, purpose: str):
         ) from exc
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without a window where it is looser: from
+    ``/proc/self/status`` where Linux gives it, else by setting it to 077
+    (stricter than any) and back, under a lock."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode an ordinary new file gets (``open(path, "w")``): 0o666 less
+    the umask, read now (not at import: a program may change it)."""
+    return 0o666 & ~_umask()
+
+
 def replace_file(path, write) -> None:
     """Write a file atomically: ``write(tmp)`` fills a temporary file beside
     ``path``, which is then renamed to it, so that ``path`` is either the
-    old file (or absent) or the complete new one, never half written."""
+    old file (or absent) or the complete new one, never half written. The
+    file gets the mode of an ordinary new file (the umask's, see
+    :func:`file_mode`), not ``mkstemp``'s 0600."""
     import tempfile
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def read_regular_file(
+    path, limit: int | None, *, follow: bool = True, check_size=None
+) -> bytes:
+    """The content of the regular file ``path``, read without blocking and
+    within a bound: opened non-blocking (a FIFO or a device never stalls the
+    reader), refused unless ``fstat`` says it is a regular file, and never
+    more than ``limit + 1`` bytes read (the one extra byte tells an overlong
+    file; None: no bound). ``follow=False`` refuses a symbolic link
+    (``OSError`` ``ELOOP``).
+
+    Raises ``IsADirectoryError`` for a directory, ``ValueError`` for any
+    other file that is not a regular one, ``OSError`` if it cannot be opened.
+    The caller checks the length against ``limit``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise ValueError("not a regular file")
+        if check_size is not None:
+            check_size(os.fstat(fd).st_size)
+        chunks = []
+        left = None if limit is None else limit + 1
+        while left is None or left > 0:
+            chunk = os.read(fd, 1 << 20 if left is None else min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if left is not None:
+                left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

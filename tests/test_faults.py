@@ -428,7 +428,7 @@ def test_a_file_that_grows_while_read_is_bounded(tmp_path, monkeypatch):
     path = tmp_path / "x.png"
     path.write_bytes(b"\x89PNG" + b"\x00" * (2 << 20))
     small = os.stat_result((0o100644, 0, 0, 1, 0, 0, 100, 0, 0, 0))
-    monkeypatch.setattr(_decode.os, "fstat", lambda fd: small)  # "100 bytes"
+    monkeypatch.setattr(os, "fstat", lambda fd: small)  # "100 bytes"
     with pytest.raises(ValueError, match="more than an image"):
         _decode.read_bytes(path, max_pixels=10)
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import threading
 import warnings
 
@@ -53,6 +52,7 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format)
     WebPImagePlugin,
 )
 
+from sktransfer._common import read_regular_file
 from sktransfer._identity import digest
 
 __all__ = [
@@ -146,11 +146,14 @@ def check_file_size(size: int, max_pixels: int | None) -> None:
 
 def read_bytes(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
     """The file's content, refused unread if it is larger than an image of
-    ``max_pixels`` can be; the file is closed before this returns."""
-    with open(path, "rb") as f:
-        check_file_size(os.fstat(f.fileno()).st_size, max_pixels)
-        bound = max_file_bytes(max_pixels)
-        data = f.read() if bound is None else f.read(bound + 1)
+    ``max_pixels`` can be, or if it is not a regular file (a FIFO or a
+    device is never waited on: ``_common.read_regular_file``); the file is
+    closed before this returns."""
+    data = read_regular_file(
+        path,
+        max_file_bytes(max_pixels),
+        check_size=lambda size: check_file_size(size, max_pixels),
+    )
     check_file_size(len(data), max_pixels)  # (it grew while being read)
     if not data:
         raise ValueError("the file is empty (0 bytes)")
