@@ -109,6 +109,13 @@ def head_width(head: nn.Module) -> int:
     return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
 
 
+def _layer_index(key: str) -> int:
+    """The position of a ``head.<i>.weight`` in the new layers (-1: a
+    single ``head.weight``)."""
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) == 3 else -1
+
+
 def _has_parameters(module: nn.Module, name: str) -> bool:
     try:
         sub = module.get_submodule(name)
@@ -528,11 +535,10 @@ class _FineTuned(ImageEstimator):
             module = _layers.CutNet(
                 module, self.layer, self.pooling, backbone.family.nhwc
             )
-        width = next(
-            v.shape[1]
-            for k, v in state.items()
-            if k.startswith("head.") and v.ndim == 2
-        )
+        # (the first linear layer's input; a state dict read back from a
+        # file need not keep the module order)
+        weights = [k for k, v in state.items() if k.startswith("head.") and v.ndim == 2]
+        width = state[min(weights, key=_layer_index)].shape[1]
         head = new_layers(  # (initialised, then loaded)
             width,
             self._hidden_layer_sizes(),
