@@ -39,6 +39,7 @@ _LAZY = {
     "read_embeddings": "sktransfer._embed",
     "PretrainedFeatureExtractor": "sktransfer._extractor",
     "FineTunedClassifier": "sktransfer._finetune",
+    "FineTunedRegressor": "sktransfer._finetune",
     "list_images": "sktransfer._images.folders",
     "load_image_folder": "sktransfer._images.folders",
     "Preprocessing": "sktransfer._preprocess",
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._cache import EmbeddingCache, default_cache
     from sktransfer._embed import embed_dataset, read_embeddings
     from sktransfer._extractor import PretrainedFeatureExtractor
-    from sktransfer._finetune import FineTunedClassifier
+    from sktransfer._finetune import FineTunedClassifier, FineTunedRegressor
     from sktransfer._images.folders import list_images, load_image_folder
     from sktransfer._preprocess import Preprocessing
     from sktransfer._probe import ProbeResult, probe
@@ -82,6 +83,7 @@ __all__ = [
     "DeviceWarning",
     "EmbeddingCache",
     "FineTunedClassifier",
+    "FineTunedRegressor",
     "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",

@@ -1,19 +1,23 @@
-"""FineTunedClassifier: a new head on a pretrained backbone, trained in sklearn."""
+"""FineTunedClassifier and FineTunedRegressor: the recipe of transfer
+learning in sklearn. Keep a pretrained network up to a cut point, add new
+layers, train them (and the last kept stages)."""
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin
+from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 from torch import nn
 
 from sktransfer import _dask, _device, _engine, _training
@@ -25,21 +29,41 @@ from sktransfer._base import (
 )
 from sktransfer._families import family_of
 from sktransfer._images import decode as _decode
+from sktransfer._runtime import layers as _layers
 from sktransfer._sources import Backbone, load_backbone
 from sktransfer._sources.checkpoints import last_linear, replace_head
 
-__all__ = ["FineTunedClassifier"]
+__all__ = ["FineTunedClassifier", "FineTunedRegressor"]
 
 _NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
 
+#: The activations of the new hidden layers (sklearn's MLP names, and GELU).
+ACTIVATIONS = {
+    "identity": nn.Identity,
+    "logistic": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+}
+#: Parameters added after the first release: unpickled estimators that lack
+#: them get these values (what those estimators did).
+_LATER_PARAMETERS = {
+    "layer": None,
+    "pooling": "avg",
+    "hidden_layer_sizes": (),
+    "activation": "relu",
+    "dropout": 0.0,
+}
+
 
 class ClassifierNetwork(nn.Module):
-    """A backbone (its old head removed) followed by a new linear head."""
+    """The kept part of a backbone (its old head removed) followed by the
+    new layers (``head``: one ``nn.Linear``, or hidden layers then one)."""
 
     backbone: nn.Module
-    head: nn.Linear
+    head: nn.Module
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -59,13 +83,60 @@ def new_head(width: int, n_classes: int, generator: torch.Generator) -> nn.Linea
     return head
 
 
+def new_layers(
+    width: int,
+    hidden_layer_sizes: tuple[int, ...],
+    n_outputs: int,
+    activation: str,
+    dropout: float,
+    generator: torch.Generator,
+) -> nn.Module:
+    """The new layers: for each hidden size a linear layer and the
+    activation, then the output layer; dropout (if any) on the input of
+    each linear layer. No hidden layer and no dropout: a single
+    ``nn.Linear``, as in the first release (same state dict keys)."""
+    layers: list[nn.Module] = []
+    sizes = (*hidden_layer_sizes, n_outputs)
+    for i, size in enumerate(sizes):
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(new_head(width, size, generator))
+        if i < len(sizes) - 1:
+            layers.append(ACTIVATIONS[activation]())
+        width = size
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+def head_width(head: nn.Module) -> int:
+    """The width of the features the new layers read."""
+    if isinstance(head, nn.Linear):
+        return head.in_features
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+
+
+def _layer_index(key: str) -> int:
+    """The position of a ``head.<i>.weight`` in the new layers (-1: a
+    single ``head.weight``)."""
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) == 3 else -1
+
+
+def _has_parameters(module: nn.Module, name: str) -> bool:
+    try:
+        sub = module.get_submodule(name)
+    except AttributeError:  # (after the cut)
+        return False
+    return any(True for _ in sub.parameters())
+
+
 def trainable_groups(module: nn.Module, family) -> list[list[str]]:
-    """The family's units of fine-tuning that hold parameters."""
-    return [
-        group
+    """The family's units of fine-tuning that hold parameters, in
+    ``module`` (a network cut at a layer keeps the stages before it)."""
+    groups = [
+        [name for name in group if _has_parameters(module, name)]
         for group in family.trainable_groups(module)
-        if any(True for name in group for _ in module.get_submodule(name).parameters())
     ]
+    return [group for group in groups if group]
 
 
 def freeze(module: nn.Module, family, trainable_layers) -> int:
@@ -88,12 +159,420 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
     return trainable_layers
 
 
-class FineTunedClassifier(ClassifierMixin, ImageEstimator):
-    """Fine-tune a pretrained network on your classes: new head, last stages.
+class _FineTuned(ImageEstimator):
+    """What the fine-tuned estimators share: the kept network, the new
+    layers, the training loop, prediction, reuse as a backbone and
+    persistence. A subclass passes its policy: its targets
+    (``_encode_targets``), its loss (``_loss``), its validation score
+    (``_validation_score``) and how many outputs it has (``_n_outputs``)."""
 
-    The network's classification head (its final ``nn.Linear``) is replaced
-    by a new one with one output per class; the new head and the last
-    ``trainable_layers`` stages of the backbone are trained with AdamW on a
+    network_: ClassifierNetwork
+    #: What ``y`` holds, in error messages.
+    _target_word = "targets"
+
+    _parameter_constraints: dict = {
+        **IMAGE_CONSTRAINTS,
+        "layer": [str, None],
+        "pooling": [StrOptions(set(_layers.POOLINGS)), None],
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "trainable_layers": [
+            Interval(Integral, 0, None, closed="left"),
+            StrOptions({"all"}),
+        ],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "freeze_batchnorm": ["boolean"],
+        "augment": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        *,
+        model="resnet50",
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        hidden_layer_sizes=(),
+        activation="relu",
+        dropout=0.0,
+        trainable_layers=0,
+        learning_rate=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        max_epochs=10,
+        batch_size=32,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        tol=1e-4,
+        freeze_batchnorm=False,
+        augment=False,
+        preprocessing="auto",
+        precision="auto",
+        num_workers=None,
+        max_pixels=_decode.DEFAULT_MAX_PIXELS,
+        reduced_decoding=True,
+        random_state=None,
+        device="auto",
+        verbose=True,
+    ):
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.dropout = dropout
+        self.trainable_layers = trainable_layers
+        self.learning_rate = learning_rate
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.freeze_batchnorm = freeze_batchnorm
+        self.augment = augment
+        self.preprocessing = preprocessing
+        self.precision = precision
+        self.num_workers = num_workers
+        self.max_pixels = max_pixels
+        self.reduced_decoding = reduced_decoding
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for name, value in _LATER_PARAMETERS.items():
+            vars(self).setdefault(name, value)
+
+    # -- subclass policy ----------------------------------------------------
+    @abc.abstractmethod
+    def _encode_targets(self, y) -> tuple[np.ndarray, np.ndarray | None]:
+        """Check ``y`` and set what ``fit`` learns of it; return the
+        training targets and the labels to stratify the validation split by
+        (None: not stratified)."""
+
+    @abc.abstractmethod
+    def _n_outputs(self) -> int:
+        """How many outputs the new layers have."""
+
+    @abc.abstractmethod
+    def _loss(self, targets, train) -> tuple[nn.Module | None, torch.Tensor | None]:
+        """The loss (summed, or None: cross-entropy) and the class weights
+        of ``TrainStep``."""
+
+    @abc.abstractmethod
+    def _validation_score(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        """The early-stopping score (higher is better) of the outputs."""
+
+    # -- fitting ------------------------------------------------------------
+    def _fit(self, X, y):
+        name = type(self).__name__
+        if _dask.is_dask(X):
+            raise TypeError(
+                f"{name}.fit trains on images in memory, not on a Dask "
+                "collection: compute the training set first (X.compute()). "
+                f"{self._dask_methods} take Dask collections."
+            )
+        if y is None:
+            raise ValueError(
+                f"{name} requires y to be passed, but the target y is None."
+            )
+        targets, stratify = self._encode_targets(y)
+        images = self._inputs(X)
+        if len(targets) != len(images):
+            raise ValueError(
+                f"X has {len(images)} images but y has {len(targets)} "
+                f"{self._target_word}; they must be equal."
+            )
+        device = _device.resolve_device(self.device)
+        dtype = compute_precision(self.precision, device)
+        rng = self._random_state()
+        train, valid = np.arange(len(targets)), None
+        if self.early_stopping:
+            train, valid = train_test_split(
+                train,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+                random_state=rng,
+            )
+        seed = int(rng.randint(2**31 - 1))
+        generator = torch.Generator().manual_seed(seed)
+        net, prep = self._build(images, device, seed, generator)
+        self.network_, self.preprocessing_ = net, prep
+        self.device_ = device
+        self.precision_ = _device.dtype_name(dtype)
+        self.numerics_ = precision_numerics(device, self.precision_)
+        self._train(images, targets, train, valid, dtype, generator)
+        return self
+
+    def _hidden_layer_sizes(self) -> tuple[int, ...]:
+        """``hidden_layer_sizes`` as a tuple (an int is one layer), checked."""
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
+        if not all(isinstance(s, Integral) and int(s) >= 1 for s in sizes):
+            raise ValueError(
+                "The 'hidden_layer_sizes' parameter must be a tuple of positive "
+                f"integers (() for a linear head). Got {self.hidden_layer_sizes!r}."
+            )
+        return tuple(int(s) for s in sizes)
+
+    def _kept(self, backbone: Backbone) -> nn.Module:
+        """The backbone's module up to ``layer`` (the whole of it for None),
+        its old head removed."""
+        module, head_name = backbone.module, backbone.head
+        if head_name is None:  # a module of the user's: its last nn.Linear
+            head_name = last_linear(module)
+            if head_name is None and self.layer is None:
+                raise ValueError(
+                    "The 'model' module has no nn.Linear layer to replace with a "
+                    "new head. Give it a final nn.Linear classifier, or cut it "
+                    "with 'layer'."
+                )
+            if head_name is not None:
+                replace_head(module, head_name)
+        self._head_name = head_name
+        if self.layer is None:
+            return module
+        names = _layers.node_names(module, head_name)
+        _layers.resolve_layers(self.layer, names, self._model_label())
+        return _layers.CutNet(module, self.layer, self.pooling, backbone.family.nhwc)
+
+    def _build(self, images, device, seed, generator):
+        """The kept backbone with the new layers, frozen as
+        ``trainable_layers`` says."""
+        hidden = self._hidden_layer_sizes()
+        backbone = load_backbone(self.model, self.weights, seed)
+        module = self._kept(backbone)
+        prep = self._preprocessing_for(backbone, images, device)
+        _, probe = images.first(prep.geometry)
+        probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU here)
+        with torch.inference_mode():
+            x = prep.finish(probe) if images.resizes else prep(probe)
+            width = module(x).reshape(1, -1).shape[1]
+        body = module.body if isinstance(module, _layers.CutNet) else module
+        self.n_trainable_layers_ = freeze(body, backbone.family, self.trainable_layers)
+        head = new_layers(
+            width, hidden, self._n_outputs(), self.activation, self.dropout, generator
+        )
+        net = ClassifierNetwork(module, head)
+        self.n_trainable_params_ = sum(
+            p.numel() for p in net.parameters() if p.requires_grad
+        )
+        return _device.prepare_network(net.to(device)), prep
+
+    def _train_mode(self, net: nn.Module) -> None:
+        """Train mode, except batch norms whose statistics are frozen."""
+        net.train()
+        for module in net.modules():
+            if isinstance(module, _NORMS_WITH_STATS) and (
+                self.freeze_batchnorm
+                or not any(p.requires_grad for p in module.parameters(recurse=False))
+            ):
+                module.eval()
+
+    def _train(self, images, targets, train, valid, dtype, generator):
+        """Train ``network_`` with ``_training.fit_loop``."""
+        net, prep, device = self.network_, self.preprocessing_, self.device_
+        head_params = list(net.head.parameters())
+        backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head_params, "lr": self.learning_rate}]
+        if backbone_params:
+            lr = self.learning_rate * self.backbone_lr_scale
+            groups.append({"params": backbone_params, "lr": lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        loss, weight = self._loss(targets, train)
+        augment = self._augmentation(prep, generator) if self.augment else None
+        if not backbone_params and augment is None:
+            # Nothing before the new layers changes: run the frozen part once.
+            features = torch.from_numpy(self._embed(images, head_width(net.head)))
+            step = _training.TrainStep(
+                net.head, optimizer, weight, device, dtype, loss=loss
+            )
+
+            def batches(order):
+                return _training.feature_batches(
+                    features, order, self.batch_size, device
+                )
+
+            def outputs_of(rows):
+                with torch.inference_mode():
+                    return net.head(features[rows].to(device)).float().cpu().numpy()
+        else:
+            step = _training.TrainStep(net, optimizer, weight, device, dtype, loss=loss)
+
+            def batches(order):
+                return _training.image_batches(
+                    images, prep, order, self.batch_size, device, augment
+                )
+
+            def outputs_of(rows):
+                return self._outputs(images, rows)
+
+        validate, stopper = None, None
+        if valid is not None:
+
+            def validate():
+                net.eval()
+                return self._validation_score(outputs_of(valid), targets[valid])
+
+            stopper = _training.EarlyStopping(self.n_iter_no_change, self.tol)
+        # Dropout draws from torch's global generator: fork it, seeded from
+        # ours, so that the caller's state is left untouched.
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            history = _training.fit_loop(
+                net=net,
+                step=step,
+                batches=batches,
+                targets=torch.from_numpy(targets),
+                train_rows=train,
+                max_epochs=self.max_epochs,
+                generator=generator,
+                train_mode=lambda: self._train_mode(net),
+                validate=validate,
+                stopper=stopper,
+                verbose=self.verbose,
+            )
+        self.n_iter_ = history.n_iter
+        self.loss_curve_ = history.loss_curve
+        self.validation_scores_ = history.validation_scores
+        self.best_validation_score_ = None if stopper is None else stopper.best_score
+        if stopper is not None and stopper.best_state is not None:
+            net.load_state_dict(stopper.best_state)
+        net.eval()
+
+    def _embed(self, images, width) -> np.ndarray:
+        """The frozen backbone's outputs for every image (eval mode)."""
+        backbone = self.network_.backbone.eval()
+        out, _ = _engine.extract(
+            lambda x: [backbone(x)],
+            self.preprocessing_,
+            images,
+            n_features=width,
+            batch_size=self.batch_size,
+            device=self.device_,
+            dtype=self._dtype(),
+            verbose=self.verbose,
+            desc="Embedding (frozen backbone)",
+        )
+        return out
+
+    @staticmethod
+    def _augmentation(prep, generator):
+        size = prep.crop_size or prep.resize_size
+        if size is None:
+            raise ValueError(
+                "augment=True needs a fixed input size: set "
+                "preprocessing={'crop_size': ...}."
+            )
+        return _training.Augmentation(size, generator)
+
+    # -- prediction ---------------------------------------------------------
+    def _outputs(self, images, indices=None) -> np.ndarray:
+        """The network's outputs (logits, standardised values)."""
+        net = self._network()
+        if indices is None:  # (a prediction, not a validation pass in fit)
+            self._check_numerics()
+        out, _ = _engine.extract(
+            lambda x: [net(x)],
+            self.preprocessing_,
+            images,
+            n_features=self._n_outputs(),
+            batch_size=self.batch_size,
+            device=self.device_,
+            dtype=self._dtype(),
+            indices=indices,
+            verbose=False,
+        )
+        return out
+
+    # -- reuse as a backbone ------------------------------------------------
+    def _sktransfer_backbone(self) -> Backbone:
+        """A copy of the trained backbone (the kept part), for
+        PretrainedFeatureExtractor."""
+        name = type(self).__name__
+        check_is_fitted(
+            self,
+            msg=(
+                f"This {name} is not fitted yet: fit it on the source "
+                "task before using it as the 'model' of an extractor."
+            ),
+        )
+        self._network()
+        backbone = self.network_.backbone
+        module = copy.deepcopy(backbone).cpu().eval()
+        module.requires_grad_(False)
+        family = family_of(self.model if isinstance(self.model, str) else None, module)
+        description = f"{name}(model={self._model_label()})"
+        return Backbone(
+            module, self.preprocessing_, description, family, self._head_name
+        )
+
+    # -- persistence --------------------------------------------------------
+    def _rebuild_network(self) -> ClassifierNetwork:
+        state = self._pickled_network_state()
+        if state is None:
+            raise ValueError(
+                f"This {type(self).__name__}'s pickle holds no network tensors: "
+                "it was not written by sktransfer. Fit it again."
+            )
+        backbone = load_backbone(self.model, None)
+        if backbone.head is None and self._head_name is not None:
+            replace_head(backbone.module, self._head_name)
+        module = backbone.module
+        if self.layer is not None:
+            module = _layers.CutNet(
+                module, self.layer, self.pooling, backbone.family.nhwc
+            )
+        # (the first linear layer's input; a state dict read back from a
+        # file need not keep the module order)
+        weights = [k for k, v in state.items() if k.startswith("head.") and v.ndim == 2]
+        width = state[min(weights, key=_layer_index)].shape[1]
+        head = new_layers(  # (initialised, then loaded)
+            width,
+            self._hidden_layer_sizes(),
+            self._n_outputs(),
+            self.activation,
+            self.dropout,
+            torch.Generator(),
+        )
+        net = ClassifierNetwork(module, head)
+        net.load_state_dict(state)
+        net.requires_grad_(False)
+        return _device.prepare_network(net.to(self.device_).eval())
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class FineTunedClassifier(ClassifierMixin, _FineTuned):
+    """Fine-tune a pretrained network on your classes: keep N layers, add new
+    ones, train them.
+
+    The network is kept up to ``layer`` (all of it but its classification
+    head, its final ``nn.Linear``, by default), its output pooled as in
+    :class:`PretrainedFeatureExtractor`; new layers follow
+    (``hidden_layer_sizes``, then one output per class); the new layers and
+    the last ``trainable_layers`` kept stages are trained with AdamW on a
     cross-entropy loss, the rest stays frozen. Images are preprocessed as the
     weights expect, as in :class:`PretrainedFeatureExtractor`, and inputs
     take the same forms (arrays, tensors, paths, PIL images...).
@@ -119,10 +598,36 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         (``None``: random initialisation, i.e. training from scratch, usually
         with ``trainable_layers="all"``).
 
+    layer : str or None, default=None
+        Where to cut the network: the kept layers are those up to and
+        including this cut point, any name that
+        :class:`PretrainedFeatureExtractor` accepts (a node of the traced
+        graph or a module, ``"layer3"``; see :func:`sktransfer.list_layers`).
+        None keeps the whole network but its head.
+
+    pooling : {"avg", "max", "avgmax", "cls", "clsavg", "flatten"} or None, \
+            default="avg"
+        How the cut layer's output becomes a vector, as in
+        :class:`PretrainedFeatureExtractor`. Ignored with ``layer=None``.
+
+    hidden_layer_sizes : tuple of int, default=()
+        The new hidden layers, as in
+        :class:`~sklearn.neural_network.MLPClassifier`: the i-th element is
+        the width of the i-th hidden layer. ``()``: a linear head.
+
+    activation : {"relu", "gelu", "tanh", "logistic", "identity"}, \
+            default="relu"
+        The activation of the new hidden layers.
+
+    dropout : float, default=0.0
+        Dropout rate on the input of each new linear layer (the kept
+        network's features, then each hidden layer), while training.
+
     trainable_layers : int or "all", default=0
-        How much of the backbone is trained: 0 trains the new head only (a
-        linear probe, fitted by gradient descent); N also trains the last N
-        stages (ResNet: ``layer4``, then ``layer3``...; MobileNet,
+        How much of the kept network is trained: 0 trains the new layers
+        only (a linear probe, fitted by gradient descent, with no hidden
+        layer); N also trains the last N kept stages, counted backwards
+        from the cut (ResNet: ``layer4``, then ``layer3``...; MobileNet,
         EfficientNet, ConvNeXt: the last blocks of ``features``; ViT: the last
         encoder blocks, the final norm with the last one; timm models: the
         stages of their ``feature_info``, what follows the last one, such
@@ -136,7 +641,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         top-level children with parameters.
 
     learning_rate : float, default=1e-3
-        Learning rate of the new head.
+        Learning rate of the new layers.
 
     backbone_lr_scale : float, default=0.1
         The backbone's learning rate is ``learning_rate * backbone_lr_scale``:
@@ -206,13 +711,13 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         full.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the validation split, the new head's initialisation, the
+        Seeds the validation split, the new layers' initialisation, the
         shuffling and the augmentation (generators owned by the fit), the
-        initial weights with ``weights=None``, and dropout in trained stages
-        (torch's global generator, forked for the fit and restored after
-        it). Fitting never changes numpy's or torch's global random state; an
-        int gives the same model on the same machine (CPU), whatever ran
-        before. None: fresh randomness at each fit.
+        initial weights with ``weights=None``, and dropout in the new layers
+        and in trained stages (torch's global generator, forked for the fit
+        and restored after it). Fitting never changes numpy's or torch's
+        global random state; an int gives the same model on the same machine
+        (CPU), whatever ran before. None: fresh randomness at each fit.
 
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, then MPS, else the CPU.
@@ -226,7 +731,8 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         The class labels.
 
     network_ : torch.nn.Module
-        The trained network (``backbone`` then ``head``), in eval mode.
+        The trained network (``backbone``, the kept part, then ``head``, the
+        new layers), in eval mode.
 
     preprocessing_ : Preprocessing
         The preprocessing applied to every batch.
@@ -263,6 +769,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
     See Also
     --------
     PretrainedFeatureExtractor : Frozen features for any sklearn estimator.
+    FineTunedRegressor : The same recipe for continuous targets.
 
     Notes
     -----
@@ -286,24 +793,11 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
     (2,)
     """
 
-    network_: ClassifierNetwork
+    _target_word = "labels"
+    _dask_methods = "predict and predict_proba"
 
     _parameter_constraints: dict = {
-        **IMAGE_CONSTRAINTS,
-        "trainable_layers": [
-            Interval(Integral, 0, None, closed="left"),
-            StrOptions({"all"}),
-        ],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "freeze_batchnorm": ["boolean"],
-        "augment": ["boolean"],
+        **_FineTuned._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
@@ -312,6 +806,11 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         *,
         model="resnet50",
         weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        hidden_layer_sizes=(),
+        activation="relu",
+        dropout=0.0,
         trainable_layers=0,
         learning_rate=1e-3,
         backbone_lr_scale=0.1,
@@ -334,33 +833,40 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         device="auto",
         verbose=True,
     ):
-        self.model = model
-        self.weights = weights
-        self.trainable_layers = trainable_layers
-        self.learning_rate = learning_rate
-        self.backbone_lr_scale = backbone_lr_scale
-        self.weight_decay = weight_decay
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.freeze_batchnorm = freeze_batchnorm
-        self.augment = augment
+        super().__init__(
+            model=model,
+            weights=weights,
+            layer=layer,
+            pooling=pooling,
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            dropout=dropout,
+            trainable_layers=trainable_layers,
+            learning_rate=learning_rate,
+            backbone_lr_scale=backbone_lr_scale,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            freeze_batchnorm=freeze_batchnorm,
+            augment=augment,
+            preprocessing=preprocessing,
+            precision=precision,
+            num_workers=num_workers,
+            max_pixels=max_pixels,
+            reduced_decoding=reduced_decoding,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
         self.class_weight = class_weight
-        self.preprocessing = preprocessing
-        self.precision = precision
-        self.num_workers = num_workers
-        self.max_pixels = max_pixels
-        self.reduced_decoding = reduced_decoding
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
 
     # -- fitting ------------------------------------------------------------
     def fit(self, X, y):  # (the base's, documented here)
-        """Train the new head and the trainable stages on ``X``, ``y``.
+        """Train the new layers and the trainable stages on ``X``, ``y``.
 
         Parameters
         ----------
@@ -376,17 +882,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         """
         return super().fit(X, y)
 
-    def _fit(self, X, y):
-        if _dask.is_dask(X):
-            raise TypeError(
-                "FineTunedClassifier.fit trains on images in memory, not on a Dask "
-                "collection: compute the training set first (X.compute()). "
-                "predict and predict_proba take Dask collections."
-            )
-        if y is None:
-            raise ValueError(
-                "FineTunedClassifier requires y to be passed, but the target y is None."
-            )
+    def _encode_targets(self, y):
         y = column_or_1d(y, warn=True)
         if len(y) == 0:
             raise ValueError("Found 0 images (y is empty); at least 2 are required.")
@@ -397,195 +893,25 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
                 "The training data must have at least 2 classes; got 1 class: "
                 f"{classes.tolist()}."
             )
-        images = self._inputs(X)
-        if len(y) != len(images):
-            raise ValueError(
-                f"X has {len(images)} images but y has {len(y)} labels; they "
-                "must be equal."
-            )
         self.classes_ = classes
-        device = _device.resolve_device(self.device)
-        dtype = compute_precision(self.precision, device)
-        rng = self._random_state()
-        train, valid = np.arange(len(y)), None
-        if self.early_stopping:
-            train, valid = train_test_split(
-                train,
-                test_size=self.validation_fraction,
-                stratify=encoded,
-                random_state=rng,
-            )
-        seed = int(rng.randint(2**31 - 1))
-        generator = torch.Generator().manual_seed(seed)
-        net, prep = self._build(images, device, seed, generator)
-        self.network_, self.preprocessing_ = net, prep
-        self.device_ = device
-        self.precision_ = _device.dtype_name(dtype)
-        self.numerics_ = precision_numerics(device, self.precision_)
-        self._train(images, encoded, y, train, valid, dtype, generator)
-        return self
+        encoded = encoded.astype(np.int64)
+        return encoded, encoded
 
-    def _build(self, images, device, seed, generator):
-        """The backbone with a new head, frozen as ``trainable_layers`` says."""
-        backbone = load_backbone(self.model, self.weights, seed)
-        module = backbone.module
-        head_name = backbone.head
-        if head_name is None:  # a module of the user's: its last nn.Linear
-            head_name = last_linear(module)
-            if head_name is None:
-                raise ValueError(
-                    "The 'model' module has no nn.Linear layer to replace with a "
-                    "new head. Give it a final nn.Linear classifier."
-                )
-            replace_head(module, head_name)
-        self._head_name = head_name
-        prep = self._preprocessing_for(backbone, images, device)
-        _, probe = images.first(prep.geometry)
-        probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU here)
-        with torch.inference_mode():
-            x = prep.finish(probe) if images.resizes else prep(probe)
-            width = module(x).reshape(1, -1).shape[1]
-        self.n_trainable_layers_ = freeze(
-            module, backbone.family, self.trainable_layers
+    def _n_outputs(self) -> int:
+        return len(self.classes_)
+
+    def _loss(self, targets, train):
+        if self.class_weight is None:
+            return None, None
+        weight = compute_class_weight(
+            self.class_weight, classes=self.classes_, y=self.classes_[targets[train]]
         )
-        net = ClassifierNetwork(module, new_head(width, len(self.classes_), generator))
-        self.n_trainable_params_ = sum(
-            p.numel() for p in net.parameters() if p.requires_grad
-        )
-        return _device.prepare_network(net.to(device)), prep
+        return None, torch.as_tensor(weight, dtype=torch.float32, device=self.device_)
 
-    def _train_mode(self, net: nn.Module) -> None:
-        """Train mode, except batch norms whose statistics are frozen."""
-        net.train()
-        for module in net.modules():
-            if isinstance(module, _NORMS_WITH_STATS) and (
-                self.freeze_batchnorm
-                or not any(p.requires_grad for p in module.parameters(recurse=False))
-            ):
-                module.eval()
-
-    def _train(self, images, encoded, y, train, valid, dtype, generator):
-        """Train ``network_`` with ``_training.fit_loop``."""
-        net, prep, device = self.network_, self.preprocessing_, self.device_
-        head_params = list(net.head.parameters())
-        backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
-        groups = [{"params": head_params, "lr": self.learning_rate}]
-        if backbone_params:
-            lr = self.learning_rate * self.backbone_lr_scale
-            groups.append({"params": backbone_params, "lr": lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        weight = None
-        if self.class_weight is not None:
-            weight = torch.as_tensor(
-                compute_class_weight(
-                    self.class_weight, classes=self.classes_, y=y[train]
-                ),
-                dtype=torch.float32,
-                device=device,
-            )
-        augment = self._augmentation(prep, generator) if self.augment else None
-        if not backbone_params and augment is None:
-            # Nothing before the head changes: run the frozen backbone once.
-            features = torch.from_numpy(self._embed(images, net.head.in_features))
-            step = _training.TrainStep(net.head, optimizer, weight, device, dtype)
-
-            def batches(order):
-                return _training.feature_batches(
-                    features, order, self.batch_size, device
-                )
-
-            def logits_of(rows):
-                with torch.inference_mode():
-                    return net.head(features[rows].to(device)).float().cpu().numpy()
-        else:
-            step = _training.TrainStep(net, optimizer, weight, device, dtype)
-
-            def batches(order):
-                return _training.image_batches(
-                    images, prep, order, self.batch_size, device, augment
-                )
-
-            def logits_of(rows):
-                return self._logits(images, rows)
-
-        validate, stopper = None, None
-        if valid is not None:
-
-            def validate():
-                net.eval()
-                return float(np.mean(logits_of(valid).argmax(1) == encoded[valid]))
-
-            stopper = _training.EarlyStopping(self.n_iter_no_change, self.tol)
-        # Dropout in trained stages draws from torch's global generator: fork
-        # it, seeded from ours, so that the caller's state is left untouched.
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
-            history = _training.fit_loop(
-                net=net,
-                step=step,
-                batches=batches,
-                targets=torch.as_tensor(encoded, dtype=torch.long),
-                train_rows=train,
-                max_epochs=self.max_epochs,
-                generator=generator,
-                train_mode=lambda: self._train_mode(net),
-                validate=validate,
-                stopper=stopper,
-                verbose=self.verbose,
-            )
-        self.n_iter_ = history.n_iter
-        self.loss_curve_ = history.loss_curve
-        self.validation_scores_ = history.validation_scores
-        self.best_validation_score_ = None if stopper is None else stopper.best_score
-        if stopper is not None and stopper.best_state is not None:
-            net.load_state_dict(stopper.best_state)
-        net.eval()
-
-    def _embed(self, images, width) -> np.ndarray:
-        """The frozen backbone's outputs for every image (eval mode)."""
-        backbone = self.network_.backbone.eval()
-        out, _ = _engine.extract(
-            lambda x: [backbone(x)],
-            self.preprocessing_,
-            images,
-            n_features=width,
-            batch_size=self.batch_size,
-            device=self.device_,
-            dtype=self._dtype(),
-            verbose=self.verbose,
-            desc="Embedding (frozen backbone)",
-        )
-        return out
-
-    @staticmethod
-    def _augmentation(prep, generator):
-        size = prep.crop_size or prep.resize_size
-        if size is None:
-            raise ValueError(
-                "augment=True needs a fixed input size: set "
-                "preprocessing={'crop_size': ...}."
-            )
-        return _training.Augmentation(size, generator)
+    def _validation_score(self, outputs, targets) -> float:
+        return float(np.mean(outputs.argmax(1) == targets))
 
     # -- prediction ---------------------------------------------------------
-    def _logits(self, images, indices=None) -> np.ndarray:
-        net = self._network()
-        if indices is None:  # (a prediction, not a validation pass in fit)
-            self._check_numerics()
-        out, _ = _engine.extract(
-            lambda x: [net(x)],
-            self.preprocessing_,
-            images,
-            n_features=len(self.classes_),
-            batch_size=self.batch_size,
-            device=self.device_,
-            dtype=self._dtype(),
-            indices=indices,
-            verbose=False,
-        )
-        return out
-
     def predict_proba(self, X):
         """Class probabilities of each image.
 
@@ -609,7 +935,7 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         return len(self.classes_), np.dtype(np.float64)
 
     def _proba(self, images) -> np.ndarray:
-        logits = torch.from_numpy(self._logits(images)).double()
+        logits = torch.from_numpy(self._outputs(images)).double()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X):
@@ -630,48 +956,335 @@ class FineTunedClassifier(ClassifierMixin, ImageEstimator):
         return self._apply(X, "predict", self._predict)
 
     def _predict(self, images) -> np.ndarray:
-        return self.classes_[self._logits(images).argmax(axis=1)]
-
-    # -- reuse as a backbone ------------------------------------------------
-    def _sktransfer_backbone(self) -> Backbone:
-        """A copy of the trained backbone, for PretrainedFeatureExtractor."""
-        check_is_fitted(
-            self,
-            msg=(
-                "This FineTunedClassifier is not fitted yet: fit it on the source "
-                "task before using it as the 'model' of an extractor."
-            ),
-        )
-        self._network()
-        backbone = self.network_.backbone
-        module = copy.deepcopy(backbone).cpu().eval()
-        module.requires_grad_(False)
-        family = family_of(self.model if isinstance(self.model, str) else None, module)
-        description = f"FineTunedClassifier(model={self._model_label()})"
-        return Backbone(
-            module, self.preprocessing_, description, family, self._head_name
-        )
-
-    # -- persistence --------------------------------------------------------
-    def _rebuild_network(self) -> ClassifierNetwork:
-        state = self._pickled_network_state()
-        if state is None:
-            raise ValueError(
-                "This FineTunedClassifier's pickle holds no network tensors: it was "
-                "not written by sktransfer. Fit the classifier again."
-            )
-        backbone = load_backbone(self.model, None)
-        if backbone.head is None:
-            replace_head(backbone.module, self._head_name)
-        width = state["head.weight"].shape[1]
-        head = nn.utils.skip_init(nn.Linear, width, len(self.classes_))
-        net = ClassifierNetwork(backbone.module, head)  # (then loaded)
-        net.load_state_dict(state)
-        net.requires_grad_(False)
-        return _device.prepare_network(net.to(self.device_).eval())
+        return self.classes_[self._outputs(images).argmax(axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
         tags.classifier_tags.poor_score = True
+        return tags
+
+
+class FineTunedRegressor(RegressorMixin, _FineTuned):
+    """Fine-tune a pretrained network to predict numbers: keep N layers, add
+    new ones, train them.
+
+    The regressor of :class:`FineTunedClassifier`'s recipe, for continuous
+    targets (an age, a price, a count, a score; one or several columns):
+    the network kept up to ``layer``, new layers (``hidden_layer_sizes``,
+    then one output per target column), trained with AdamW on a squared
+    error (or Huber) loss, with the same training loop (micro-batches out of
+    memory, early stopping on the validation R^2, owned generators). The
+    targets are standardised for training (each column to mean 0 and
+    variance 1, from the training data) and restored in ``predict``;
+    ``score`` is the coefficient of determination R^2.
+
+    A fitted regressor can be the ``model`` of a
+    :class:`PretrainedFeatureExtractor`, as a fitted classifier can.
+
+    Read more in the user guide, ``docs/transfer_learning.md``.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="resnet50"
+        As in :class:`FineTunedClassifier`: a torchvision or timm model
+        name, or a module of your own.
+
+    weights : str, path-like, WeightsEnum or None, default="DEFAULT"
+        The initial weights, as in :class:`FineTunedClassifier`.
+
+    layer : str or None, default=None
+        Where to cut the network (see :class:`FineTunedClassifier`).
+
+    pooling : {"avg", "max", "avgmax", "cls", "clsavg", "flatten"} or None, \\
+            default="avg"
+        How the cut layer's output becomes a vector.
+
+    hidden_layer_sizes : tuple of int, default=()
+        The new hidden layers, as in
+        :class:`~sklearn.neural_network.MLPRegressor`.
+
+    activation : {"relu", "gelu", "tanh", "logistic", "identity"}, \\
+            default="relu"
+        The activation of the new hidden layers.
+
+    dropout : float, default=0.0
+        Dropout rate on the input of each new linear layer, while training.
+
+    trainable_layers : int or "all", default=0
+        How many of the last kept stages train with the new layers.
+
+    learning_rate : float, default=1e-3
+        Learning rate of the new layers.
+
+    backbone_lr_scale : float, default=0.1
+        The kept stages' learning rate is ``learning_rate *
+        backbone_lr_scale``.
+
+    weight_decay : float, default=1e-4
+        AdamW's decoupled weight decay.
+
+    max_epochs : int, default=10
+        Number of passes over the training data.
+
+    batch_size : int, default=32
+        Images per optimisation step (and per forward pass in ``predict``).
+
+    early_stopping : bool, default=False
+        Set aside ``validation_fraction`` of the training data and stop when
+        its R^2 has not improved by ``tol`` for ``n_iter_no_change`` epochs;
+        the weights of the best epoch are kept.
+
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+
+    n_iter_no_change : int, default=3
+        Epochs without improvement before early stopping.
+
+    tol : float, default=1e-4
+        Smallest improvement of the validation R^2 that counts.
+
+    freeze_batchnorm : bool, default=False
+        As in :class:`FineTunedClassifier`.
+
+    augment : bool, default=False
+        As in :class:`FineTunedClassifier`: only where a crop and a mirror
+        image keep the target.
+
+    loss : {"squared_error", "huber"}, default="squared_error"
+        The loss on the standardised targets: the squared error, or Huber's
+        (quadratic within one standard deviation of the target, linear
+        beyond: less swayed by outliers).
+
+    preprocessing : "auto", str, dict or Preprocessing, default="auto"
+        As in :class:`PretrainedFeatureExtractor`.
+
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        As in :class:`FineTunedClassifier`.
+
+    num_workers : int or None, default=None
+        Threads reading images given one by one, as in the extractor.
+
+    max_pixels : int or None, default=89_478_485
+        Larger image files are refused before decoding, as in the extractor.
+
+    reduced_decoding : bool, default=True
+        As in the extractor.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds everything random in ``fit``, as in
+        :class:`FineTunedClassifier`.
+
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, then MPS, else the CPU.
+
+    verbose : bool, default=True
+        Show a progress bar for each epoch (loss, validation R^2).
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of target columns.
+
+    target_mean_ : ndarray of shape (n_outputs_,)
+        Mean of each target column on the training data.
+
+    target_scale_ : ndarray of shape (n_outputs_,)
+        Standard deviation of each target column on the training data (1
+        for a constant column).
+
+    network_ : torch.nn.Module
+        The trained network (``backbone`` then ``head``), in eval mode; its
+        outputs are standardised targets.
+
+    preprocessing_ : Preprocessing
+        The preprocessing applied to every batch.
+
+    n_trainable_layers_ : int
+        Number of kept stages trained.
+
+    n_trainable_params_ : int
+        Number of trained parameters (new layers included).
+
+    n_iter_ : int
+        Number of epochs run.
+
+    loss_curve_ : list of float
+        Mean training loss of each epoch (on standardised targets).
+
+    validation_scores_ : list of float or None
+        Validation R^2 after each epoch (early stopping only).
+
+    best_validation_score_ : float or None
+        The best of ``validation_scores_``, whose weights were kept.
+
+    device_ : torch.device
+        The device the network is on.
+
+    precision_ : str
+        The compute precision used, e.g. ``"float32"``.
+
+    numerics_ : str
+        What produced the model's outputs at fit, as in
+        :class:`FineTunedClassifier`.
+
+    See Also
+    --------
+    FineTunedClassifier : The same recipe for classes.
+    PretrainedFeatureExtractor : Frozen features for any sklearn regressor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import FineTunedRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, (8, 32, 32, 3), np.uint8)
+    >>> y = X.mean(axis=(1, 2, 3)) / 255
+    >>> reg = FineTunedRegressor(model="resnet18", weights=None, max_epochs=2,
+    ...     hidden_layer_sizes=(16,), verbose=False, random_state=0,
+    ...     preprocessing={"resize_size": 32, "crop_size": 32}).fit(X, y)
+    >>> reg.predict(X[:2]).shape
+    (2,)
+    """
+
+    _target_word = "targets"
+    _dask_methods = "predict"
+
+    _parameter_constraints: dict = {
+        **_FineTuned._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "huber"})],
+    }
+
+    def __init__(
+        self,
+        *,
+        model="resnet50",
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        hidden_layer_sizes=(),
+        activation="relu",
+        dropout=0.0,
+        trainable_layers=0,
+        learning_rate=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        max_epochs=10,
+        batch_size=32,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        tol=1e-4,
+        freeze_batchnorm=False,
+        augment=False,
+        loss="squared_error",
+        preprocessing="auto",
+        precision="auto",
+        num_workers=None,
+        max_pixels=_decode.DEFAULT_MAX_PIXELS,
+        reduced_decoding=True,
+        random_state=None,
+        device="auto",
+        verbose=True,
+    ):
+        super().__init__(
+            model=model,
+            weights=weights,
+            layer=layer,
+            pooling=pooling,
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            dropout=dropout,
+            trainable_layers=trainable_layers,
+            learning_rate=learning_rate,
+            backbone_lr_scale=backbone_lr_scale,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            freeze_batchnorm=freeze_batchnorm,
+            augment=augment,
+            preprocessing=preprocessing,
+            precision=precision,
+            num_workers=num_workers,
+            max_pixels=max_pixels,
+            reduced_decoding=reduced_decoding,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+        )
+        self.loss = loss
+
+    # -- fitting ------------------------------------------------------------
+    def fit(self, X, y):  # (the base's, documented here)
+        """Train the new layers and the trainable stages on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths, as for :class:`PretrainedFeatureExtractor`.
+        y : array-like of shape (n_images,) or (n_images, n_outputs)
+            Target values.
+
+        Returns
+        -------
+        self : FineTunedRegressor
+            The fitted regressor.
+        """
+        return super().fit(X, y)
+
+    def _encode_targets(self, y):
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        self._y_ndim = y.ndim
+        y2 = y.reshape(len(y), -1)
+        scale = y2.std(axis=0)
+        self.n_outputs_ = y2.shape[1]
+        self.target_mean_ = y2.mean(axis=0)
+        self.target_scale_ = np.where(scale > 0, scale, 1.0)
+        standard = (y2 - self.target_mean_) / self.target_scale_
+        return standard.astype(np.float32), None
+
+    def _n_outputs(self) -> int:
+        return self.n_outputs_
+
+    def _loss(self, targets, train):
+        if self.loss == "huber":
+            return nn.HuberLoss(reduction="sum", delta=1.0), None
+        return nn.MSELoss(reduction="sum"), None
+
+    def _validation_score(self, outputs, targets) -> float:
+        return float(r2_score(targets, outputs))
+
+    # -- prediction ---------------------------------------------------------
+    def predict(self, X):
+        """The predicted value(s) of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, height, width[, channels]) or list
+            Images or paths, or a Dask collection of them (as in
+            :meth:`PretrainedFeatureExtractor.transform`).
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_images,) or (n_images, n_outputs_)
+            Predictions, of ``y``'s shape at fit, float64; a lazy
+            ``dask.array.Array`` for a Dask collection.
+        """
+        return self._apply(X, "predict", self._predict)
+
+    def _dask_output(self, method):
+        return (None if self._y_ndim == 1 else self.n_outputs_), np.dtype(np.float64)
+
+    def _predict(self, images) -> np.ndarray:
+        out = self._outputs(images).astype(np.float64)
+        out = out * self.target_scale_ + self.target_mean_
+        return out[:, 0] if self._y_ndim == 1 else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.regressor_tags.poor_score = True
         return tags

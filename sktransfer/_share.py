@@ -33,7 +33,7 @@ from pathlib import Path
 from sklearn.base import BaseEstimator
 
 from sktransfer._common import replace_file, require
-from sktransfer._finetune import FineTunedClassifier
+from sktransfer._finetune import FineTunedClassifier, FineTunedRegressor
 from sktransfer._identity import file_digest
 from sktransfer._persist import SHARING
 from sktransfer._version import __version__
@@ -48,6 +48,7 @@ __all__ = ["TamperedModelError", "load", "save", "untrusted_types"]
 OUR_TYPES = [
     "sktransfer._extractor.PretrainedFeatureExtractor",
     "sktransfer._finetune.FineTunedClassifier",
+    "sktransfer._finetune.FineTunedRegressor",
     "sktransfer._preprocess.Preprocessing",
     "sktransfer._word_vectors.PretrainedWordVectors",
 ]
@@ -443,15 +444,18 @@ def _describe(estimator) -> dict:
         "estimator": type(estimator).__name__,
         "model": estimator.model
         if isinstance(estimator.model, str)
-        else f"FineTunedClassifier(model={estimator.model.model!r})",
+        else f"{type(estimator.model).__name__}(model={estimator.model.model!r})",
         "weights": getattr(estimator, "weights_", str(estimator.weights)),
     }
     published = estimator._published_weights_file()
     if published is not None:
         out["weights_file_digest"] = f"blake2b:{file_digest(published)}"
-    if isinstance(estimator, FineTunedClassifier):
+    if isinstance(estimator, (FineTunedClassifier, FineTunedRegressor)):
+        out["layer"] = estimator.layer
+        out["hidden_layer_sizes"] = repr(estimator.hidden_layer_sizes)
         out["trainable_layers"] = estimator.trainable_layers
-        out["classes"] = [str(c) for c in getattr(estimator, "classes_", [])]
+        if isinstance(estimator, FineTunedClassifier):
+            out["classes"] = [str(c) for c in getattr(estimator, "classes_", [])]
     else:
         out["layers"] = getattr(estimator, "layers_", estimator.layer)
         out["pooling"] = estimator.pooling

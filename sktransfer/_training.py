@@ -1,4 +1,5 @@
-"""The training loop of :class:`~sktransfer.FineTunedClassifier`.
+"""The training loop of :class:`~sktransfer.FineTunedClassifier` and
+:class:`~sktransfer.FineTunedRegressor`.
 
 It stands on the engine (``_engine``): training batches come through the
 same input path as validation and prediction (nvJPEG decoding and pinned
@@ -143,9 +144,10 @@ class Augmentation:
 
 
 class TrainStep:
-    """One optimisation step: forward, cross-entropy, backward, update.
+    """One optimisation step: forward, loss, backward, update.
 
-    The loss is the (class-weighted) mean over the batch, summed over
+    The loss is the (class-weighted) mean over the batch (over its values,
+    for targets of several columns), summed over
     micro-batches: out of memory, the batch is split in halves, then
     quarters..., and the gradients are accumulated, so the step is the same
     step (batch-norm statistics then come from the smaller parts).
@@ -160,14 +162,19 @@ class TrainStep:
     device : torch.device
     dtype : torch.dtype
         The autocast dtype (float16 on CUDA uses a gradient scaler).
+    loss : torch.nn.Module or None
+        The loss, summed over the batch (``reduction="sum"``); None:
+        cross-entropy with ``class_weight``.
     """
 
-    def __init__(self, forward, optimizer, class_weight, device, dtype):
+    def __init__(self, forward, optimizer, class_weight, device, dtype, loss=None):
         self.forward = forward
         self.optimizer = optimizer
         self.class_weight = class_weight
         self.device, self.dtype = device, dtype
-        self.loss = nn.CrossEntropyLoss(weight=class_weight, reduction="sum")
+        if loss is None:
+            loss = nn.CrossEntropyLoss(weight=class_weight, reduction="sum")
+        self.loss = loss
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=dtype == torch.float16 and device.type == "cuda"
         )
@@ -196,7 +203,7 @@ class TrainStep:
     def _step(self, x, targets) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         if self.class_weight is None:
-            norm = float(len(targets))
+            norm = float(targets.numel())
         else:
             norm = float(self.class_weight[targets].sum())
         total = 0.0

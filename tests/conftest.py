@@ -162,7 +162,7 @@ CHECK_EVIDENCE = {
     "check_supervised_y_2d": [("reshape(-1, 1)",)],
     "check_class_weight_classifiers": [("class_weight",)],
     "check_fit_idempotent": [(".fit(",)],
-    "check_estimators_fit_returns_self": [("is clf", "is extractor")],
+    "check_estimators_fit_returns_self": [("is clf", "is extractor", "is model")],
     "check_classifier_data_not_an_array": [("list(",)],
     "check_transformer_data_not_an_array": [("tensor", "list(")],
 }

@@ -26,6 +26,7 @@ from sktransfer.exceptions import LayerError
 
 __all__ = [
     "POOLINGS",
+    "CutNet",
     "FeatureNet",
     "LayerError",
     "is_valid",
@@ -304,6 +305,29 @@ class FeatureNet(PooledOutputs, nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.pool_outputs(self.body(x))
+
+
+class CutNet(PooledOutputs, nn.Module):
+    """A backbone cut at one layer, returning that layer's pooled output:
+    the kept part of a network that trains (nothing folded or fused).
+
+    ``body`` is torchvision's feature extractor of ``backbone`` at
+    ``layer``: the modules up to the cut, the backbone's own objects (what
+    runs after the cut is not kept). ``backbone`` is not kept either, so the
+    state dict holds the kept modules only.
+    """
+
+    def __init__(self, backbone, layer, pooling, nhwc=False):
+        super().__init__()
+        self.body = _feature_extractor(backbone, [layer])
+        self.layers = [layer]
+        self.keys = [layer]
+        self.pooling = pooling
+        self.nhwc = nhwc
+        self.prefix = prefix_tokens(backbone)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool_outputs(self.body(x))[0]
 
 
 def list_layers(model, *, which="stages", input_size=None) -> dict[str, tuple]:
