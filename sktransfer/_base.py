@@ -114,8 +114,13 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
         return owned_random_state(self.random_state)
 
     # -- fitting ------------------------------------------------------------
+    def _check_weights_available(self) -> None:
+        """Raise at once if the weights already could not be had in this
+        process (offline: a grid search fails once, not once per fit)."""
+        check_weights(self.model, self.weights)
+
     def __sklearn_clone__(self):
-        check_weights(self.model, self.weights)  # offline: fail once, not per fit
+        self._check_weights_available()
         new = super().__sklearn_clone__()
         if not isinstance(self.model, str):
             # A module or a fitted classifier is only read, never modified:
