@@ -10,6 +10,7 @@ from sktransfer._probe import ProbeResult, probe
 from sktransfer._runtime.layers import list_layers
 from sktransfer._share import load, save, untrusted_types
 from sktransfer._sources.torchvision import model_names as _model_names
+from sktransfer._text_extractor import PretrainedTextExtractor
 from sktransfer._version import __version__  # noqa: F401  (sktransfer.__version__)
 from sktransfer.exceptions import (
     CacheWarning,
@@ -17,6 +18,7 @@ from sktransfer.exceptions import (
     FusionWarning,
     ImageReadError,
     LayerError,
+    MissingTextsWarning,
     NumericsWarning,
     PerformanceWarning,
     PrecisionFallbackWarning,
@@ -26,6 +28,7 @@ from sktransfer.exceptions import (
     SktransferWarning,
     TamperedModelError,
     TextInputError,
+    TruncationWarning,
     UnreadableImagesWarning,
     UntrustedTypesError,
     WeightsUnavailableError,
@@ -39,6 +42,7 @@ __all__ = [
     "FusionWarning",
     "ImageReadError",
     "LayerError",
+    "MissingTextsWarning",
     "NumericsWarning",
     "PerformanceWarning",
     "PrecisionFallbackWarning",
@@ -48,9 +52,11 @@ __all__ = [
     "ProbeUsageError",
     "ProbeWarning",
     "PretrainedFeatureExtractor",
+    "PretrainedTextExtractor",
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
     "WeightsUnavailableError",

@@ -19,6 +19,7 @@ __all__ = [
     "FusionWarning",
     "ImageReadError",
     "LayerError",
+    "MissingTextsWarning",
     "NumericsWarning",
     "PerformanceWarning",
     "PrecisionFallbackWarning",
@@ -29,6 +30,7 @@ __all__ = [
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
     "WeightsUnavailableError",
@@ -157,6 +159,17 @@ class FusionWarning(SktransferWarning, RuntimeWarning):
 class PreprocessingWarning(SktransferWarning):
     """The published preprocessing of a model cannot be reproduced exactly
     by sktransfer's batched preprocessing; what runs instead is named."""
+
+
+class MissingTextsWarning(SktransferWarning):
+    """Some texts were missing (None, NaN; ``on_error="nan"``): their rows
+    are NaN, and the estimator's ``errors_`` names them."""
+
+
+class TruncationWarning(SktransferWarning):
+    """Some texts were longer than the model's ``max_length`` and were cut
+    (``long_text="truncate"``); the message gives how many, and
+    ``long_text="chunk"`` embeds them whole."""
 
 
 class ProbeWarning(SktransferWarning):
