@@ -95,8 +95,10 @@ def clear_caches() -> None:
 
     from sktransfer import _cache, _identity, _network
     from sktransfer._runtime import int8 as _int8
+    from sktransfer._sources import transformers as _text_models
 
     _network.clear()
+    _text_models.clear()
     _int8.clear()
     _cache.clear_memory()
     _identity.clear()

@@ -45,6 +45,7 @@ OUR_TYPES = [
     "sktransfer._extractor.PretrainedFeatureExtractor",
     "sktransfer._finetune.FineTunedClassifier",
     "sktransfer._preprocess.Preprocessing",
+    "sktransfer._text_extractor.PretrainedTextExtractor",
 ]
 MODEL_FILE = "model.skops"
 

@@ -392,3 +392,37 @@ def test_pickle_is_light_and_checks_the_files(tiny_text_model, tmp_path):
     make_tiny_text_model(folder, seed=1)  # other weights in the same folder
     with pytest.raises(ValueError, match="differ from those this extractor"):
         pickle.loads(data).transform(TEXTS)
+
+
+# -- sharing and Dask ------------------------------------------------------------
+
+
+def test_save_and_load_without_pickle(tiny_text_model, tmp_path):
+    """sktransfer.save / load: a pipeline with a text extractor comes back
+    with the same outputs, its model checked by digest."""
+    sktransfer = pytest.importorskip("sktransfer")
+    pytest.importorskip("skops")
+    y = np.array([0, 1, 0, 1, 0, 1])
+    pipe = make_pipeline(make(tiny_text_model, layer=2), LogisticRegression())
+    pipe.fit(TEXTS, y)
+    sktransfer.save(pipe, tmp_path / "model")
+    loaded = sktransfer.load(tmp_path / "model")
+    np.testing.assert_allclose(
+        loaded.predict_proba(TEXTS), pipe.predict_proba(TEXTS), atol=1e-6
+    )
+
+
+def test_dask_series_and_bag_of_texts(tiny_text_model):
+    """A Dask Series or bag of texts: a lazy array of the same rows."""
+    dd = pytest.importorskip("dask.dataframe")
+    db = pytest.importorskip("dask.bag")
+    extractor = make(tiny_text_model, layer=1).fit(TEXTS)
+    expected = extractor.transform(TEXTS)
+    series = dd.from_pandas(pd.Series(TEXTS), npartitions=3)
+    lazy = extractor.transform(series)
+    assert lazy.shape[1] == extractor.n_features_out_
+    assert_same_rows(lazy.compute(), expected)
+    bag = db.from_sequence(TEXTS, npartitions=2)
+    assert_same_rows(extractor.transform(bag).compute(), expected)
+    fitted = make(tiny_text_model, layer=1).fit(series)
+    assert_same_rows(fitted.transform(TEXTS), expected)

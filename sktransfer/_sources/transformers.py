@@ -33,7 +33,7 @@ from sktransfer._memo import Memo
 from sktransfer._sources.base import Source
 from sktransfer.exceptions import WeightsUnavailableError
 
-__all__ = ["SentencePooling", "TextModel", "TransformersSource", "hub_cache"]
+__all__ = ["SentencePooling", "TextModel", "TransformersSource", "clear", "hub_cache"]
 
 #: Files never part of a model's identity: documentation, and other
 #: runtimes' exports that a folder may carry beside the torch weights.
@@ -69,6 +69,15 @@ class TextModel:
     max_length: int  # the longest input the model takes, in tokens
     sentence: SentencePooling | None
     unsupported: str | None = field(default=None)  # why layer=None cannot run
+
+
+#: Loaded models by identity, shared by the estimators that use them.
+_LOADED = Memo(size=4)
+
+
+def clear() -> None:
+    """Forget the loaded models (estimators keep theirs)."""
+    _LOADED.clear()
 
 
 def hub_cache() -> Path:
@@ -125,7 +134,6 @@ class TransformersSource(Source):
     def __init__(self):
         self._failed: set[str] = set()  # hub ids that could not be had here
         self._lock = threading.Lock()
-        self._loaded = Memo(size=4)  # identity -> TextModel
 
     def matches(self, model) -> bool:
         return isinstance(model, (str, os.PathLike))
@@ -214,10 +222,10 @@ class TransformersSource(Source):
         """The model of these files, loaded once per process (shared)."""
         folder = self.folder(model)
         identity = self.identity(model)
-        loaded = self._loaded.get(identity)
+        loaded = _LOADED.get(identity)
         if loaded is None:
             loaded = _load(folder, identity)
-            self._loaded.put(identity, loaded)
+            _LOADED.put(identity, loaded)
         return loaded
 
     def cached_file(self, model, weights=None) -> Path | None:
