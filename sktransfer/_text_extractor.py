@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from numbers import Integral
 from typing import cast
@@ -367,9 +366,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
             max_length = int(self.max_length)
         device = _device.resolve_device(self.device)
         precision = self._precision(device)
-        if device.type != "cpu":  # (the loaded model is shared: a copy moves)
-            text_model = copy.copy(text_model)
-            text_model.encoder = copy.deepcopy(text_model.encoder).to(device)
+        text_model = text_model.on(device)
         policy = self.long_text
         if policy == "chunk":
             policy += f"|stride={stride_of(max_length)}"
@@ -525,14 +522,15 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
 
     def _warn_truncated(self, model: TextModel, texts: list[str]) -> None:
         unique = list(dict.fromkeys(texts))
-        encoded = model.tokenizer(
-            unique,
-            truncation=True,
-            max_length=self.max_length_,
-            return_overflowing_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        with model.lock:
+            encoded = model.tokenizer(
+                unique,
+                truncation=True,
+                max_length=self.max_length_,
+                return_overflowing_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
         owners = np.bincount(
             encoded["overflow_to_sample_mapping"], minlength=len(unique)
         )
@@ -598,10 +596,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
                 "fitted with (their digests differ): its rows would differ too. "
                 "Fit it again on these files, or restore the original ones."
             )
-        if self.device_.type != "cpu":
-            text_model = copy.copy(text_model)
-            text_model.encoder = copy.deepcopy(text_model.encoder).to(self.device_)
-        return text_model
+        return text_model.on(self.device_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,6 +17,7 @@ search's clones): they are only read.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -69,9 +70,26 @@ class TextModel:
     max_length: int  # the longest input the model takes, in tokens
     sentence: SentencePooling | None
     unsupported: str | None = field(default=None)  # why layer=None cannot run
+    #: Held while the tokenizer runs: a fast tokenizer's settings (truncation,
+    #: stride) are per object, and threads (Dask's) share the model.
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> TextModel:
+        """This model with its encoder on ``device`` (one copy per device and
+        process, shared like the model)."""
+        if device.type == "cpu":
+            return self
+        key = (self.identity, str(device))
+        moved = _LOADED.get(key)
+        if moved is None:
+            moved = copy.copy(self)
+            moved.encoder = copy.deepcopy(self.encoder).to(device)
+            _LOADED.put(key, moved)
+        return moved
 
 
-#: Loaded models by identity, shared by the estimators that use them.
+#: Loaded models by identity (and device), shared by the estimators that
+#: use them.
 _LOADED = Memo(size=4)
 
 

@@ -139,17 +139,17 @@ def encode(
     encoder is on ``device``.
     """
     sentence = model.sentence
-    if sentence is not None and sentence.lowercase:
-        unique_of = {}
-        keys = [text.lower() for text in texts]
-    else:
-        unique_of, keys = {}, list(texts)
+    keys = list(texts)
+    if sentence is not None and sentence.lowercase:  # (sentence_bert_config.json)
+        keys = [text.lower() for text in keys]
+    unique_of: dict[str, int] = {}
     rows = np.empty(len(keys), dtype=np.int64)
     for i, key in enumerate(keys):
         rows[i] = unique_of.setdefault(key, len(unique_of))
     unique = list(unique_of)
     n = len(unique)
-    ids, owner, n_long = _windows(model.tokenizer, unique, max_length, chunk)
+    with model.lock:
+        ids, owner, n_long = _windows(model.tokenizer, unique, max_length, chunk)
     pooled = {}
     for slot in slots:
         mode = sentence.mode if slot.layer is None else slot.pooling
