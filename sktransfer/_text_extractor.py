@@ -18,7 +18,7 @@ from sktransfer._cache import EmbeddingCache
 from sktransfer._identity import cpu_kernels, digest
 from sktransfer._sources import source_of
 from sktransfer._sources.transformers import TextModel
-from sktransfer._text.encode import POOLINGS, Slot, encode, stride_of
+from sktransfer._text.encode import POOLINGS, Slot, count_long, encode, stride_of
 from sktransfer._text.inputs import as_texts
 from sktransfer.exceptions import (
     LayerError,
@@ -364,6 +364,13 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
                     f"most {text_model.max_length}, or None for the model's."
                 )
             max_length = int(self.max_length)
+        specials = text_model.tokenizer.num_special_tokens_to_add()
+        if self.long_text == "chunk" and stride_of(max_length) >= max_length - specials:
+            raise ValueError(
+                f"max_length={max_length} is too short to split long texts into "
+                f"overlapping windows: the model adds {specials} special tokens to "
+                "each. Pass a larger max_length, or long_text='truncate'."
+            )
         device = _device.resolve_device(self.device)
         precision = self._precision(device)
         text_model = text_model.on(device)
@@ -521,21 +528,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         return out
 
     def _warn_truncated(self, model: TextModel, texts: list[str]) -> None:
-        unique = list(dict.fromkeys(texts))
-        with model.lock:
-            encoded = model.tokenizer(
-                unique,
-                truncation=True,
-                max_length=self.max_length_,
-                return_overflowing_tokens=True,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-        owners = np.bincount(
-            encoded["overflow_to_sample_mapping"], minlength=len(unique)
-        )
-        long = {text for text, n in zip(unique, owners, strict=True) if n > 1}
-        n_long = sum(text in long for text in texts)
+        n_long = count_long(model, texts, self.max_length_)
         if n_long:
             warn(
                 f"{n_long} of {len(texts)} texts are longer than max_length="

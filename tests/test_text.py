@@ -434,3 +434,20 @@ def test_verbose_shows_a_progress_bar(tiny_text_model, capsys):
     assert "Embedding texts" in capsys.readouterr().err
     make(tiny_text_model, verbose=False).fit_transform(TEXTS)
     assert "Embedding texts" not in capsys.readouterr().err
+
+
+def test_chunk_needs_room_for_overlapping_windows(tiny_text_model):
+    """long_text='chunk' with a max_length that holds no overlap: a
+    ValueError naming the fix."""
+    with pytest.raises(ValueError, match="too short to split long texts"):
+        make(tiny_text_model, max_length=3, long_text="chunk").fit(TEXTS)
+    make(tiny_text_model, max_length=3).fit_transform(["a"])  # truncating is fine
+
+
+def test_truncation_is_counted_alike_from_the_cache(tiny_text_model):
+    """A transform served by the cache counts truncated texts as the first."""
+    texts = ["the cat sat on the mat " * 3, "a good movie"]
+    extractor = make(tiny_text_model, max_length=8, cache=EmbeddingCache()).fit(texts)
+    for _ in range(2):
+        with pytest.warns(TruncationWarning, match="1 of 2 texts"):
+            extractor.transform(texts)

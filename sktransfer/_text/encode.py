@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 
 from sktransfer._device import autocast
 from sktransfer._engine import count_inputs, is_oom
+from sktransfer._memo import Memo
+from sktransfer._text.inputs import text_digest
 
-__all__ = ["POOLINGS", "Slot", "encode", "stride_of"]
+__all__ = ["POOLINGS", "Slot", "count_long", "encode", "stride_of"]
 
 #: Poolings of a hidden state.
 POOLINGS = ("mean", "cls", "max")
@@ -76,6 +78,31 @@ def _windows(tokenizer, texts, max_length, chunk):
         ids = [w for w, keep in zip(ids, first, strict=True) if keep]
         owner = [o for o, keep in zip(owner, first, strict=True) if keep]
     return ids, np.asarray(owner, dtype=np.int64), n_long
+
+
+#: Whether a text is longer than a max_length for a model's tokenizer, by
+#: (model identity, max_length, text digest): a grid search transforms the
+#: same texts a hundred times, and tokenizing them is then most of its cost.
+_LONG = Memo(size=1 << 18)
+
+
+def count_long(model, texts, max_length: int) -> int:
+    """How many of ``texts`` are longer than ``max_length`` tokens."""
+    keys = [(model.identity, max_length, text_digest(t)) for t in texts]
+    known = [_LONG.get(key) for key in keys]
+    todo = list(
+        {keys[i][2]: texts[i] for i, k in enumerate(known) if k is None}.items()
+    )
+    if todo:
+        with model.lock:
+            _, owner, _ = _windows(
+                model.tokenizer, [t for _, t in todo], max_length, True
+            )
+        windows = np.bincount(owner, minlength=len(todo))
+        for (digest, _), n in zip(todo, windows, strict=True):
+            _LONG.put((model.identity, max_length, digest), bool(n > 1))
+        known = [_LONG.get(key) for key in keys]
+    return sum(bool(k) for k in known)
 
 
 def _pool(hidden, mask, pooling):
