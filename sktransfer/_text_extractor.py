@@ -311,7 +311,8 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         return source_of(self.model, kind="text")
 
     def _check_weights_available(self) -> None:
-        self._source().check_available(self.model)
+        if isinstance(self.model, (str, os.PathLike)):  # (else: fit says why)
+            self._source().check_available(self.model)
 
     # -- fitting ------------------------------------------------------------
     def fit(self, X, y=None):  # (the base's, documented here)

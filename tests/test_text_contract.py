@@ -119,8 +119,9 @@ def test_clone_and_params(tiny_text_model):
     copy = clone(extractor)
     assert time.perf_counter() - start < 0.5
     assert not hasattr(copy, "network_") and copy.get_params() == params
-    copy.set_params(layer="nonsense", pooling="nonsense", max_length=-3)
+    copy.set_params(layer="nonsense", pooling="nonsense", max_length=-3, model=3)
     assert copy.get_params()["layer"] == "nonsense"
+    assert clone(copy).get_params()["model"] == 3  # (fit says what is wrong)
 
 
 @pytest.mark.covers("check_fit_check_is_fitted")
