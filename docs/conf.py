@@ -76,6 +76,22 @@ if _SHARED.is_file() and "SKTRANSFER_DOCS_TORCH_HOME" not in os.environ:
     os.environ["TORCH_HOME"] = str(_home)
     os.environ["SKTRANSFER_DOCS_TORCH_HOME"] = str(_home)
 
+# The text examples: the real all-MiniLM-L6-v2 folder beside the checkout, as
+# sentence-transformers/all-MiniLM-L6-v2 in an offline Hugging Face hub cache.
+_MINILM = HERE.parents[1] / "shared" / "weights" / "text" / "all-MiniLM-L6-v2"
+if _MINILM.is_dir() and "SKTRANSFER_DOCS_HF_HUB" not in os.environ:
+    _hub = Path(tempfile.mkdtemp(prefix="sktransfer-docs-hf-"))
+    atexit.register(shutil.rmtree, _hub, True)
+    _repo = _hub / "models--sentence-transformers--all-MiniLM-L6-v2"
+    (_repo / "snapshots" / "shared").mkdir(parents=True)
+    for _path in _MINILM.iterdir():
+        (_repo / "snapshots" / "shared" / _path.name).symlink_to(_path)
+    (_repo / "refs").mkdir()
+    (_repo / "refs" / "main").write_text("shared")
+    os.environ["HF_HUB_CACHE"] = str(_hub)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["SKTRANSFER_DOCS_HF_HUB"] = str(_hub)
+
 sphinx_gallery_conf = {
     "examples_dirs": ["examples"],
     "gallery_dirs": ["auto_examples"],

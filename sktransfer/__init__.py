@@ -16,6 +16,7 @@ from sktransfer.exceptions import (
     FusionWarning,
     ImageReadError,
     LayerError,
+    MissingTextsWarning,
     NumericsWarning,
     OutOfVocabularyWarning,
     PerformanceWarning,
@@ -26,6 +27,7 @@ from sktransfer.exceptions import (
     SktransferWarning,
     TamperedModelError,
     TextInputError,
+    TruncationWarning,
     UnreadableImagesWarning,
     UntrustedTypesError,
     WeightsUnavailableError,
@@ -47,6 +49,7 @@ _LAZY = {
     "probe": "sktransfer._probe",
     "list_layers": "sktransfer._runtime.layers",
     "PretrainedWordVectors": "sktransfer._word_vectors",
+    "PretrainedTextExtractor": "sktransfer._text_extractor",
     "load": "sktransfer._share",
     "save": "sktransfer._share",
     "untrusted_types": "sktransfer._share",
@@ -62,6 +65,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._probe import ProbeResult, probe
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
+    from sktransfer._text_extractor import PretrainedTextExtractor
     from sktransfer._word_vectors import PretrainedWordVectors
 
 
@@ -88,6 +92,7 @@ __all__ = [
     "FusionWarning",
     "ImageReadError",
     "LayerError",
+    "MissingTextsWarning",
     "NumericsWarning",
     "OutOfVocabularyWarning",
     "PerformanceWarning",
@@ -99,9 +104,11 @@ __all__ = [
     "ProbeWarning",
     "PretrainedFeatureExtractor",
     "PretrainedWordVectors",
+    "PretrainedTextExtractor",
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
     "WeightsUnavailableError",
@@ -142,9 +149,11 @@ def clear_caches() -> None:
 
     from sktransfer import _cache, _identity, _network
     from sktransfer._runtime import int8 as _int8
+    from sktransfer._sources import transformers as _text_models
     from sktransfer._text import word_vectors as _word_vectors
 
     _network.clear()
+    _text_models.clear()
     _int8.clear()
     _cache.clear_memory()
     _identity.clear()

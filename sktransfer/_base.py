@@ -140,9 +140,13 @@ class TransferEstimator(TorchPickleMixin, BaseEstimator, metaclass=abc.ABCMeta):
         return owned_random_state(self.random_state)
 
     # -- fitting ------------------------------------------------------------
-    def __sklearn_clone__(self):
-        # offline: fail once, not per fit
+    def _check_weights_available(self) -> None:
+        """Raise at once if the weights already could not be had in this
+        process (offline: a grid search fails once, not once per fit)."""
         check_weights(self.model, self.weights, self._source_kind)
+
+    def __sklearn_clone__(self):
+        self._check_weights_available()
         new = super().__sklearn_clone__()
         if not isinstance(self.model, str):
             # A module or a fitted classifier is only read, never modified:

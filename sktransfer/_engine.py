@@ -36,6 +36,7 @@ from sktransfer._device import autocast, cudnn_settings
 
 __all__ = [
     "batches",
+    "count_inputs",
     "counting_images",
     "device_input",
     "extract",
@@ -82,6 +83,12 @@ def counting_images():
 def _counted(n: int) -> None:
     for count in _COUNTS.get():
         count.images += n
+
+
+def count_inputs(n: int) -> None:
+    """Count ``n`` inputs run through a network by a loop of its own (the
+    text encoder's), as :func:`run_batch` counts its images."""
+    _counted(n)
 
 
 def cpu_block(height: int, width: int) -> int:

@@ -17,7 +17,7 @@ from sktransfer._common import require
 from sktransfer._device import fitted_runtime, restore_runtime
 from sktransfer._identity import file_digest
 from sktransfer._sources.checkpoints import cpu_module
-from sktransfer.exceptions import ImageReadError, TamperedModelError
+from sktransfer.exceptions import ImageReadError, TamperedModelError, TextInputError
 
 __all__ = ["MARK", "SHARING", "TorchPickleMixin"]
 
@@ -90,8 +90,13 @@ def plain_state(estimator, state: dict) -> dict:
         state["_network_safetensors"] = st.save(
             {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
         )
-    if "errors_" in state:
-        state["errors_"] = [[str(e), e.index, e.path] for e in state["errors_"]]
+    if "errors_" in state:  # (a text's error has no path: two fields)
+        state["errors_"] = [
+            [str(e), e.index, e.path]
+            if isinstance(e, ImageReadError)
+            else [str(e), e.index]
+            for e in state["errors_"]
+        ]
     published = estimator._published_weights_file()
     if published is not None:
         if not published.is_file():
@@ -129,8 +134,10 @@ def restore_state(estimator, state: dict) -> dict:
         state["_network_state"] = st.load(blob)
     if "errors_" in state:
         state["errors_"] = [
-            ImageReadError(message, index=index, path=path)
-            for message, index, path in state["errors_"]
+            ImageReadError(fields[0], index=fields[1], path=fields[2])
+            if len(fields) == 3
+            else TextInputError(fields[0], index=fields[1])
+            for fields in state["errors_"]
         ]
     return state
 

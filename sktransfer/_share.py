@@ -51,6 +51,7 @@ OUR_TYPES = [
     "sktransfer._finetune.FineTunedRegressor",
     "sktransfer._preprocess.Preprocessing",
     "sktransfer._word_vectors.PretrainedWordVectors",
+    "sktransfer._text_extractor.PretrainedTextExtractor",
 ]
 MODEL_FILE = "model.skops"
 #: What a model file may inflate to, by default (``max_bytes=None``): this

@@ -20,6 +20,7 @@ __all__ = [
     "FusionWarning",
     "ImageReadError",
     "LayerError",
+    "MissingTextsWarning",
     "NumericsWarning",
     "OutOfVocabularyWarning",
     "PerformanceWarning",
@@ -31,6 +32,7 @@ __all__ = [
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
     "WeightsUnavailableError",
@@ -171,6 +173,17 @@ class PreprocessingWarning(SktransferWarning):
 class OutOfVocabularyWarning(SktransferWarning):
     """Some texts have no word in the vocabulary of the word vectors: their
     rows are zeros (:class:`~sktransfer.PretrainedWordVectors`)."""
+
+
+class MissingTextsWarning(SktransferWarning):
+    """Some texts were missing (None, NaN; ``on_error="nan"``): their rows
+    are NaN, and the estimator's ``errors_`` names them."""
+
+
+class TruncationWarning(SktransferWarning):
+    """Some texts were longer than the model's ``max_length`` and were cut
+    (``long_text="truncate"``); the message gives how many, and
+    ``long_text="chunk"`` embeds them whole."""
 
 
 class ProbeWarning(SktransferWarning):

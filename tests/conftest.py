@@ -271,3 +271,63 @@ def bf16_cpu(monkeypatch):
     yield
     monkeypatch.undo()
     _forget_cpu()
+
+
+# -- text models ---------------------------------------------------------------
+SHARED_MINILM = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "weights"
+    / "text"
+    / "all-MiniLM-L6-v2"
+)
+TINY_WORDS = [
+    *("the", "a", "cat", "dog", "sat", "on", "mat", "is", "was", "good", "bad"),
+    *("movie", "film", "great", "awful", "really", "not", "very", "plot"),
+    *("actors", "story", "ending", "i", "loved", "hated", "it", "and", "but"),
+]
+
+
+def make_tiny_text_model(folder, seed=0, max_position_embeddings=64):
+    """A random 4-block BERT (hidden size 32) with a fast tokenizer over a
+    tiny vocabulary, saved to ``folder`` in the transformers format."""
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    vocab += list("abcdefghijklmnopqrstuvwxyz.,!?'")
+    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(
+        vocab_file=str(folder / "vocab.txt"),
+        do_lower_case=True,
+        model_max_length=max_position_embeddings,
+    )
+    tokenizer.save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_position_embeddings,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertModel(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory):
+    """The folder of a tiny random BERT (4 blocks, width 32, 64 tokens)."""
+    return make_tiny_text_model(tmp_path_factory.mktemp("text") / "tiny-bert")
+
+
+@pytest.fixture
+def minilm():
+    """The real all-MiniLM-L6-v2 sentence-transformers folder."""
+    pytest.importorskip("transformers")
+    if not (SHARED_MINILM / "model.safetensors").is_file():
+        pytest.skip(f"the real all-MiniLM-L6-v2 folder is not at {SHARED_MINILM}")
+    return SHARED_MINILM

@@ -34,7 +34,8 @@ LAYERS = [
     # networks cut at layers, int8, shared networks, pickling
     ["sktransfer._runtime", "sktransfer._network", "sktransfer._persist"],
     ["sktransfer._base"],
-    ["sktransfer._extractor", "sktransfer._finetune", "sktransfer._word_vectors"],
+    ["sktransfer._extractor", "sktransfer._finetune", "sktransfer._word_vectors",
+     "sktransfer._text_extractor"],
     # workflows over the estimators
     ["sktransfer._embed", "sktransfer._probe", "sktransfer._share"],
     # the front: the package's namespace and the command line

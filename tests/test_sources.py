@@ -71,8 +71,10 @@ def test_a_source_registered_later_is_asked_first(monkeypatch, images):
         _sources.register_source(ToySource())
     assert _sources.source_of("toy:tiny").name == "toy"
     assert _sources.source_of("resnet18").name == "torchvision"
+    # (an image source is never asked for a text model)
+    assert _sources.source_of("toy:tiny", kind="text").name == "transformers"
     with pytest.raises(TypeError, match="No model source of text models"):
-        _sources.source_of("toy:tiny", kind="text")  # (an image source)
+        _sources.source_of(3.5, kind="text")
 
     extractor = PretrainedFeatureExtractor(
         model="toy:tiny", weights="DEFAULT", device="cpu"

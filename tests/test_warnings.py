@@ -29,15 +29,18 @@ from sktransfer import (
     FineTunedClassifier,
     FolderLinkWarning,
     FusionWarning,
+    MissingTextsWarning,
     NumericsWarning,
     OutOfVocabularyWarning,
     PerformanceWarning,
     PrecisionFallbackWarning,
     PreprocessingWarning,
     PretrainedFeatureExtractor,
+    PretrainedTextExtractor,
     PretrainedWordVectors,
     ProbeWarning,
     SktransferWarning,
+    TruncationWarning,
     UnreadableImagesWarning,
     exceptions,
 )
@@ -455,6 +458,37 @@ def test_out_of_vocabulary_warning_points_at_transform(tmp_path, monkeypatch):
         line = next_line()
         pipe.predict(["good", "zzz"])
     assert_points_here(record, OutOfVocabularyWarning, line)
+
+
+# -- text: TruncationWarning, MissingTextsWarning ----------------------------------
+
+
+@triggers(TruncationWarning)
+def test_truncation_warning_points_at_transform(tiny_text_model):
+    """A text longer than max_length: one warning, at the user's line."""
+    extractor = PretrainedTextExtractor(
+        model=str(tiny_text_model), max_length=6, verbose=False, cache=None
+    ).fit(["a"])
+    with pytest.warns(TruncationWarning, match="1 of 2 texts") as record:
+        line = next_line()
+        extractor.transform(["the cat sat on the mat again", "a cat"])
+    assert_points_here(record, TruncationWarning, line)
+
+
+@triggers(MissingTextsWarning)
+def test_missing_texts_warning_points_at_the_pipeline_call(tiny_text_model):
+    """on_error="nan" and a missing text, inside a Pipeline: at its line."""
+    X = ["a good movie", None, "an awful film", "a great plot"]
+    pipe = make_pipeline(
+        PretrainedTextExtractor(
+            model=str(tiny_text_model), on_error="nan", verbose=False, cache=None
+        ),
+        SimpleImputer(),
+    )
+    with pytest.warns(MissingTextsWarning, match="1 of 4 texts") as record:
+        line = next_line()
+        pipe.fit_transform(X)
+    assert_points_here(record, MissingTextsWarning, line)
 
 
 # -- every category --------------------------------------------------------------

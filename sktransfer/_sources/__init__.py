@@ -2,8 +2,9 @@
 
 The image sources, in the order they are asked: a fitted classifier, a
 module, a timm or Hugging Face hub name, a torchvision name (any other
-string). Word vectors (a file, a gensim object or a name) are a source of
-their own kind, ``"word_vectors"``.
+string). Sources of other kinds: a transformers model (a hub id or a
+local folder; ``kind="text"``), word vectors (a file, a gensim object
+or a name; ``kind="word_vectors"``).
 A new source registers itself with :func:`register_source` and is asked
 before these.
 """
@@ -15,6 +16,7 @@ from sktransfer._sources.finetuned import FinetunedSource
 from sktransfer._sources.module import ModuleSource
 from sktransfer._sources.timm import TimmSource
 from sktransfer._sources.torchvision import TorchvisionSource
+from sktransfer._sources.transformers import TransformersSource
 from sktransfer._sources.word_vectors import WordVectorsSource
 
 for _source in (
@@ -23,5 +25,6 @@ for _source in (
     ModuleSource(),
     FinetunedSource(),
     WordVectorsSource(),
+    TransformersSource(),
 ):
     register_source(_source)

@@ -109,6 +109,12 @@ class Texts:
             None if self.texts[i] is None else text_digest(self.texts[i]) for i in rows
         ]
 
+    def decoded_digest(self, row: int) -> str | None:
+        """The digest a row's vectors are stored under (the cache's
+        protocol; for a text, :func:`text_digest`)."""
+        text = self.texts[row]
+        return None if text is None else text_digest(text)
+
 
 def as_texts(X, *, on_error: str = "raise") -> Texts:
     """``X`` as :class:`Texts`, or a TypeError/ValueError naming the fix.

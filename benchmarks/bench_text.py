@@ -1,0 +1,242 @@
+"""Text: PretrainedTextExtractor against SentenceTransformer.encode, one pass
+for many layers, and a grid search over layers against one embedding pass.
+
+What is compared, in one process, on the same texts and model
+(all-MiniLM-L6-v2 from ``../shared/weights/text``, float32 on the CPU):
+
+1. texts/s of ``PretrainedTextExtractor(layer=None, cache=None)`` against
+   ``SentenceTransformer(folder).encode`` (batch 32 both), with the largest
+   row difference relative to the row norm (the rows must be equal);
+2. the extractor with 7 layers (every hidden state, mean pooling,
+   concatenated) against one layer (``layer=-1``): both one forward pass;
+3. a ``GridSearchCV`` of extractor + ``StandardScaler`` +
+   ``LogisticRegression``, 7 layers x 3 C x 5 folds (106 fits with the
+   refit) with ``cache_layers`` = the 7 layers and a fresh cache, against one
+   embedding pass of the same texts. The classifier's own cost (the same
+   search on the 7 layers' precomputed features) is measured too and
+   subtracted: what remains is what the extractor costs the search.
+
+Each timing is the best of ``--repeat`` runs (after a warm-up call).
+
+Data: a labelled text set at hand with no download: the first two
+paragraphs of the docstring of every public function and class of ten
+scikit-learn subpackages, labelled by subpackage (linear_model, cluster,
+metrics, preprocessing, ensemble, decomposition, feature_extraction.text,
+model_selection, neighbors, svm). The grid search's chosen layer and
+the default layer are also scored on a held-out quarter of the texts.
+
+Read: (1) goal at least 1.2x ST's texts/s at equal rows; (2) goal at most
+1.1x; (3) goal at most 1.3x. Run:
+``.venv/bin/python benchmarks/bench_text.py [--repeat 3]``
+"""
+
+import argparse
+import inspect
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sktransfer import EmbeddingCache, PretrainedTextExtractor, TruncationWarning
+from sktransfer._engine import counting_images
+from sktransfer._identity import _cpuinfo, cpu_model
+
+FOLDER = Path(__file__).resolve().parents[2] / "shared/weights/text/all-MiniLM-L6-v2"
+MODULES = [
+    "linear_model",
+    "cluster",
+    "metrics",
+    "preprocessing",
+    "ensemble",
+    "decomposition",
+    "feature_extraction.text",
+    "model_selection",
+    "neighbors",
+    "svm",
+]
+
+
+def docstring_texts():
+    """(texts, labels): first docstring paragraphs, labelled by subpackage."""
+    import importlib
+
+    texts, labels = [], []
+    for label, name in enumerate(MODULES):
+        module = importlib.import_module(f"sklearn.{name}")
+        for attr in sorted(getattr(module, "__all__", dir(module))):
+            try:
+                obj = getattr(module, attr, None)
+            except ImportError:  # (experimental estimators)
+                continue
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if not doc or attr.startswith("_"):
+                continue
+            paragraphs = doc.split("\n\n")
+            kept = [p for p in paragraphs[:2] if not p.startswith(("Parameters", ".."))]
+            paragraph = " ".join(kept).replace("\n", " ").strip()
+            if len(paragraph) > 20 and paragraph not in texts:
+                texts.append(paragraph)
+                labels.append(label)
+    return texts, np.array(labels)
+
+
+def best_of(repeat, fn):
+    """(best wall time, the result) of ``repeat`` runs."""
+    return interleaved(repeat, fn)[0]
+
+
+def interleaved(repeat, *fns):
+    """For each callable, (best wall time, result, best CPU time of this
+    process), the callables run in turn ``repeat`` times: on a shared,
+    busy machine, the load then falls on each alike, and CPU time (all
+    threads) is less sensitive to it than wall time."""
+    walls = [[] for _ in fns]
+    cpus = [[] for _ in fns]
+    results = [None] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            cpu, start = time.process_time(), time.perf_counter()
+            results[i] = fn()
+            walls[i].append(time.perf_counter() - start)
+            cpus[i].append(time.process_time() - cpu)
+    return [(min(w), r, min(c)) for w, r, c in zip(walls, results, cpus, strict=True)]
+
+
+def extractor(**params):
+    params.setdefault("verbose", False)
+    params.setdefault("cache", None)
+    params.setdefault("batch_size", 32)
+    return PretrainedTextExtractor(model=str(FOLDER), device="cpu", **params)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    from sentence_transformers import SentenceTransformer
+
+    flags = [
+        f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in _cpuinfo()
+    ]
+    print(f"CPU: {cpu_model()}; flags: {' '.join(flags)}; {os.cpu_count()} cores")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"sklearn {sklearn.__version__}, python {platform.python_version()}"
+    )
+    texts, labels = docstring_texts()
+    lengths = [len(t.split()) for t in texts]
+    print(f"{len(texts)} texts, {np.mean(lengths):.0f} words on average")
+    warnings.simplefilter("ignore", TruncationWarning)
+
+    # 1. throughput against SentenceTransformer.encode
+    st = SentenceTransformer(str(FOLDER), device="cpu")
+    st.encode(texts[:32], batch_size=32)
+    ours = extractor().fit(texts[:32])
+    ours.transform(texts[:32])
+    (t_st, st_rows, c_st), (t_ours, rows, c_ours) = interleaved(
+        args.repeat,
+        lambda: st.encode(texts, batch_size=32),
+        lambda: ours.transform(texts),
+    )
+    error = np.linalg.norm(rows - st_rows, axis=1) / np.linalg.norm(st_rows, axis=1)
+    print(f"\n1. texts/s, layer=None, batch 32 (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"   SentenceTransformer.encode: {len(texts) / t_st:7.1f} ({t_st:.2f} s; "
+        f"CPU {c_st:.2f} s)"
+    )
+    print(
+        f"   PretrainedTextExtractor:    {len(texts) / t_ours:7.1f} ({t_ours:.2f} s; "
+        f"CPU {c_ours:.2f} s)"
+    )
+    print(
+        f"   speed-up {t_st / t_ours:.2f}x (CPU time: {c_st / c_ours:.2f}x); "
+        f"max row difference {error.max():.1e}"
+    )
+
+    # 2. seven layers in one pass against one layer
+    one = extractor(layer=-1).fit(texts[:8])
+    seven = extractor(layer=list(range(7))).fit(texts[:8])
+    (t_one, _, c_one), (t_seven, wide, c_seven) = interleaved(
+        args.repeat, lambda: one.transform(texts), lambda: seven.transform(texts)
+    )
+    print(
+        f"\n2. 7 layers in one pass: {t_seven:.2f} s (CPU {c_seven:.2f} s; "
+        f"{wide.shape[1]} columns)"
+    )
+    print(
+        f"   1 layer:               {t_one:.2f} s (CPU {c_one:.2f} s); ratio "
+        f"{t_seven / t_one:.2f}x (CPU time: {c_seven / c_one:.2f}x)"
+    )
+
+    # 3. grid search over 7 layers x 3 C x 5 folds against one embedding pass
+    X_train, X_test, y_train, y_test = train_test_split(
+        texts, labels, test_size=0.25, random_state=0, stratify=labels
+    )
+    ((t_pass, _, c_pass),) = interleaved(
+        1, lambda: extractor(layer=-1).fit_transform(X_train)
+    )
+    layers = list(range(7))
+    pipe = make_pipeline(
+        extractor(cache=EmbeddingCache(), cache_layers=[*layers, None]),
+        StandardScaler(),
+        LogisticRegression(max_iter=2000),
+    )
+    grid = {
+        "pretrainedtextextractor__layer": layers,
+        "logisticregression__C": [0.1, 1.0, 10.0],
+    }
+    search = GridSearchCV(pipe, grid, cv=5)
+    with counting_images() as count:
+        ((t_grid, _, c_grid),) = interleaved(1, lambda: search.fit(X_train, y_train))
+    # the classifier's own share: the same search on precomputed features
+    features = extractor(layer=layers).fit(X_train).transform(X_train)
+    width = features.shape[1] // len(layers)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    c_grid_only = {"logisticregression__C": grid["logisticregression__C"]}
+
+    def classifier_only():
+        for k in layers:
+            columns = features[:, k * width : (k + 1) * width]
+            GridSearchCV(classifier, c_grid_only, cv=5).fit(columns, y_train)
+
+    ((t_clf, _, c_clf),) = interleaved(1, classifier_only)
+    print(
+        f"\n3. GridSearchCV 7 layers x 3 C x 5 folds: {t_grid:.2f} s (CPU "
+        f"{c_grid:.2f} s), texts run {count.images} (of {len(set(X_train))})"
+    )
+    print(
+        f"   one embedding pass:                    {t_pass:.2f} s (CPU "
+        f"{c_pass:.2f} s); ratio {t_grid / t_pass:.2f}x (CPU {c_grid / c_pass:.2f}x)"
+    )
+    print(
+        f"   the classifier alone (same search, precomputed features): {t_clf:.2f} s "
+        f"(CPU {c_clf:.2f} s); search minus classifier: "
+        f"{(t_grid - t_clf) / t_pass:.2f}x one pass (CPU "
+        f"{(c_grid - c_clf) / c_pass:.2f}x)"
+    )
+    best = search.best_params_
+    default = make_pipeline(
+        extractor(), StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)
+    )
+    default.fit(X_train, y_train)
+    print(f"   chosen {best}, CV accuracy {search.best_score_:.3f}")
+    print(
+        f"   held-out accuracy: chosen layer {search.score(X_test, y_test):.3f}, "
+        f"default embedding (layer=None, C=1) {default.score(X_test, y_test):.3f}"
+        f" ({len(X_test)} texts)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Running a text encoder: tokenize, batch by length, pool hidden states.
+
+:func:`encode` embeds texts with a loaded
+:class:`~sktransfer._sources.transformers.TextModel`. Each distinct text is
+tokenized once by the model's own (fast) tokenizer; texts longer than
+``max_length`` tokens are truncated (and counted) or split into overlapping
+windows. Windows are sorted by length and batched, so that a batch pads to
+little more than its own texts. The encoder runs once per batch with every
+hidden state (``output_hidden_states``), and each requested *slot* (a hidden
+state and a pooling, or the model's own sentence embedding) is pooled from
+that one pass over the real tokens only (the attention mask): a grid over
+layers and poolings costs one pass. Special tokens (``[CLS]``, ``[SEP]``,
+``<s>``...) are real tokens: mean and max pooling include them, as
+sentence-transformers does.
+
+Rows come back in the order of the texts given, float32, pooled in float32
+whatever the compute precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sktransfer._device import autocast
+from sktransfer._engine import count_inputs, is_oom
+from sktransfer._memo import Memo
+from sktransfer._text.inputs import text_digest
+
+__all__ = ["POOLINGS", "Slot", "count_long", "encode", "stride_of"]
+
+#: Poolings of a hidden state.
+POOLINGS = ("mean", "cls", "max")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One pooled vector of a text: hidden state ``layer`` (0 = the
+    embedding layer's output) pooled with ``pooling``; ``layer=None``: the
+    model's own sentence embedding (its pooling, then its normalisation)."""
+
+    layer: int | None
+    pooling: str
+
+    @property
+    def name(self) -> str:
+        """Its name in the cache (and, with ``|`` as ``_``, in feature names)."""
+        return "sentence" if self.layer is None else f"{self.layer}|{self.pooling}"
+
+
+def stride_of(max_length: int) -> int:
+    """Tokens shared by consecutive windows of a long text (``"chunk"``)."""
+    return max(1, max_length // 4)
+
+
+def _windows(tokenizer, texts, max_length, chunk):
+    """Token ids of each window and the text it belongs to; and how many
+    texts are longer than ``max_length``."""
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        stride=stride_of(max_length) if chunk else 0,
+        return_overflowing_tokens=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        padding=False,
+    )
+    ids = encoded["input_ids"]
+    owner = list(encoded["overflow_to_sample_mapping"])
+    counts = np.bincount(owner, minlength=len(texts))
+    n_long = int((counts > 1).sum())
+    if not chunk:  # keep each text's first window: its head
+        first = np.concatenate([[True], np.diff(owner) != 0])
+        ids = [w for w, keep in zip(ids, first, strict=True) if keep]
+        owner = [o for o, keep in zip(owner, first, strict=True) if keep]
+    return ids, np.asarray(owner, dtype=np.int64), n_long
+
+
+#: Whether a text is longer than a max_length for a model's tokenizer, by
+#: (model identity, max_length, text digest): a grid search transforms the
+#: same texts a hundred times, and tokenizing them is then most of its cost.
+_LONG = Memo(size=1 << 18)
+
+
+def count_long(model, texts, max_length: int) -> int:
+    """How many of ``texts`` are longer than ``max_length`` tokens."""
+    keys = [(model.identity, max_length, text_digest(t)) for t in texts]
+    known = [_LONG.get(key) for key in keys]
+    todo = list(
+        {keys[i][2]: texts[i] for i, k in enumerate(known) if k is None}.items()
+    )
+    if todo:
+        with model.lock:
+            _, owner, _ = _windows(
+                model.tokenizer, [t for _, t in todo], max_length, True
+            )
+        windows = np.bincount(owner, minlength=len(todo))
+        for (digest, _), n in zip(todo, windows, strict=True):
+            _LONG.put((model.identity, max_length, digest), bool(n > 1))
+        known = [_LONG.get(key) for key in keys]
+    return sum(bool(k) for k in known)
+
+
+def _pool(hidden, mask, pooling):
+    """Pooled ``(b, d)`` float32 sums (or maxima, or first tokens) and the
+    real-token counts ``(b,)``: summed over windows then divided, so that a
+    long text's windows pool into one row."""
+    hidden = hidden.float()
+    counts = mask.sum(1).float()
+    if pooling == "cls":
+        return hidden[:, 0], counts
+    if pooling == "max":
+        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1), counts
+    return (hidden * mask.unsqueeze(-1)).sum(1), counts
+
+
+class _Pooled:
+    """The running pooled vector of each text, for one slot."""
+
+    def __init__(self, n: int, width: int, mode: str):
+        self.mode = mode
+        fill = float("-inf") if mode == "max" else 0.0
+        self.values = torch.full((n, width), fill, dtype=torch.float32)
+        self.counts = torch.zeros(n, dtype=torch.float32)  # tokens (cls: windows)
+
+    def add(self, owner: torch.Tensor, values, counts):
+        if self.mode == "max":  # (a text's windows may share a batch)
+            for row, text in enumerate(owner.tolist()):
+                torch.maximum(self.values[text], values[row], out=self.values[text])
+        else:
+            self.values.index_add_(0, owner, values)
+        if self.mode == "cls":  # (the mean of the windows' first tokens)
+            counts = torch.ones_like(counts)
+        self.counts.index_add_(0, owner, counts)
+
+    def result(self) -> torch.Tensor:
+        if self.mode == "max":
+            return self.values
+        if self.mode == "mean_sqrt_len_tokens":
+            return self.values / self.counts.clamp(min=1.0).sqrt().unsqueeze(1)
+        # mean over all real tokens of all windows (cls: over windows)
+        return self.values / self.counts.clamp(min=1e-9).unsqueeze(1)
+
+
+def encode(
+    model,
+    texts,
+    slots,
+    *,
+    max_length,
+    chunk,
+    batch_size,
+    device,
+    dtype,
+    verbose=True,
+):
+    """Embed ``texts`` (a sequence of str): the ``(n, sum of widths)``
+    float32 columns of every slot in order, and the number of texts longer
+    than ``max_length`` tokens (truncated unless ``chunk``).
+
+    Identical texts are embedded once. ``model`` is a ``TextModel`` whose
+    encoder is on ``device``.
+    """
+    sentence = model.sentence
+    keys = list(texts)
+    if sentence is not None and sentence.lowercase:  # (sentence_bert_config.json)
+        keys = [text.lower() for text in keys]
+    unique_of: dict[str, int] = {}
+    rows = np.empty(len(keys), dtype=np.int64)
+    for i, key in enumerate(keys):
+        rows[i] = unique_of.setdefault(key, len(unique_of))
+    unique = list(unique_of)
+    n = len(unique)
+    with model.lock:
+        ids, owner, n_long = _windows(model.tokenizer, unique, max_length, chunk)
+    pooled = {}
+    for slot in slots:
+        mode = sentence.mode if slot.layer is None else slot.pooling
+        pooled[slot] = _Pooled(n, model.width, mode)
+    order = sorted(range(len(ids)), key=lambda w: -len(ids[w]))  # longest first
+    pad = model.tokenizer.pad_token_id or 0
+    last = model.n_hidden_states - 1
+    size = batch_size
+    start = 0
+    bar = tqdm(
+        total=len(order),
+        desc="Embedding texts",
+        unit="text",
+        disable=not verbose,
+        leave=False,
+    )
+    with bar:
+        while start < len(order):
+            batch = order[start : start + size]
+            longest = len(ids[batch[0]])
+            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.bool)
+            for row, w in enumerate(batch):
+                input_ids[row, : len(ids[w])] = torch.as_tensor(ids[w])
+                mask[row, : len(ids[w])] = True
+            try:
+                hidden = _forward(model.encoder, input_ids, mask, device, dtype)
+            except Exception as exc:
+                if not is_oom(exc) or size == 1:
+                    raise
+                size = max(1, size // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            count_inputs(len(batch))
+            where = torch.as_tensor(owner[batch])
+            on_device = mask.to(device)
+            for slot, acc in pooled.items():
+                layer = last if slot.layer is None else slot.layer
+                how = acc.mode if acc.mode in POOLINGS else "mean"  # (sums)
+                values, counts = _pool(hidden[layer], on_device, how)
+                acc.add(where, values.cpu(), counts.cpu())
+            start += len(batch)
+            bar.update(len(batch))
+    columns = []
+    for slot, acc in pooled.items():
+        vectors = acc.result()
+        if slot.layer is None and sentence.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        columns.append(vectors)
+    out = torch.cat(columns, dim=1).numpy()
+    return out[rows], n_long
+
+
+def _forward(encoder, input_ids, mask, device, dtype):
+    """Every hidden state of one batch."""
+    with torch.inference_mode(), autocast(device, dtype):
+        output = encoder(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device=device, dtype=torch.long),
+            output_hidden_states=True,
+            return_dict=True,
+        )
+    return output.hidden_states
