@@ -995,7 +995,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     layer : str or None, default=None
         Where to cut the network (see :class:`FineTunedClassifier`).
 
-    pooling : {"avg", "max", "avgmax", "cls", "clsavg", "flatten"} or None, \\
+    pooling : {"avg", "max", "avgmax", "cls", "clsavg", "flatten"} or None, \
             default="avg"
         How the cut layer's output becomes a vector.
 
@@ -1003,7 +1003,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         The new hidden layers, as in
         :class:`~sklearn.neural_network.MLPRegressor`.
 
-    activation : {"relu", "gelu", "tanh", "logistic", "identity"}, \\
+    activation : {"relu", "gelu", "tanh", "logistic", "identity"}, \
             default="relu"
         The activation of the new hidden layers.
 
@@ -1085,10 +1085,10 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     n_outputs_ : int
         Number of target columns.
 
-    target_mean_ : ndarray of shape (n_outputs_,)
+    target_mean_ : ndarray of shape (n_outputs,)
         Mean of each target column on the training data.
 
-    target_scale_ : ndarray of shape (n_outputs_,)
+    target_scale_ : ndarray of shape (n_outputs,)
         Standard deviation of each target column on the training data (1
         for a constant column).
 
@@ -1269,7 +1269,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
         Returns
         -------
-        y_pred : ndarray of shape (n_images,) or (n_images, n_outputs_)
+        y_pred : ndarray of shape (n_images,) or (n_images, n_outputs)
             Predictions, of ``y``'s shape at fit, float64; a lazy
             ``dask.array.Array`` for a Dask collection.
         """

@@ -100,7 +100,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         (every other word has weight 1).
     sif_weights_ : ndarray of float32
         ``pooling="sif"``: their weights ``sif_a / (sif_a + p(w))``.
-    sif_component_ : ndarray of float32 of shape (n_features_out_,)
+    sif_component_ : ndarray of float32 of shape (n_features_out,)
         ``pooling="sif"``: the unit first principal direction removed
         (zeros if the fitted texts had no known word).
 
@@ -313,7 +313,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of float32 of shape (n_samples, n_features_out_)
+        X_new : ndarray of float32 of shape (n_samples, n_features_out)
             The rows, in input order; zeros for a text with no known word
             (with an :class:`~sktransfer.exceptions.OutOfVocabularyWarning`),
             NaN for a missing text with ``on_error="nan"``.
