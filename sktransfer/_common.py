@@ -1,5 +1,5 @@
-"""Leaf utilities: the "did you mean" of error messages, optional
-dependencies, atomic file writes (with the modes of the umask), bounded
+"""Leaf utilities: the "did you mean" of error messages, progress bars,
+optional dependencies, atomic file writes (with the modes of the umask), bounded
 non-blocking reads of untrusted files and owned random generators. Imports
 nothing of the package, so that every module may import it."""
 
@@ -9,6 +9,7 @@ import difflib
 import os
 import secrets
 import stat
+import sys
 import threading
 
 import numpy as np
@@ -18,10 +19,34 @@ __all__ = [
     "did_you_mean",
     "file_mode",
     "owned_random_state",
+    "progress",
     "read_regular_file",
     "replace_file",
     "require",
 ]
+
+
+def progress(*, total: int, desc: str, unit: str, verbose, leave: bool = True):
+    """A tqdm bar, off with ``verbose=False``.
+
+    Where stderr is not a terminal (a log file, CI, ``make demo`` piped),
+    a bar shows only for work longer than 10 s and refreshes every 30 s:
+    a log gets a few lines, not one per batch of every epoch.
+    """
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr
+    quiet = (
+        {}
+        if getattr(stream, "isatty", lambda: False)()
+        else {
+            "delay": 10,
+            "mininterval": 30,
+        }
+    )
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not verbose, leave=leave, **quiet
+    )
 
 
 def owned_random_state(random_state) -> np.random.RandomState:

@@ -35,9 +35,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from sktransfer._common import replace_file, require
+from sktransfer._common import progress, replace_file, require
 from sktransfer._dask import active_client, worker_memory
 from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning
 
@@ -92,8 +91,8 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
     extractor.set_params(verbose=False).fit(paths)
     rows = np.empty((len(paths), extractor.n_features_out_), dtype=np.float32)
     errors = []
-    with tqdm(
-        total=len(paths), desc="Embedding", unit="img", disable=not verbose
+    with progress(
+        total=len(paths), desc="Embedding", unit="img", verbose=verbose
     ) as bar:
         for start in range(0, len(paths), chunk_size):
             chunk = paths[start : start + chunk_size]
@@ -338,8 +337,8 @@ def _embed_partitions(paths, folder, extractor, partition_size, verbose) -> dict
     ]
     targets = [str(partition_file(folder, i)) for i in todo]
     metadata = _metadata(extractor)
-    with tqdm(
-        total=len(todo), desc="Partitions", unit="file", disable=not verbose
+    with progress(
+        total=len(todo), desc="Partitions", unit="file", verbose=verbose
     ) as bar:
         unreadable = _run(extractor, tasks, targets, metadata, bar)
     # left by a killed writer of this job or an earlier one: the lock keeps

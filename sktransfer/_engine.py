@@ -30,8 +30,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from sktransfer._common import progress
 from sktransfer._device import autocast, cudnn_settings
 
 __all__ = [
@@ -200,7 +200,7 @@ def extract(
     resized = images.resizes
     with (
         cudnn_settings(device, dtype),
-        tqdm(total=n, desc=desc, unit="img", disable=not verbose, leave=False) as bar,
+        progress(total=n, desc=desc, unit="img", verbose=verbose, leave=False) as bar,
     ):
         for start, batch in batches(images, preprocessing, batch_size, device, indices):
             offset = 0

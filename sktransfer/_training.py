@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
 
 from sktransfer import _engine
+from sktransfer._common import progress
 from sktransfer._device import autocast
 
 __all__ = [
@@ -289,11 +289,11 @@ def fit_loop(
         train_mode()
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
         total, seen = 0.0, 0
-        with tqdm(
+        with progress(
             total=len(order),
             desc=f"Epoch {epoch + 1}/{max_epochs}",
             unit="img",
-            disable=not verbose,
+            verbose=verbose,
             leave=False,
         ) as bar:
             for rows, x in batches(order):
@@ -301,7 +301,7 @@ def fit_loop(
                 total += loss * len(rows)
                 seen += len(rows)
                 bar.update(len(rows))
-                bar.set_postfix(loss=f"{total / seen:.4f}")
+                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         if seen != len(order):
             raise AssertionError(f"an epoch saw {seen} of {len(order)} images")
         history.n_iter = epoch + 1

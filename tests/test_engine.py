@@ -376,3 +376,27 @@ def test_gpu_fine_tuning_takes_cuda_tensors(images):
         verbose=False,
     ).fit(tensor, [0, 1] * 3)
     assert clf.predict(tensor).shape == (6,)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bars_in_a_log_are_a_few_lines(
+    tiny_cnn, images, capsys, monkeypatch, terminal
+):
+    """Training 20 epochs of batches of one image with verbose=True: on a
+    terminal a bar per epoch, refreshed as it goes; where stderr is a log
+    (not a terminal), short bars are not written at all (a log of make
+    demo was a line per batch of every epoch)."""
+    import sys
+
+    from sktransfer import FineTunedClassifier
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    FineTunedClassifier(
+        model=tiny_cnn, weights=None, max_epochs=20, batch_size=1,
+        early_stopping=False, random_state=0, verbose=True,
+    ).fit(images, [0, 1] * (len(images) // 2))  # fmt: skip
+    updates = capsys.readouterr().err.count("\r")
+    if terminal:
+        assert updates >= 20
+    else:
+        assert updates <= 5

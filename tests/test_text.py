@@ -428,8 +428,12 @@ def test_dask_series_and_bag_of_texts(tiny_text_model):
     assert_same_rows(fitted.transform(TEXTS), expected)
 
 
-def test_verbose_shows_a_progress_bar(tiny_text_model, capsys):
-    """verbose=True: a progress bar of the texts on stderr; False: none."""
+def test_verbose_shows_a_progress_bar(tiny_text_model, capsys, monkeypatch):
+    """verbose=True: a progress bar of the texts on stderr (a terminal);
+    False: none."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     make(tiny_text_model, verbose=True).fit_transform(TEXTS)
     assert "Embedding texts" in capsys.readouterr().err
     make(tiny_text_model, verbose=False).fit_transform(TEXTS)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from sktransfer._common import progress
 from sktransfer._device import autocast
 from sktransfer._engine import count_inputs, is_oom
 from sktransfer._memo import Memo
@@ -186,11 +186,11 @@ def encode(
     last = model.n_hidden_states - 1
     size = batch_size
     start = 0
-    bar = tqdm(
+    bar = progress(
         total=len(order),
         desc="Embedding texts",
         unit="text",
-        disable=not verbose,
+        verbose=verbose,
         leave=False,
     )
     with bar:
