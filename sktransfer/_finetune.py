@@ -1236,6 +1236,12 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         return super().fit(X, y)
 
     def _encode_targets(self, y):
+        if np.ndim(y) > 2:
+            raise ValueError(
+                f"y must have dim <= 2 (one target per image, or a column per "
+                f"output); got an array of shape {np.shape(y)}. Reshape it to "
+                "(n_images, n_outputs)."
+            )
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         self._y_ndim = y.ndim
         y2 = y.reshape(len(y), -1)

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,9 @@ def _parse_lines(path, lines: list[bytes], first: int, dim: int):
         words.append(word)
         rests.append(rest)
     try:
-        values = np.fromstring(b"\n".join(rests), dtype=np.float32, sep=" ")
+        with warnings.catch_warnings():  # (numpy < 2.3 warns on a bad field)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            values = np.fromstring(b"\n".join(rests), dtype=np.float32, sep=" ")
     except ValueError:  # (a field that is not a number: the slow way says where)
         values = np.empty(0, np.float32)
     if values.size == len(lines) * dim and all(r.count(b" ") == dim - 1 for r in rests):
