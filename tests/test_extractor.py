@@ -1,6 +1,7 @@
 """PretrainedFeatureExtractor: the sklearn contract and its behaviour."""
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -311,8 +312,9 @@ def test_custom_module_weights_none_reinitialises(tiny_cnn, images):
     assert fresh.weights_ is None
 
 
-def test_progress_bar_can_be_turned_off(tiny_cnn, images, capsys):
+def test_progress_bar_can_be_turned_off(tiny_cnn, images, capsys, monkeypatch):
     """verbose=True draws a progress bar on stderr; verbose=False is silent."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as at a terminal
     make(tiny_cnn, verbose=False).fit(images).transform(images)
     assert capsys.readouterr().err == ""
     make(tiny_cnn, verbose=True, batch_size=2).fit(images).transform(images)
