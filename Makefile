@@ -15,9 +15,19 @@ DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),DEFAULT)
 
 .PHONY: venv demo test test-oldest lint docs clean
 
+# torch comes first, from its CPU build's index on a machine without an NVIDIA
+# GPU when that index answers (requirements/torch_index.py says which and why);
+# pip shows what it installs. $(1): the venv, $(2): pip's pins for torch.
+define install_torch
+	@echo "== Setting up $(1) once (a few minutes; later runs reuse it)"
+	$(PYTHON) -m venv $(1)
+	@index=$$($(PYTHON) requirements/torch_index.py) && if [ -n "$$index" ]; then \
+	  $(1)/bin/python -m pip install --extra-index-url "$$index" $(2) torch torchvision; fi
+endef
+
 $(STAMP): pyproject.toml requirements/constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(call install_torch,$(VENV),-c requirements/constraints.txt)
+	$(BIN)/python -m pip install -c requirements/constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,8 +42,8 @@ test: $(STAMP)
 # package admits (requirements/oldest.txt), in a second environment.
 OLDEST := .venv-oldest
 $(OLDEST)/.installed-stamp: pyproject.toml requirements/oldest.txt
-	$(PYTHON) -m venv $(OLDEST)
-	$(OLDEST)/bin/python -m pip install --quiet -r requirements/oldest.txt
+	$(call install_torch,$(OLDEST),-c requirements/oldest.txt)
+	$(OLDEST)/bin/python -m pip install -r requirements/oldest.txt
 	$(OLDEST)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
