@@ -24,12 +24,13 @@ gives glibc back the thresholds its own dynamic rule reaches (32 MiB for
 mappings, twice that for trimming): :func:`worker_memory`.
 ``SKTRANSFER_WORKER_MALLOC=0`` leaves the worker's settings alone.
 
-Dask is an optional dependency (``pip install 'sktransfer[dask]'``): nothing
+Dask is an optional dependency (``pip install -e '.[dask]'``): nothing
 here imports it unless the input already is a Dask collection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -165,26 +166,39 @@ def active_client():
         return None
 
 
+def _small_computes(dask):
+    """The scheduler for what the estimator computes itself (the first
+    images, the partitions' lengths): the user's, where they chose one (a
+    Client, or ``dask.config`` ``scheduler``), else threads. ``dask.bag``'s
+    own default, processes, would start a pool for a few paths, and under
+    the spawn start method re-run the user's script in each process."""
+    if active_client() is not None or dask.config.get("scheduler", None) is not None:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="threads")
+
+
 def _partitions(dask, X):
     """The delayed partitions of a Series or bag of paths (or images), and
     their lengths. The lengths are computed now (the paths, not the
     images), so that the result has known chunk sizes."""
-    if _kind(X) == "bag":
-        lengths = X.map_partitions(lambda part: [len(list(part))]).compute()
-        return [dask.delayed(list)(part) for part in X.to_delayed()], lengths
-    return X.to_delayed(), X.map_partitions(len).compute().tolist()
+    with _small_computes(dask):
+        if _kind(X) == "bag":
+            lengths = X.map_partitions(lambda part: [len(list(part))]).compute()
+            return [dask.delayed(list)(part) for part in X.to_delayed()], lengths
+        return X.to_delayed(), X.map_partitions(len).compute().tolist()
 
 
 def first_images(X, n: int = 1):
     """The first ``n`` images of a Dask collection, computed: what ``fit``
     needs (it runs one image through the network)."""
     da = require("dask.array", "dask", "A Dask collection as input")
-    if isinstance(X, da.Array):
-        first = X[:n].compute()
-    elif _kind(X) == "bag":
-        first = list(X.take(n, npartitions=-1, warn=False))
-    else:
-        first = X.head(n, npartitions=-1).tolist()
+    with _small_computes(require("dask", "dask", "A Dask collection as input")):
+        if isinstance(X, da.Array):
+            first = X[:n].compute()
+        elif _kind(X) == "bag":
+            first = list(X.take(n, npartitions=-1, warn=False))
+        else:
+            first = X.head(n, npartitions=-1).tolist()
     if len(first) == 0:
         raise ValueError("The Dask collection is empty: it has no image to fit on.")
     return first

@@ -170,6 +170,24 @@ def test_fit_on_a_dask_collection_runs_its_first_image(images):
     assert_same_rows(out.compute(), extractor.transform(images))
 
 
+def test_a_bag_is_fitted_without_starting_processes(paths, monkeypatch):
+    """With no scheduler chosen, what fit computes itself (the first path,
+    the partitions' lengths) runs on threads, not on dask.bag's default
+    process pool (which, under spawn, re-runs an unguarded script)."""
+    import dask.bag as db
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(db.Bag, "__dask_scheduler__", staticmethod(no_processes))
+    extractor = PretrainedFeatureExtractor(
+        model="resnet18", weights=None, random_state=0, preprocessing=SMALL,
+        cache=None, verbose=False,
+    )  # fmt: skip
+    lazy = extractor.fit_transform(db.from_sequence(paths, npartitions=3))
+    assert lazy.shape == (len(paths), 512)
+
+
 def test_an_int8_extractor_runs_its_quantized_model_on_the_workers(client, images):
     """precision="int8": fit calibrates on the first calibration_size images
     of the collection; the workers run the model the extractor carries."""
