@@ -22,6 +22,7 @@ __all__ = [
     "progress",
     "read_regular_file",
     "replace_file",
+    "install_extra",
     "require",
 ]
 
@@ -75,9 +76,27 @@ def require(module: str, extra: str, purpose: str):
     except ImportError as exc:
         raise ImportError(
             f"{purpose} needs the optional dependency {module.split('.')[0]!r}, "
-            "which is not "
-            f"installed. Install it with: pip install 'sktransfer[{extra}]'"
+            f"which is not installed. {install_extra(extra)}"
         ) from exc
+
+
+def install_extra(extra: str) -> str:
+    """How to install an extra: from a checkout (sktransfer is not on PyPI,
+    where the name could be anyone's), or its packages, as this install's
+    metadata lists them."""
+    import importlib.metadata
+
+    try:
+        lines = importlib.metadata.requires("sktransfer") or []
+    except importlib.metadata.PackageNotFoundError:
+        lines = []
+    wanted = f'extra == "{extra}"'
+    packages = [line.split(";")[0].strip() for line in lines if wanted in line]
+    listed = " ".join(f"'{p}'" for p in packages)
+    return (
+        f"Install the extra {extra!r}: pip install -e '.[{extra}]' in a checkout "
+        "of sktransfer" + (f", or its packages: pip install {listed}" if listed else "")
+    )
 
 
 _UMASK_LOCK = threading.Lock()

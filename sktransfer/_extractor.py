@@ -58,7 +58,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         ``"timm/vit_small_patch14_dinov2.lvd142m"`` (see
         ``list_models("timm/<glob>")``), or ``"hf-hub:<org>/<repo>"`` for a
         timm model on the Hugging Face hub (these need
-        ``pip install 'sktransfer[timm]'``; see ``docs/backbones.md``); a
+        ``pip install -e '.[timm]'``; see ``docs/backbones.md``); a
         module of your own (copied, never
         modified); or a fitted :class:`FineTunedClassifier`, whose trained
         backbone is then used frozen, with its preprocessing ("develop a
@@ -182,7 +182,7 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
         their norm, differently on different CPUs, and did not change
         downstream accuracy in our measurements (see ``docs/speed.md``).
         float32 on CUDA runs without TF32. ``"int8"`` (CPU only; needs
-        ``pip install 'sktransfer[int8]'``): static post-training
+        ``pip install -e '.[int8]'``): static post-training
         quantization through ONNX Runtime, calibrated in ``fit`` on the
         images it is given (see ``calibration_size``); about 1.8x the speed
         of bfloat16 for ResNet-50 on CPUs with AVX512-VNNI or AMX. Rows move

@@ -134,7 +134,7 @@ def test_a_missing_extra_stops_the_probe_before_any_work(folder, capsys, monkeyp
     monkeypatch.setattr(_probe, "_embed", None)  # would fail if reached
     argv = ["probe", str(folder), "--models", "resnet18:none", "--save", "best/"]
     assert main(argv) == 1
-    assert "pip install 'sktransfer[share]'" in capsys.readouterr().err
+    assert "pip install -e '.[share]'" in capsys.readouterr().err
 
 
 def test_each_image_goes_through_each_network_once(tmp_path):
@@ -508,7 +508,7 @@ def test_parquet_without_pyarrow_says_what_to_install(
     monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)
     out = tmp_path / "emb.parquet"
     assert main(["embed", str(folder), "-o", str(out), *EMBED]) == 1
-    assert "pip install 'sktransfer[parquet]'" in capsys.readouterr().err
+    assert "pip install -e '.[parquet]'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -269,7 +269,7 @@ def test_without_the_extra_the_error_says_what_to_install(data, tmp_path, monkey
     X, _ = data
     monkeypatch.setitem(sys.modules, "skops", None)
     monkeypatch.setitem(sys.modules, "skops.io", None)
-    with pytest.raises(ImportError, match=r"pip install 'sktransfer\[share\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[share\]'"):
         sktransfer.save(_extractor().fit(X), tmp_path / "m")
 
 

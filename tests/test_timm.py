@@ -460,7 +460,7 @@ def test_core_imports_without_timm_and_says_how_to_install_it():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert "pip install 'sktransfer[timm]'" in out
+    assert "pip install -e '.[timm]'" in out and "'timm>=" in out
 
 
 def test_probe_ranks_timm_cut_points_in_one_pass():
