@@ -7,10 +7,14 @@ Run the benchmark with its output saved, then plot it::
 
 Several files may be given (their rows are joined, e.g. one run per model).
 Writes ``docs/images/throughput.png`` (or ``--out``): images per second of
-each contender, one group of bars per model, on a log scale.
+each contender, one group of bars per model, on a log scale. sktransfer's
+bars are labelled by precision (the run's "(default)" row by the header's
+"auto precision", since the default has changed between runs), and
+``--cpu`` names the machine in the title (the header does not know it).
 """
 
 import argparse
+import re
 from pathlib import Path
 
 import matplotlib
@@ -42,9 +46,20 @@ def read_rows(paths):
     return rates, header
 
 
+def label(contender: str, header: str) -> str:
+    """The legend of a contender: sktransfer's by precision."""
+    if contender == "sktransfer fp32":
+        return "sktransfer float32"
+    if contender == "sktransfer (default)":
+        found = re.search(r"auto precision: (\w+)", header)
+        return f"sktransfer {found.group(1)}" if found else contender
+    return contender
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("tables", nargs="+")
+    parser.add_argument("--cpu", default="", help='e.g. "Intel Xeon (AMX)"')
     parser.add_argument(
         "--out", default=str(HERE.parent / "docs/images/throughput.png")
     )
@@ -59,12 +74,13 @@ def main():
     for k, contender in enumerate(contenders):
         values = [rates[m].get(contender, np.nan) for m in models]
         x = np.arange(len(models)) + (k - (len(contenders) - 1) / 2) * width
-        bars = ax.bar(x, values, width, label=contender)
+        bars = ax.bar(x, values, width, label=label(contender, header))
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
     ax.set_xticks(np.arange(len(models)), models)
     ax.set_yscale("log")
     ax.set_ylabel("images per second (log scale)")
-    ax.set_title("Embedding throughput from uint8 arrays", fontsize=11)
+    on = f" on {args.cpu}, 2 cores" if args.cpu else ""
+    ax.set_title(f"Embedding throughput from uint8 arrays{on}", fontsize=11)
     if header:
         fig.text(0.01, 0.01, header, fontsize=6, color="grey")
     ax.legend(fontsize=8, frameon=False)
