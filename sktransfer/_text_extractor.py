@@ -77,7 +77,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
     text in all).
 
     Read more in the user guide, ``docs/text.md``. Needs
-    ``pip install 'sktransfer[text]'``.
+    ``pip install -e '.[text]'``.
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ model's standard embedding), its ``pretrained_cfg`` gives the preprocessing
 the weights expect, its ``feature_info`` names the stages that ``layer``
 cuts at and ``trainable_layers`` counts, and its pretrained-weights loader
 reads the Hugging Face hub cache (or a local file handed to it as a state
-dict). timm is an optional dependency (``pip install 'sktransfer[timm]'``);
+dict). timm is an optional dependency (``pip install -e '.[timm]'``);
 nothing here imports it until a timm model is named.
 
 Names: ``"timm/<architecture>[.<tag>]"`` (``"timm/convnext_tiny.fb_in22k"``;
