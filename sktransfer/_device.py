@@ -20,6 +20,7 @@ from sktransfer.exceptions import DeviceWarning, warn
 __all__ = [
     "PRECISIONS",
     "autocast",
+    "cuda_index",
     "cudnn_settings",
     "dtype_name",
     "prepare_network",
@@ -139,7 +140,24 @@ def restore_runtime(state: dict, what: str) -> None:
             state[FITTED_PRECISION] = fitted_precision
             state["precision_"] = "float32"
         return
+    if fitted.type == "cuda" and (fitted.index or 0) >= torch.cuda.device_count():
+        here = torch.device("cuda", torch.cuda.current_device())
+        warn(
+            f"This {what} was fitted on {fitted}, but this machine has "
+            f"{torch.cuda.device_count()} visible GPU(s); it will run on {here}. "
+            f"Pickled again, it runs on {fitted} where that GPU exists.",
+            DeviceWarning,
+        )
+        state[FITTED_DEVICE] = str(fitted)
+        state["device_"] = here
+        return
     state["device_"] = fitted
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device; ``"cuda"`` alone is the current one (not
+    always 0: ``torch.cuda.set_device`` moves it)."""
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def fitted_runtime(state: dict) -> None:

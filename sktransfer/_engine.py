@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import gc
+import traceback
 
 import numpy as np
 import torch
@@ -40,7 +42,9 @@ __all__ = [
     "counting_images",
     "device_input",
     "extract",
+    "free_after_oom",
     "is_oom",
+    "oom_error",
     "run_batch",
 ]
 
@@ -172,6 +176,25 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
+def free_after_oom(device: torch.device) -> None:
+    """Give a failed batch's memory back to the GPU before a smaller batch.
+
+    Call it after the ``except`` block that caught the out-of-memory error:
+    inside it, the traceback still holds the batch's activations, so
+    ``empty_cache`` would free little."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def oom_error(exc: BaseException, message: str) -> RuntimeError:
+    """The error to raise (``from exc``) when even one input does not fit:
+    ``exc``'s frames are cleared first, so that an error kept by the user
+    (Jupyter's ``sys.last_value``) does not keep the batch's GPU memory."""
+    traceback.clear_frames(exc.__traceback__)
+    return RuntimeError(message)
+
+
 def extract(
     net,
     preprocessing,
@@ -214,15 +237,17 @@ def extract(
                     if not is_oom(exc):
                         raise
                     if size == 1:
-                        raise RuntimeError(
+                        raise oom_error(
+                            exc,
                             f"Out of memory on {device} with a single image "
                             f"(row {start + offset}). Use smaller images "
                             "(preprocessing={'crop_size': ...}), a smaller model, "
-                            "or device='cpu'."
+                            "or device='cpu'.",
                         ) from exc
                     size = max(1, size // 2)
-                    if on_cuda:
-                        torch.cuda.empty_cache()
+                    feats = None
+                if feats is None:  # (out of memory: the except block has ended)
+                    free_after_oom(device)
                     continue
                 if feats.shape[1] != n_features:
                     first = start + offset

@@ -434,8 +434,13 @@ class _FineTuned(ImageEstimator):
             stopper = _training.EarlyStopping(self.n_iter_no_change, self.tol)
         # Dropout draws from torch's global generator: fork it, seeded from
         # ours, so that the caller's state is left untouched.
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # Training runs under the cuDNN settings of transform (autotuned; no
+        # TF32 in float32), set once for the whole loop.
+        devices = [_device.cuda_index(device)] if device.type == "cuda" else []
+        with (
+            torch.random.fork_rng(devices=devices),
+            _device.cudnn_settings(device, dtype),
+        ):
             torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
             history = _training.fit_loop(
                 net=net,

@@ -183,6 +183,15 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> float:
         """Take one step on ``(x, targets)``; return the batch's mean loss."""
         targets = targets.to(self.device, non_blocking=True)
+        # Batch norms' running statistics before the step: the micro-batches
+        # that ran before an out-of-memory error have updated them, and the
+        # retry must not count those images twice.
+        module = self.forward if isinstance(self.forward, nn.Module) else None
+        before = (
+            {name: b.clone() for name, b in module.named_buffers()}
+            if module is not None
+            else {}
+        )
         while True:
             try:
                 return self._step(x, targets)
@@ -191,14 +200,18 @@ class TrainStep:
                     raise _explained(exc, len(x)) from exc
                 size = self.micro or len(x)
                 if size == 1:
-                    raise RuntimeError(
+                    raise _engine.oom_error(
+                        exc,
                         f"Out of memory on {self.device} training on a single "
                         "image. Use smaller images (preprocessing={'crop_size': "
-                        "...}), fewer trainable_layers, or device='cpu'."
+                        "...}), fewer trainable_layers, or device='cpu'.",
                     ) from exc
                 self.micro = max(1, size // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            if module is not None:
+                with torch.no_grad():
+                    for name, buffer in module.named_buffers():
+                        buffer.copy_(before[name])
+            _engine.free_after_oom(self.device)
 
     def _step(self, x, targets) -> float:
         self.optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,9 @@ and without CUDA, the precision chosen by a GPU's capability, cuDNN's flags
 in threads) or emulated on the CPU (the GPU's resize). ``@pytest.mark.gpu``
 tests in ``test_engine.py`` check what only a GPU shows."""
 
+import contextlib
 import pickle
+import sys
 import threading
 import warnings
 
@@ -131,6 +133,7 @@ def test_cuda_fitted_extractor_passed_through_a_cpu_client_runs_on_cuda(
         np.testing.assert_array_equal(on_client.transform(images), expected)
     to_workers = pickle.dumps(on_client)  # client.scatter(...)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU worker
     on_worker = pickle.loads(to_workers)
     assert on_worker.device_ == torch.device("cuda:0")
     assert on_worker.precision_ == "bfloat16"
@@ -409,3 +412,142 @@ def test_the_probe_row_runs_under_the_cudnn_settings_of_transform(
     monkeypatch.setattr(_engine, "run_batch", run_batch)
     make(tiny_cnn, device="cpu", cache="memory").fit(images)
     assert inside and inside[0] >= 1  # the probe, the first batch to run
+
+
+# -- 9. training runs under the cuDNN settings of transform -----------------------
+
+
+def test_training_runs_under_the_cudnn_settings_of_transform(tiny_cnn, monkeypatch):
+    """Every training step of FineTunedClassifier runs inside cudnn_settings
+    (autotuned, no TF32 in float32), entered once for the loop."""
+    from sktransfer import FineTunedClassifier, _device, _training
+
+    depth = []
+    original_settings, original_step = _device.cudnn_settings, _training.TrainStep
+
+    @contextlib.contextmanager
+    def settings(device, dtype):
+        depth.append(1)
+        with original_settings(device, dtype):
+            yield
+        depth.pop()
+
+    inside = []
+
+    class Step(original_step):
+        def __call__(self, x, targets):
+            inside.append(len(depth))
+            return super().__call__(x, targets)
+
+    monkeypatch.setattr(_device, "cudnn_settings", settings)
+    monkeypatch.setattr(_training, "TrainStep", Step)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    FineTunedClassifier(
+        model=tiny_cnn, weights=None, trainable_layers="all", max_epochs=2,
+        batch_size=4, early_stopping=False, preprocessing=SMALL, device="cpu",
+        random_state=0, verbose=False,
+    ).fit(X, [0, 1] * 4)  # fmt: skip
+    assert inside and all(d >= 1 for d in inside)
+
+
+# -- 18. a GPU index that this machine does not have ------------------------------
+
+
+def test_a_gpu_index_missing_here_runs_on_the_current_gpu(monkeypatch):
+    """Fitted on cuda:1, unpickled where one GPU is visible (a dask-cuda
+    worker): it runs on the current GPU with a DeviceWarning, and pickles
+    again as cuda:1."""
+    from sktransfer._device import fitted_runtime, restore_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    state = {"device_": "cuda:1", "precision": "auto", "precision_": "bfloat16"}
+    with pytest.warns(DeviceWarning, match="1 visible GPU"):
+        restore_runtime(state, "extractor")
+    assert state["device_"] == torch.device("cuda", 0)
+    fitted_runtime(state)
+    assert state["device_"] == "cuda:1"
+    kept = {"device_": "cuda:0", "precision_": "bfloat16"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restore_runtime(kept, "extractor")  # a GPU this machine has: no warning
+    assert kept["device_"] == torch.device("cuda", 0)
+
+
+# -- 20, 21. the out-of-memory retry of a training step ----------------------------
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """A batch norm, then an out-of-memory error for batches above ``limit``
+    images (after the batch norm has updated its statistics, as a real
+    failure in a later layer would)."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.norm = torch.nn.BatchNorm1d(3)
+        self.out = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.norm(x)
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.out(x)
+
+
+def _step_on_eight(limit, micro=None):
+    """One training step on 8 rows of a fresh, seeded _OutOfMemoryAbove."""
+    from sktransfer._training import TrainStep
+
+    torch.manual_seed(0)
+    net = _OutOfMemoryAbove(limit)
+    step = TrainStep(
+        net, torch.optim.SGD(net.parameters(), lr=0.1), None,
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    step.micro = micro
+    step(torch.arange(24, dtype=torch.float32).reshape(8, 3), torch.tensor([0, 1] * 4))
+    return net, step
+
+
+def test_a_retried_training_step_counts_batch_norm_statistics_once(monkeypatch):
+    """Out of memory at 8 then 4 images, the step is retried in pairs: the
+    batch norm's statistics are those of the successful attempt only (as if
+    it had run in pairs from the start), and the failed batch's memory is
+    freed after the except block (whose traceback still holds it)."""
+    from sktransfer import _engine
+
+    freed: list = []
+    monkeypatch.setattr(
+        _engine, "free_after_oom", lambda device: freed.append(sys.exc_info())
+    )
+    retried, step = _step_on_eight(limit=2)
+    assert step.micro == 2
+    assert int(retried.norm.num_batches_tracked) == 4  # 6 without the restore
+    in_pairs, _ = _step_on_eight(limit=2, micro=2)
+    for name, buffer in in_pairs.norm.named_buffers():
+        assert torch.equal(dict(retried.norm.named_buffers())[name], buffer)
+    assert freed == [(None, None, None)] * 2  # once per halving, outside except
+
+
+def test_out_of_memory_on_one_image_clears_the_frames_it_chains():
+    """The final error chains the OOM with its frames cleared: a kept error
+    does not keep the failed batch's tensors alive."""
+    from sktransfer._training import TrainStep
+
+    net = _OutOfMemoryAbove(0).eval()  # (batch norm takes one image in eval)
+    step = TrainStep(
+        net, torch.optim.SGD(net.parameters(), lr=0.1), None,
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="single image") as caught:
+        step(torch.ones(4, 3), torch.tensor([0, 1, 0, 1]))
+    cause = caught.value.__cause__
+    assert isinstance(cause, torch.OutOfMemoryError)
+    inner = cause.__traceback__.tb_next  # (the first frame was running)
+    assert inner is not None
+    while inner is not None:
+        assert inner.tb_frame.f_locals == {}, inner.tb_frame.f_code.co_name
+        inner = inner.tb_next

@@ -26,7 +26,7 @@ import torch
 
 from sktransfer._common import progress
 from sktransfer._device import autocast
-from sktransfer._engine import count_inputs, is_oom
+from sktransfer._engine import count_inputs, free_after_oom, is_oom
 from sktransfer._memo import Memo
 from sktransfer._text.inputs import text_digest
 
@@ -208,8 +208,9 @@ def encode(
                 if not is_oom(exc) or size == 1:
                     raise
                 size = max(1, size // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                hidden = None
+            if hidden is None:  # (out of memory: the except block has ended)
+                free_after_oom(device)
                 continue
             count_inputs(len(batch))
             where = torch.as_tensor(owner[batch])
