@@ -24,6 +24,23 @@ SHARED_WEIGHTS = (
 SMALL = {"resize_size": 32, "crop_size": 32}
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_the_cpu_outside_gpu_tests(request, monkeypatch):
+    """On a machine with CUDA, ``device="auto"`` means the CPU in the tests
+    not marked ``gpu``: their expectations (float32 numerics, rows equal
+    across batches) are the CPU's. The ``gpu`` tests get the GPU."""
+    if request.node.get_closest_marker("gpu") or not torch.cuda.is_available():
+        return
+    from sktransfer import _device
+
+    resolve = _device.resolve_device
+    monkeypatch.setattr(
+        _device,
+        "resolve_device",
+        lambda device: resolve("cpu" if device == "auto" else device),
+    )
+
+
 def assert_same_rows(actual, expected, rtol=1e-5):
     """The rows of a recomputation, to float32 rounding: each row within
     ``rtol`` of its norm, NaN rows NaN in both.
