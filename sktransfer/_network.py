@@ -20,6 +20,7 @@ import copy
 import weakref
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from sktransfer import _device, _engine
@@ -111,7 +112,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     if device.type != "cpu":
         on_device = None if key is None else _ON_DEVICE.get(key)
         if on_device is None:
-            on_device = _device.prepare_network(copy.deepcopy(net).to(device))
+            on_device = on_device_copy(net, device)
             if key is not None:
                 _ON_DEVICE[key] = on_device
         net = on_device
@@ -154,7 +155,20 @@ def rebuild(model, weights, state, computed, pooling, device) -> nn.Module:
     if state is not None:
         backbone.module.load_state_dict(state)
     net = _layers.FeatureNet(backbone.module, computed, pooling, backbone.family.nhwc)
-    return _device.prepare_network(net.to(device))
+    net = _device.prepare_network(net)
+    return net if device.type == "cpu" else on_device_copy(net, device)
+
+
+def on_device_copy(net: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of a :class:`FeatureNet` whose ``body`` (what runs) is on
+    ``device``, sharing ``backbone`` (what pickles and digests read) on the
+    CPU: one copy of the weights on the GPU, not two (the folded ``body``
+    has its own tensors)."""
+    copied = copy.deepcopy(net, {id(net.backbone): net.backbone})
+    if copied.body is net.backbone:  # (an untraceable backbone runs itself)
+        copied.body = copy.deepcopy(net.backbone)
+    copied.body.to(device)
+    return _device.prepare_network(copied)
 
 
 def clear() -> None:

@@ -551,3 +551,29 @@ def test_out_of_memory_on_one_image_clears_the_frames_it_chains():
     while inner is not None:
         assert inner.tb_frame.f_locals == {}, inner.tb_frame.f_code.co_name
         inner = inner.tb_next
+
+
+# -- 15. one copy of the weights on the GPU ----------------------------------------
+
+
+@pytest.mark.parametrize("layers", [[None], ["layer1", None]])
+def test_only_what_runs_goes_to_the_device(layers):
+    """The device copy of a FeatureNet moves its body (what runs) and shares
+    the CPU backbone (what pickles and digests read), rather than moving
+    both: the GPU held the weights twice. ('meta' stands in for a GPU.)"""
+    import torchvision
+
+    from sktransfer._network import on_device_copy
+    from sktransfer._runtime.layers import FeatureNet
+
+    net = FeatureNet(torchvision.models.resnet18(num_classes=4), layers, "avg")
+    copied = on_device_copy(net, torch.device("meta"))
+    assert copied.backbone is net.backbone
+    assert all(p.device.type == "cpu" for p in net.backbone.parameters())
+    assert {p.device.type for p in copied.body.parameters()} == {"meta"}
+    assert {p.device.type for p in net.body.parameters()} == {"cpu"}  # unchanged
+    untraceable = FeatureNet(torch.nn.Sequential(torch.nn.Linear(3, 2)), [None], "avg")
+    untraceable.body = untraceable.backbone  # (as when tracing fails)
+    copied = on_device_copy(untraceable, torch.device("meta"))
+    assert {p.device.type for p in copied.body.parameters()} == {"meta"}
+    assert {p.device.type for p in untraceable.backbone.parameters()} == {"cpu"}
