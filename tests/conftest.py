@@ -25,20 +25,25 @@ SMALL = {"resize_size": 32, "crop_size": 32}
 
 
 @pytest.fixture(autouse=True)
-def _auto_is_the_cpu_outside_gpu_tests(request, monkeypatch):
+def _auto_is_the_cpu_outside_gpu_tests(request):
     """On a machine with CUDA, ``device="auto"`` means the CPU in the tests
     not marked ``gpu``: their expectations (float32 numerics, rows equal
-    across batches) are the CPU's. The ``gpu`` tests get the GPU."""
+    across batches) are the CPU's. The ``gpu`` tests get the GPU. (Without
+    ``monkeypatch``: an autouse fixture holding it would undo the test's
+    own patches after the test's other fixtures are torn down.)"""
     if request.node.get_closest_marker("gpu") or not torch.cuda.is_available():
+        yield
         return
     from sktransfer import _device
 
     resolve = _device.resolve_device
-    monkeypatch.setattr(
-        _device,
-        "resolve_device",
-        lambda device: resolve("cpu" if device == "auto" else device),
+    _device.resolve_device = lambda device: resolve(
+        "cpu" if device == "auto" else device
     )
+    try:
+        yield
+    finally:
+        _device.resolve_device = resolve
 
 
 def assert_same_rows(actual, expected, rtol=1e-5):

@@ -577,3 +577,52 @@ def test_only_what_runs_goes_to_the_device(layers):
     copied = on_device_copy(untraceable, torch.device("meta"))
     assert {p.device.type for p in copied.body.parameters()} == {"meta"}
     assert {p.device.type for p in untraceable.backbone.parameters()} == {"cpu"}
+
+
+# -- 12, 24. a device decoder that fails on good files ----------------------------
+
+
+def test_a_failing_device_decoder_is_said_once_and_pillow_decodes(
+    tmp_path, monkeypatch
+):
+    """When the device's JPEG decoder fails on files Pillow reads (a build
+    without nvJPEG, torchvision's decoders removed), the rows still come,
+    from Pillow, with one PerformanceWarning per device; a bad file alone
+    is recorded as that file's error, without the warning."""
+    from PIL import Image
+
+    from sktransfer._images import decode as _decode
+    from sktransfer._images import inputs as _inputs
+    from sktransfer.exceptions import PerformanceWarning
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.new("RGB", (16, 12), (40 * i, 90, 200)).save(paths[-1])
+
+    calls = []
+
+    def fails(datas, device):
+        calls.append(len(datas))
+        raise RuntimeError("this torchvision has no nvJPEG")
+
+    monkeypatch.setattr(_decode, "decode_jpegs_on", fails)
+    monkeypatch.setattr(_inputs, "_DEVICE_DECODING_FAILED", set())
+    images = _inputs.as_images(paths)
+    with pytest.warns(PerformanceWarning, match="no nvJPEG") as record:
+        batches = list(images.batches(4, decode_device="cpu"))
+    assert len(record) == 1
+    assert [b.shape for _, b in batches] == [(3, 3, 12, 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per device
+        list(_inputs.as_images(paths).batches(4, decode_device="cpu"))
+    monkeypatch.setattr(_inputs, "_DEVICE_DECODING_FAILED", set())
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.jpg")
+    truncated = tmp_path / "truncated.jpg"  # (its header: sent to the device)
+    truncated.write_bytes((tmp_path / "whole.jpg").read_bytes()[:-1000])
+    bad = _inputs.as_images([str(truncated)], on_error="nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        assert list(bad.batches(4, decode_device="cpu")) == []
+    assert list(bad.errors) == [0] and calls[-1] == 1

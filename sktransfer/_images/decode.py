@@ -205,18 +205,28 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
     Raises RuntimeError if any of them fails: the caller decodes them again
     with :func:`decode`, which says which and why.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError as exc:  # (a torchvision without its decoders)
+        raise RuntimeError(f"torchvision cannot decode JPEGs here: {exc}") from exc
 
     tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders for TorchCodec's; they
-        # still work, and none of TorchCodec is a dependency of ours.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if torch.device(device).type != "cuda":
-            return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-        with _decode_stream(device) as stream:
-            images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-        return _ordered(images, stream)  # (on the caller's stream again)
+    if torch.device(device).type != "cuda":
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    with _decode_stream(device) as stream:
+        images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    return _ordered(images, stream)  # (on the caller's stream again)
+
+
+# torchvision 0.29 deprecates its decoders for TorchCodec's; they still work,
+# and TorchCodec is no dependency of ours. One filter for that message, set
+# once: ``warnings.catch_warnings`` around each call is not thread-safe
+# (decoding runs on worker and Dask threads).
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
 
 
 _STREAMS = threading.local()

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
-from sktransfer.exceptions import ImageReadError
+from sktransfer.exceptions import ImageReadError, PerformanceWarning, warn
 
 __all__ = ["ArrayImages", "ListImages", "as_images", "default_num_workers"]
 
@@ -405,6 +405,25 @@ class _Encoded:
         self.row, self.data = row, data
 
 
+#: Devices whose JPEG decoder failed on files that Pillow decodes (warned once).
+_DEVICE_DECODING_FAILED: set = set()
+
+
+def _device_decoding_failed(device, error: RuntimeError) -> None:
+    """Say once per device that its decoder failed on good JPEGs, which
+    Pillow then decoded on the CPU, one after another (slower)."""
+    key = str(device)
+    if key in _DEVICE_DECODING_FAILED:
+        return
+    _DEVICE_DECODING_FAILED.add(key)
+    warn(
+        f"Decoding JPEG files on {device} failed ({error}); Pillow decodes "
+        "them on the CPU instead, which is slower. Pass device='cpu' to decode "
+        "on worker threads, or update torchvision.",
+        PerformanceWarning,
+    )
+
+
 def _stacked_runs(images: Iterable, batch_size: int) -> Iterator:
     """Stack consecutive ``(position, image)`` pairs of equal shape, dtype
     and device into batches of at most ``batch_size``; an image of None
@@ -608,13 +627,16 @@ class ListImages:
         If the device's decoder fails on any of them, each is decoded again
         by Pillow, which raises or records the error of a bad file.
         """
+        failure = None
         try:
             decoded = _decode.decode_jpegs_on([e.data for _, e in pending], device)
-        except RuntimeError:
-            decoded = [None] * len(pending)
+        except RuntimeError as exc:
+            decoded, failure = [None] * len(pending), exc
+        by_pillow = 0
         for (position, encoded), image in zip(pending, decoded, strict=True):
             if image is None:
                 image = self._prepared(encoded.row, geometry, encoded.data)
+                by_pillow += image is not None
             elif geometry is not None:
                 try:
                     image = geometry(image[None])[0]
@@ -622,6 +644,8 @@ class ListImages:
                     self._fail(encoded.row, exc)
                     image = None
             yield position, image
+        if failure is not None and by_pillow == len(pending):
+            _device_decoding_failed(device, failure)
 
     def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
         """``map(fn, rows)`` in order, on worker threads, at most ``ahead``
