@@ -35,6 +35,7 @@ import torch
 
 from sktransfer._common import progress
 from sktransfer._device import autocast, cudnn_settings
+from sktransfer.exceptions import NumericsWarning, warn
 
 __all__ = [
     "batches",
@@ -221,6 +222,7 @@ def extract(
     )
     size = batch_size
     resized = images.resizes
+    computed = np.zeros(n, dtype=bool)  # (skipped rows stay NaN, by design)
     with (
         cudnn_settings(device, dtype),
         progress(total=n, desc=desc, unit="img", verbose=verbose, leave=False) as bar,
@@ -262,9 +264,33 @@ def extract(
                     )
                 rows = slice(start + offset, start + offset + len(chunk))
                 out[rows].copy_(feats, non_blocking=on_cuda)
+                computed[rows] = True
                 offset += len(chunk)
                 bar.update(rows.stop - bar.n)  # skipped rows count as done
         bar.update(n - bar.n)
     if on_cuda:
         torch.cuda.synchronize(device)
-    return out.numpy(), size
+    result = out.numpy()
+    _check_finite(result, computed, indices, dtype)
+    return result, size
+
+
+def _check_finite(rows: np.ndarray, computed: np.ndarray, indices, dtype) -> None:
+    """Warn if computed rows hold inf or NaN (float16 overflows above 65504;
+    a network may compute them too): never a silent non-finite row. Rows of
+    unreadable images are NaN by design and not counted."""
+    bad = np.flatnonzero(computed & ~np.isfinite(rows).all(axis=1))
+    if not len(bad):
+        return
+    where = bad if indices is None else np.asarray(indices)[bad]
+    hint = (
+        "float16 overflows above 65504: use precision='bfloat16' or 'float32'"
+        if dtype == torch.float16
+        else "the network computed them"
+    )
+    warn(
+        f"{len(bad)} of {len(rows)} rows hold inf or NaN values (rows "
+        f"{', '.join(map(str, where[:5]))}{', ...' if len(bad) > 5 else ''}); "
+        f"{hint}.",
+        NumericsWarning,
+    )

@@ -131,7 +131,8 @@ class UnreadableImagesWarning(SktransferWarning):
 class NumericsWarning(SktransferWarning):
     """A fitted estimator runs in reduced precision on other kernels than it
     was fitted on (a pickle, a shared model, another machine): its outputs may
-    shift by a few percent."""
+    shift by a few percent. Or computed rows hold inf or NaN values (float16
+    overflows above 65504)."""
 
 
 class PrecisionFallbackWarning(SktransferWarning):

@@ -12,6 +12,7 @@ import inspect
 import io
 import pickle
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -155,6 +156,32 @@ def test_numerics_warning_points_at_transform_and_predict(tiny_cnn, four, bf16_c
         line = next_line()
         pipe.predict(four)
     assert_points_here(record, NumericsWarning, line)
+
+
+@triggers(NumericsWarning)
+def test_non_finite_rows_warn_at_transform(four):
+    """A network whose rows overflow to inf (as float16 does above 65504):
+    a warning at transform naming the rows, not a silent inf row; float16's
+    warning names the fix."""
+    from sktransfer._engine import _check_finite
+
+    net = TinyCNN()
+    with torch.no_grad():
+        net.block2[0].weight.mul_(1e38)  # (float32 overflows too)
+    extractor = make(net).fit(four)
+    with pytest.warns(NumericsWarning, match="4 of 4 rows") as record:
+        line = next_line()
+        rows = extractor.transform(four)
+    assert_points_here(record, NumericsWarning, line)
+    assert not np.isfinite(rows).all()
+    finite = np.zeros((3, 2), dtype=np.float32)
+    finite[1, 0] = np.inf
+    with pytest.warns(NumericsWarning, match=r"rows 7\).*precision='bfloat16'"):
+        _check_finite(finite, np.ones(3, bool), [5, 7, 9], torch.float16)
+    finite[1, 0] = np.nan  # an unreadable image's row: NaN by design
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_finite(finite, np.array([True, False, True]), None, torch.float16)
 
 
 @triggers(NumericsWarning)
