@@ -18,6 +18,7 @@ caller forks it around the loop.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -179,9 +180,15 @@ class TrainStep:
             device.type, enabled=dtype == torch.float16 and device.type == "cuda"
         )
         self.micro: int | None = None  # micro-batch size after an OOM back-off
+        self._host_weight: torch.Tensor | None = None  # class_weight on the CPU
 
-    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> float:
-        """Take one step on ``(x, targets)``; return the batch's mean loss."""
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Take one step on ``(x, targets)``; return the batch's mean loss, a
+        0-d tensor on the device: reading it waits for the step, so the
+        caller reads it rarely (the GPU then runs while the next batch is
+        decoded and copied)."""
+        # (the loss's normaliser from the targets on the host: no wait)
+        norm = self._norm(targets.cpu())
         targets = targets.to(self.device, non_blocking=True)
         # Batch norms' running statistics before the step: the micro-batches
         # that ran before an out-of-memory error have updated them, and the
@@ -194,7 +201,7 @@ class TrainStep:
         )
         while True:
             try:
-                return self._step(x, targets)
+                return self._step(x, targets, norm)
             except Exception as exc:
                 if not _engine.is_oom(exc):
                     raise _explained(exc, len(x)) from exc
@@ -213,20 +220,25 @@ class TrainStep:
                         buffer.copy_(before[name])
             _engine.free_after_oom(self.device)
 
-    def _step(self, x, targets) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _norm(self, targets: torch.Tensor) -> float:
+        """What the summed loss is divided by: the number of targets, or the
+        sum of their class weights."""
         if self.class_weight is None:
-            norm = float(targets.numel())
-        else:
-            norm = float(self.class_weight[targets].sum())
-        total = 0.0
+            return float(targets.numel())
+        if self._host_weight is None:
+            self._host_weight = self.class_weight.cpu()
+        return float(self._host_weight[targets].sum())
+
+    def _step(self, x, targets, norm: float) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
         size = self.micro or len(x)
         for part, part_targets in zip(x.split(size), targets.split(size), strict=True):
             with autocast(self.device, self.dtype):
                 logits = self.forward(part)
             loss = self.loss(logits.float(), part_targets) / norm
             self.scaler.scale(loss).backward()
-            total += loss.item()
+            total += loss.detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return total
@@ -301,7 +313,8 @@ def fit_loop(
     for epoch in range(max_epochs):
         train_mode()
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
-        total, seen = 0.0, 0
+        total: torch.Tensor | float = 0.0  # (on the device: read rarely)
+        seen, shown = 0, time.monotonic()
         with progress(
             total=len(order),
             desc=f"Epoch {epoch + 1}/{max_epochs}",
@@ -310,15 +323,16 @@ def fit_loop(
             leave=False,
         ) as bar:
             for rows, x in batches(order):
-                loss = step(x, targets[rows])
-                total += loss * len(rows)
+                total = total + step(x, targets[rows]) * len(rows)
                 seen += len(rows)
                 bar.update(len(rows))
-                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+                if verbose and time.monotonic() - shown > 1:  # (reading waits)
+                    bar.set_postfix(loss=f"{float(total) / seen:.4f}", refresh=False)
+                    shown = time.monotonic()
         if seen != len(order):
             raise AssertionError(f"an epoch saw {seen} of {len(order)} images")
         history.n_iter = epoch + 1
-        history.loss_curve.append(total / seen)
+        history.loss_curve.append(float(total) / seen)
         if validate is None:
             continue
         score = validate()

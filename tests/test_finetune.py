@@ -547,7 +547,7 @@ def test_out_of_memory_splits_the_step_and_gives_the_same_step(toy):
 
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         step = TrainStep(forward, opt, weight, torch.device("cpu"), torch.float32)
-        loss = step(x, targets)
+        loss = float(step(x, targets))  # (a 0-d tensor on the device)
         return loss, net.weight.detach(), step.micro
 
     whole, split = step_of(99), step_of(3)

@@ -626,3 +626,50 @@ def test_a_failing_device_decoder_is_said_once_and_pillow_decodes(
         warnings.simplefilter("error", PerformanceWarning)
         assert list(bad.batches(4, decode_device="cpu")) == []
     assert list(bad.errors) == [0] and calls[-1] == 1
+
+
+# -- 10. the training loop does not wait for the GPU at every step -----------------
+
+
+def test_the_training_loop_reads_the_loss_once_an_epoch(monkeypatch):
+    """Reading a loss on the host waits for the GPU: the loop keeps the
+    running loss on the device and reads it once an epoch (and at most once
+    a second for the progress bar), so the next batch is decoded and copied
+    while the GPU computes; the loss's normaliser comes from host targets."""
+    from sktransfer._training import TrainStep, fit_loop
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    weight = torch.tensor([1.0, 3.0])
+    step = TrainStep(
+        net, torch.optim.SGD(net.parameters(), lr=0.1), weight,
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    x = torch.randn(16, 3)
+    targets = torch.tensor([0, 1] * 8)
+
+    def batches(order):
+        for start in range(0, len(order), 4):
+            rows = order[start : start + 4]
+            yield rows, x[rows]
+
+    reads = []
+    for name in ("item", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, _real=real):
+            reads.append(tuple(self.shape))
+            return _real(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    history = fit_loop(
+        net=net, step=step, batches=batches, targets=targets,
+        train_rows=np.arange(16), max_epochs=3,
+        generator=torch.Generator().manual_seed(0), train_mode=net.train,
+        verbose=False,
+    )  # fmt: skip
+    loss_reads = [shape for shape in reads if shape == ()]
+    # One read of the loss an epoch, and each step's class-weight sum on the
+    # host (no wait there); each step read its loss and its norm: 24.
+    assert len(loss_reads) == 3 + 3 * 4
+    assert len(history.loss_curve) == 3 and all(v > 0 for v in history.loss_curve)
