@@ -673,3 +673,32 @@ def test_the_training_loop_reads_the_loss_once_an_epoch(monkeypatch):
     # host (no wait there); each step read its loss and its norm: 24.
     assert len(loss_reads) == 3 + 3 * 4
     assert len(history.loss_curve) == 3 and all(v > 0 for v in history.loss_curve)
+
+
+# -- 17. images on a GPU are hashed in chunks -------------------------------------
+
+
+def test_images_on_a_gpu_come_to_the_host_in_chunks_for_their_digests(monkeypatch):
+    """The cache key of each image of a CUDA tensor: one host copy per chunk
+    of images, not per image, and the same digests as from the CPU. ('meta'
+    cannot be read: a tensor whose .cpu() is counted stands in.)"""
+    from sktransfer._images import inputs as _inputs
+
+    pixels = torch.randint(0, 256, (600, 3, 8, 8), dtype=torch.uint8)
+    expected = _inputs.as_images(pixels).digests()
+
+    class OnGpu(torch.Tensor):
+        copies: list = []
+
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+        def cpu(self):
+            OnGpu.copies.append(len(self))
+            return torch.Tensor(self.as_subclass(torch.Tensor))
+
+    images = _inputs.as_images(pixels)
+    images.data = pixels.as_subclass(OnGpu)
+    assert images.digests() == expected
+    assert OnGpu.copies == [256, 256, 88]

@@ -340,7 +340,15 @@ class ArrayImages:
         """A digest of each image's (or those at ``rows``) pixels, dtype and
         shape: the image part of cache keys."""
         data = self.data if rows is None else self.data[list(rows)]
-        return [image_digest(image, self.channels_last) for image in data]
+        if not isinstance(data, torch.Tensor) or data.device.type == "cpu":
+            return [image_digest(image, self.channels_last) for image in data]
+        # Images on a GPU come to the host in chunks: one copy (and one wait)
+        # per chunk, not per image; the digests are those of the same pixels.
+        out = []
+        for start in range(0, len(data), _CHECK_ROWS):
+            chunk = data[start : start + _CHECK_ROWS].detach().cpu()
+            out += [image_digest(image, self.channels_last) for image in chunk]
+        return out
 
     def _batch(self, rows) -> torch.Tensor:
         chunk = self.data[rows]
