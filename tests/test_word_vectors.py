@@ -527,34 +527,44 @@ def test_cache_hits_serve_the_computed_rows(glove_file):
 
 
 def test_every_part_of_the_cache_key_is_a_miss(glove_file, tmp_path, monkeypatch):
-    """Other vectors (by content), lowercase, pooling, SIF fitted on other
-    texts or with another sif_a, and the default tokenizer's pattern each
-    miss, and give the rows an uncached estimator gives."""
+    """Other vectors (by content), lowercase, pooling, the default
+    tokenizer's pattern, and for SIF other weights (sif_a, other texts) or
+    only another component (texts with the same word counts) each miss, and
+    give the rows of an uncached estimator."""
     from sktransfer import EmbeddingCache
     from sktransfer import _word_vectors as module
 
     cache = EmbeddingCache()
     texts = ["The good film", "bad plot the", "great movie"]
-    base = {"vectors": glove_file, "pooling": "sif", "cache": cache}
-    PretrainedWordVectors(**base).fit(texts).transform(texts)
     other = write(tmp_path / "other.txt", "glove", *table(seed=1))
-    variants = [
-        ({"vectors": other}, texts),
-        ({"lowercase": False}, texts),
-        ({"pooling": "mean"}, texts),
-        ({}, ["the the film", "good"]),  # SIF fitted on other texts
-        ({"sif_a": 0.5}, texts),
-    ]
-    for change, fit_texts in variants:
-        est = PretrainedWordVectors(**{**base, **change}).fit(fit_texts)
+
+    def check(params, fit_texts, expected):
+        est = PretrainedWordVectors(**params, cache=cache).fit(fit_texts)
         rows, hits, misses = _rows_and_counts(est, texts, cache)
-        assert (hits, misses) == (0, 3), change
-        expected = clone(est).set_params(cache=None).fit(fit_texts).transform(texts)
-        assert_array_equal(rows, expected)
-    est = PretrainedWordVectors(**base).fit(texts)
-    assert _rows_and_counts(est, texts, cache)[1:] == (6, 0)  # (unchanged: hits)
+        assert (hits > 0, misses) == expected, params
+        plain = clone(est).set_params(cache=None).fit(fit_texts)
+        assert_array_equal(rows, plain.transform(texts))
+        return est
+
+    mean = {"vectors": glove_file}
+    check(mean, texts, (False, 3))
+    check(mean, texts, (True, 0))  # (the same: hits)
+    check({"vectors": other}, texts, (False, 3))
+    check({**mean, "lowercase": False}, texts, (False, 3))
+    check({**mean, "pooling": "max"}, texts, (False, 3))
+    sif = {**mean, "pooling": "sif"}
+    counts = ["the good", "film bad"]
+    same_counts = ["the film", "good bad"]  # the same p(w), another component
+    est = check(sif, counts, (False, 3))
+    weights, component = est.sif_weights_, est.sif_component_
+    check(sif, counts, (True, 0))
+    est = check(sif, same_counts, (False, 3))
+    assert_array_equal(est.sif_weights_, weights)
+    assert not np.allclose(est.sif_component_, component)
+    check({**sif, "sif_a": 0.5}, counts, (False, 3))
+    check(sif, ["the the film", "good"], (False, 3))
     monkeypatch.setattr(module, "TOKEN_PATTERN", module.TOKEN_PATTERN + "|x")
-    assert _rows_and_counts(est, texts, cache)[1:] == (0, 3)
+    check(mean, texts, (False, 3))
 
 
 def test_a_custom_tokenizer_turns_the_cache_off(glove_file):
