@@ -569,11 +569,11 @@ class _FineTuned(ImageEstimator):
             self._check_numerics()
             config = self._frozen_config(self.device_, self.precision_)
             if config is not None:  # the frozen features, through the cache
-                width = head_width(net.head)
-                features = self._frozen_features(images, width, config)
+                head = self.network_.head
+                features = self._frozen_features(images, head_width(head), config)
                 with torch.inference_mode():
                     x = torch.from_numpy(features).to(self.device_)
-                    return net.head(x).float().cpu().numpy()
+                    return head(x).float().cpu().numpy()
         out, _ = _engine.extract(
             lambda x: [net(x)],
             self.preprocessing_,
