@@ -7,6 +7,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -20,14 +21,16 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 from torch import nn
 
-from sktransfer import _dask, _device, _engine, _training
+from sktransfer import _cache, _dask, _device, _engine, _training
 from sktransfer._base import (
     IMAGE_CONSTRAINTS,
     ImageEstimator,
     compute_precision,
     precision_numerics,
 )
+from sktransfer._cache import EmbeddingCache
 from sktransfer._families import family_of
+from sktransfer._identity import digest, module_digest
 from sktransfer._images import decode as _decode
 from sktransfer._runtime import layers as _layers
 from sktransfer._sources import Backbone, load_backbone
@@ -53,7 +56,11 @@ _LATER_PARAMETERS = {
     "hidden_layer_sizes": (),
     "activation": "relu",
     "dropout": 0.0,
+    "cache": None,
 }
+#: The version of what a frozen-features row means (part of its cache key),
+#: and its name in the cache (the key's ``layer``: the cut is in the config).
+_FROZEN_ROWS, _FROZEN = "finetuned-frozen-rows-1", "frozen"
 
 
 class ClassifierNetwork(nn.Module):
@@ -194,6 +201,7 @@ class _FineTuned(ImageEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "freeze_batchnorm": ["boolean"],
         "augment": ["boolean"],
+        "cache": [str, os.PathLike, EmbeddingCache, None],
     }
 
     def __init__(
@@ -218,6 +226,7 @@ class _FineTuned(ImageEstimator):
         tol=1e-4,
         freeze_batchnorm=False,
         augment=False,
+        cache="memory",
         preprocessing="auto",
         precision="auto",
         num_workers=None,
@@ -246,6 +255,7 @@ class _FineTuned(ImageEstimator):
         self.tol = tol
         self.freeze_batchnorm = freeze_batchnorm
         self.augment = augment
+        self.cache = cache
         self.preprocessing = preprocessing
         self.precision = precision
         self.num_workers = num_workers
@@ -293,6 +303,7 @@ class _FineTuned(ImageEstimator):
             raise ValueError(
                 f"{name} requires y to be passed, but the target y is None."
             )
+        _cache.resolve(self.cache)  # (checks the parameter, before the data)
         targets, stratify = self._encode_targets(y)
         images = self._inputs(X)
         if len(targets) != len(images):
@@ -360,11 +371,14 @@ class _FineTuned(ImageEstimator):
         backbone = load_backbone(self.model, self.weights, seed)
         module = self._kept(backbone)
         prep = self._preprocessing_for(backbone, images, device)
-        _, probe = images.first(prep.geometry)
-        probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU here)
-        with torch.inference_mode():
-            x = prep.finish(probe) if images.resizes else prep(probe)
-            width = module(x).reshape(1, -1).shape[1]
+        self.cache_key_ = self._frozen_key(backbone, prep)  # (module: uncut)
+        row, probe = images.first(prep.geometry)
+        width = self._cached_width(images, row, device)
+        if width is None:
+            probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU)
+            with torch.inference_mode():
+                x = prep.finish(probe) if images.resizes else prep(probe)
+                width = module(x).reshape(1, -1).shape[1]
         body = module.body if isinstance(module, _layers.CutNet) else module
         self.n_trainable_layers_ = freeze(body, backbone.family, self.trainable_layers)
         head = new_layers(
@@ -389,6 +403,7 @@ class _FineTuned(ImageEstimator):
     def _train(self, images, targets, train, valid, dtype, generator):
         """Train ``network_`` with ``_training.fit_loop``."""
         net, prep, device = self.network_, self.preprocessing_, self.device_
+        frozen_config = self._frozen_config(device, self.precision_)
         head_params = list(net.head.parameters())
         backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
         groups = [{"params": head_params, "lr": self.learning_rate}]
@@ -400,7 +415,9 @@ class _FineTuned(ImageEstimator):
         augment = self._augmentation(prep, generator) if self.augment else None
         if not backbone_params and augment is None:
             # Nothing before the new layers changes: run the frozen part once.
-            features = torch.from_numpy(self._embed(images, head_width(net.head)))
+            width = head_width(net.head)
+            features = self._frozen_features(images, width, frozen_config)
+            features = torch.from_numpy(features)
             step = _training.TrainStep(
                 net.head, optimizer, weight, device, dtype, loss=loss
             )
@@ -463,8 +480,9 @@ class _FineTuned(ImageEstimator):
             net.load_state_dict(stopper.best_state)
         net.eval()
 
-    def _embed(self, images, width) -> np.ndarray:
-        """The frozen backbone's outputs for every image (eval mode)."""
+    def _embed(self, images, width, indices=None) -> np.ndarray:
+        """The frozen backbone's outputs for every image, or those at
+        ``indices`` (eval mode)."""
         backbone = self.network_.backbone.eval()
         out, _ = _engine.extract(
             lambda x: [backbone(x)],
@@ -474,10 +492,69 @@ class _FineTuned(ImageEstimator):
             batch_size=self.batch_size,
             device=self.device_,
             dtype=self._dtype(),
+            indices=indices,
             verbose=self.verbose,
             desc="Embedding (frozen backbone)",
         )
         return out
+
+    # -- the frozen features through the embedding cache ---------------------
+    # Where nothing before the new layers trains (trainable_layers=0, no
+    # augmentation), the kept network's rows are those of an extractor: they
+    # are kept in the embedding cache under a digest of the kept network
+    # (its code, settings, cut, pooling and tensors), the preprocessing and
+    # the numerics, so a grid search over the new layers and the training
+    # settings runs each image through the network once per cut point.
+    def _frozen_key(self, backbone: Backbone, prep) -> str | None:
+        """``cache_key_``: a digest of the kept network (the whole module's
+        code, settings and tensors, before the cut; the cut, the pooling),
+        and the preprocessing; None where the features are not cached (a
+        kept layer trains, augmentation, no cache)."""
+        frozen = self.trainable_layers == 0 and not self.augment
+        if not frozen or _cache.resolve(self.cache) is None:
+            return None
+        return digest(
+            _FROZEN_ROWS,
+            module_digest(backbone.module),
+            f"layer={self.layer}|pooling={self.pooling}|nhwc={backbone.family.nhwc}",
+            repr(prep),
+        )
+
+    def _frozen_config(self, device, precision) -> str | None:
+        """The cache configuration of the frozen features: ``cache_key_``
+        and the numerics (None where they are not cached)."""
+        key = getattr(self, "cache_key_", None)
+        if key is None or _cache.resolve(self.cache) is None:
+            return None
+        return digest(key, precision_numerics(device, precision))
+
+    def _cached_width(self, images, row, device) -> int | None:
+        """The width of the frozen features if the cache holds the first
+        image's (then no image runs to measure it), else None."""
+        precision = _device.dtype_name(compute_precision(self.precision, device))
+        config = self._frozen_config(device, precision)
+        store = _cache.resolve(self.cache)
+        if config is None or store is None:
+            return None
+        found = _cache.vectors_of(store, config, [_FROZEN], images.decoded_digest(row))
+        return None if found is None else len(found[0])
+
+    def _frozen_features(self, images, width, config) -> np.ndarray:
+        """The frozen part's rows of every image: from the cache where it
+        holds them, computed (and stored) for the others (``config``: the
+        cache configuration, None for none)."""
+        store = _cache.resolve(self.cache)
+        if config is None or store is None:
+            return self._embed(images, width)
+        return _cache.cached_rows(
+            store,
+            config,
+            images,
+            [_FROZEN],
+            [width],
+            {_FROZEN: width},
+            lambda indices: self._embed(images, width, indices),
+        )
 
     @staticmethod
     def _augmentation(prep, generator):
@@ -495,6 +572,13 @@ class _FineTuned(ImageEstimator):
         net = self._network()
         if indices is None:  # (a prediction, not a validation pass in fit)
             self._check_numerics()
+            config = self._frozen_config(self.device_, self.precision_)
+            if config is not None:  # the frozen features, through the cache
+                head = self.network_.head
+                features = self._frozen_features(images, head_width(head), config)
+                with torch.inference_mode():
+                    x = torch.from_numpy(features).to(self.device_)
+                    return head(x).float().cpu().numpy()
         out, _ = _engine.extract(
             lambda x: [net(x)],
             self.preprocessing_,
@@ -688,6 +772,20 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         horizontal flip. Leave it off for images where mirroring changes the
         class (digits, text).
 
+    cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
+        Where the frozen features are kept for reuse, as in
+        :class:`PretrainedFeatureExtractor`: ``"memory"`` is the process-wide
+        cache shared by every clone, a directory path adds a persistent
+        layer with checksummed entries, None turns caching off. Used only
+        where nothing before the new layers trains (``trainable_layers=0``,
+        ``augment=False``): the kept network's outputs are then keyed by
+        content (the image, the whole network's code, settings and tensors,
+        ``layer``, ``pooling``, the preprocessing and the numerics), so a
+        grid search over ``layer`` x ``hidden_layer_sizes`` x
+        ``learning_rate`` runs each image through the network once per cut
+        point, ``predict`` included (its new layers then run in float32 on
+        the cached features, as in training).
+
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss, as in sklearn's linear models.
 
@@ -744,6 +842,11 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
 
     n_trainable_layers_ : int
         Number of backbone stages trained.
+
+    cache_key_ : str or None
+        Digest of the kept network and the preprocessing: with the numerics,
+        the part of every cache key of the frozen features that is not the
+        image. None where they are not cached.
 
     n_trainable_params_ : int
         Number of trained parameters (head included).
@@ -829,6 +932,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         freeze_batchnorm=False,
         augment=False,
         class_weight=None,
+        cache="memory",
         preprocessing="auto",
         precision="auto",
         num_workers=None,
@@ -858,6 +962,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             tol=tol,
             freeze_batchnorm=freeze_batchnorm,
             augment=augment,
+            cache=cache,
             preprocessing=preprocessing,
             precision=precision,
             num_workers=num_workers,
@@ -1055,6 +1160,10 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         As in :class:`FineTunedClassifier`: only where a crop and a mirror
         image keep the target.
 
+    cache : "memory", str, path-like, EmbeddingCache or None, default="memory"
+        As in :class:`FineTunedClassifier`: where the frozen features are
+        kept, with ``trainable_layers=0`` and ``augment=False``.
+
     loss : {"squared_error", "huber"}, default="squared_error"
         The loss on the standardised targets: the squared error, or Huber's
         (quadratic within one standard deviation of the target, linear
@@ -1106,6 +1215,9 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
     n_trainable_layers_ : int
         Number of kept stages trained.
+
+    cache_key_ : str or None
+        As in :class:`FineTunedClassifier`.
 
     n_trainable_params_ : int
         Number of trained parameters (new layers included).
@@ -1182,6 +1294,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         freeze_batchnorm=False,
         augment=False,
         loss="squared_error",
+        cache="memory",
         preprocessing="auto",
         precision="auto",
         num_workers=None,
@@ -1211,6 +1324,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
             tol=tol,
             freeze_batchnorm=freeze_batchnorm,
             augment=augment,
+            cache=cache,
             preprocessing=preprocessing,
             precision=precision,
             num_workers=num_workers,

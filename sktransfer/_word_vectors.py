@@ -18,12 +18,21 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from sktransfer import _cache
 from sktransfer._base import _all_or_nothing
+from sktransfer._cache import EmbeddingCache
+from sktransfer._identity import digest
 from sktransfer._persist import MARK, SHARING, plain_state, restore_state
 from sktransfer._sources import source_of
 from sktransfer._sources.word_vectors import is_keyed_vectors
 from sktransfer._text.inputs import Texts, as_texts
-from sktransfer._text.word_pooling import POOLINGS, default_tokenizer, lookup, pool
+from sktransfer._text.word_pooling import (
+    POOLINGS,
+    TOKEN_PATTERN,
+    default_tokenizer,
+    lookup,
+    pool,
+)
 from sktransfer.exceptions import OutOfVocabularyWarning, warn
 
 __all__ = ["PretrainedWordVectors"]
@@ -31,6 +40,11 @@ __all__ = ["PretrainedWordVectors"]
 #: The attributes that ``fit`` builds and that a pickle drops (rebuilt on
 #: first use from the parameters and the fitted state).
 _TRANSIENT = ("_table", "_weights")
+#: The version of what a row of this transformer means (part of the cache key).
+_ROWS = "word-rows-1"
+#: The cache's names of a text's two stored vectors: its row, and its token
+#: and known-token counts (for the out-of-vocabulary warning of a hit).
+_ROW, _COUNTS = "row", "counts"
 
 
 class PretrainedWordVectors(TransformerMixin, BaseEstimator):
@@ -81,6 +95,19 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
     batch_size : int, default=512
         Texts pooled at a time: bounds the memory of a transform and keeps
         the gathered vectors in the CPU caches.
+    cache : "memory", str, path-like, EmbeddingCache or None, default=None
+        Where rows are kept for reuse, keyed by content: the text, the
+        vectors' content digest, ``lowercase``, the default tokenizer's
+        pattern, ``pooling`` and, for ``"sif"``, the fitted weights and
+        component (a fit on other texts never serves its rows to this
+        one). As for :class:`PretrainedFeatureExtractor`: ``"memory"`` is
+        the process-wide cache shared by every clone, a directory path adds
+        a persistent layer with checksummed entries, None (the default)
+        turns caching off: pooling word vectors costs little more than
+        looking a row up. A custom ``tokenizer`` turns the cache off too:
+        what a function computes cannot be identified reliably (it may read
+        globals that change), and a stale row would be a silent wrong
+        answer.
 
     Attributes
     ----------
@@ -142,6 +169,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         "sif_a": [Interval(Real, 0, None, closed="neither")],
         "on_error": [StrOptions({"raise", "nan"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache": [str, os.PathLike, EmbeddingCache, None],
     }
 
     def __init__(
@@ -154,6 +182,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         sif_a=1e-3,
         on_error="raise",
         batch_size=512,
+        cache=None,
     ):
         self.vectors = vectors
         self.pooling = pooling
@@ -162,6 +191,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         self.sif_a = sif_a
         self.on_error = on_error
         self.batch_size = batch_size
+        self.cache = cache
 
     # -- fitting ------------------------------------------------------------
     def __sklearn_clone__(self):
@@ -200,6 +230,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
                 "fastText file (gzipped or not), its name in the local folder, or "
                 "a gensim KeyedVectors. Got None."
             )
+        _cache.resolve(self.cache)  # (checks the parameter, before the data)
         source = source_of(self.vectors, kind="word_vectors")
         source.check(self.vectors)
         table = source.load(self.vectors)
@@ -303,6 +334,48 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
             n_tokens[rows], n_known[rows] = counts, lengths
         return out, present, n_tokens, n_known
 
+    def _cache_config(self) -> str:
+        """The part of a row's cache key that is not the text: everything
+        else that changes the row (and the counts stored with it)."""
+        parts = [
+            _ROWS,
+            self.vectors_digest_,
+            f"lowercase={self.lowercase}",
+            f"tokens={TOKEN_PATTERN}",
+            f"pooling={self.pooling}",
+        ]
+        if self.pooling == "sif":
+            parts += [
+                np.ascontiguousarray(self.sif_ids_, np.int64).data,
+                np.ascontiguousarray(self.sif_weights_, np.float32).data,
+                np.ascontiguousarray(self.sif_component_, np.float32).data,
+            ]
+        return digest(*parts)
+
+    def _cached(self, store: EmbeddingCache, texts: Texts):
+        """As :meth:`_pooled`, with the rows (and counts) of ``store``."""
+
+        def compute(indices):
+            subset = Texts([texts.texts[i] for i in indices], {})
+            rows, _, n_tokens, n_known = self._pooled(subset)
+            counts = np.c_[n_tokens, n_known].astype(np.float32)
+            return np.hstack([rows, counts])
+
+        width = self.n_features_out_
+        both = _cache.cached_rows(
+            store,
+            self._cache_config(),
+            texts,
+            [_ROW, _COUNTS],
+            [width, 2],
+            {_ROW: width, _COUNTS: 2},
+            compute,
+        )
+        present = np.asarray(texts.present(), dtype=np.int64)
+        n_known = np.zeros(len(texts), np.int64)
+        n_known[present] = both[present, width + 1]
+        return np.ascontiguousarray(both[:, :width]), present, n_known
+
     def transform(self, X):
         """One row per text: the pooled vectors of its known words.
 
@@ -320,7 +393,11 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         texts = as_texts(X, on_error=self.on_error)
-        out, present, _, n_known = self._pooled(texts)
+        store = _cache.resolve(self.cache) if self.tokenizer is None else None
+        if store is None:
+            out, present, _, n_known = self._pooled(texts)
+        else:
+            out, present, n_known = self._cached(store, texts)
         empty = int((n_known[present] == 0).sum())
         if empty:
             warn(

@@ -195,3 +195,81 @@ def test_hidden_layer_sizes_and_layer_clone_and_search(toy):
         (),
         (8,),
     ]
+
+
+# -- searching the recipe costs little -------------------------------------------------
+
+
+def test_a_search_over_layers_and_heads_runs_each_image_once_per_layer(toy):
+    """Frozen cut layers, no augmentation: a grid search over 3 layers x 2
+    head sizes (2 folds, 2 learning rates) runs each image through the
+    network once per layer (plus one probe image per layer), fit and
+    predict included, and its scores and
+    predictions are those of the same search without a cache."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sktransfer import EmbeddingCache
+
+    from .test_cache import ImageCounter
+
+    X, y = toy
+    torch.manual_seed(0)
+    module = TinyCNN()
+    counter = ImageCounter(module.stem[0])
+    grid = {
+        "layer": ["stem.1", "block1", "block2"],
+        "hidden_layer_sizes": [(), (8,)],
+        "learning_rate": [1e-2, 3e-2],
+    }
+
+    def search(cache):
+        estimator = tiny(model=module, max_epochs=2, cache=cache)
+        return GridSearchCV(estimator, grid, cv=2).fit(X, y)
+
+    cached = search(EmbeddingCache())
+    # once per image and layer, plus the one image that the first fit at
+    # each cut point runs to size the new layers (later fits read its width
+    # from the cache)
+    assert counter.count == 3 * len(X) + 3
+    counter.count = 0
+    plain = search(None)
+    assert counter.count > 10 * len(X)  # (each fit and predict runs the network)
+    np.testing.assert_allclose(
+        cached.cv_results_["mean_test_score"], plain.cv_results_["mean_test_score"]
+    )
+    assert cached.best_params_ == plain.best_params_
+    np.testing.assert_allclose(
+        cached.predict_proba(X), plain.predict_proba(X), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_the_frozen_features_are_cached_only_where_they_are_frozen(toy):
+    """A trainable kept stage, augmentation or cache=None store nothing; a
+    frozen classifier stores its features once and a refit at another seed
+    or head reads them (its result equal to an uncached fit's)."""
+    from sktransfer import EmbeddingCache
+
+    X, y = toy
+    cache = EmbeddingCache()
+    for params in ({"trainable_layers": 1}, {"augment": True}):
+        tiny(
+            layer="block1", cache=cache, preprocessing={"crop_size": 32}, **params
+        ).fit(X, y)
+    tiny(layer="block1", cache=None).fit(X, y)
+    assert len(cache) == 0
+    first = tiny(layer="block1", cache=cache).fit(X, y)
+    assert len(cache) == len(X)
+    misses = cache.misses
+    again = tiny(layer="block1", cache=cache, random_state=3, hidden_layer_sizes=(4,))
+    again.fit(X, y)
+    assert cache.misses == misses  # (fit, and no probe image run)
+    plain = tiny(layer="block1", cache=None, random_state=3, hidden_layer_sizes=(4,))
+    plain.fit(X, y)
+    np.testing.assert_allclose(
+        again.predict_proba(X), plain.predict_proba(X), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(again.loss_curve_, plain.loss_curve_, rtol=1e-5)
+    assert first.predict(X).shape == (len(X),)
+    # another cut, pooling or weights of the kept network: other rows
+    tiny(layer="block1", pooling="max", cache=cache).fit(X, y)
+    assert len(cache) == 2 * len(X)

@@ -492,6 +492,139 @@ def test_a_grid_search_over_pooling(glove_file):
     assert search.best_score_ == 1.0
 
 
+# -- the embedding cache -------------------------------------------------------------
+
+
+def _rows_and_counts(est, texts, cache):
+    """The rows of ``texts`` and the lookups they cost ``cache``."""
+    hits, misses = cache.hits, cache.misses
+    rows = est.transform(texts)
+    return rows, cache.hits - hits, cache.misses - misses
+
+
+def test_cache_hits_serve_the_computed_rows(glove_file):
+    """A second transform is served from the cache (a hit per text and
+    vector, no pooling), with the same rows as without a cache; missing texts
+    stay NaN and an all-unknown text still warns."""
+    from sktransfer import EmbeddingCache
+
+    texts = ["the good film", "bad plot", None, "zzz yyy", "the good film"]
+    plain = PretrainedWordVectors(vectors=glove_file, on_error="nan").fit(texts)
+    with pytest.warns(OutOfVocabularyWarning):
+        expected = plain.transform(texts)
+    cache = EmbeddingCache()
+    est = clone(plain).set_params(cache=cache).fit(texts)
+    with pytest.warns(OutOfVocabularyWarning, match="^1 of 5"):
+        first, hits, misses = _rows_and_counts(est, texts, cache)
+    assert (hits, misses) == (0, 4)  # (None is not looked up)
+    assert len(cache) == 2 * 3  # a row and its counts for 3 distinct texts
+    est._pooled = None  # a hit pools nothing
+    with pytest.warns(OutOfVocabularyWarning, match="^1 of 5"):
+        second, hits, misses = _rows_and_counts(est, texts, cache)
+    assert (hits, misses) == (8, 0)
+    assert_array_equal(first, expected)
+    assert_array_equal(second, expected)
+
+
+def test_every_part_of_the_cache_key_is_a_miss(glove_file, tmp_path, monkeypatch):
+    """Other vectors (by content), lowercase, pooling, the default
+    tokenizer's pattern, and for SIF other weights (sif_a, other texts) or
+    only another component (texts with the same word counts) each miss, and
+    give the rows of an uncached estimator."""
+    from sktransfer import EmbeddingCache
+    from sktransfer import _word_vectors as module
+
+    cache = EmbeddingCache()
+    texts = ["The good film", "bad plot the", "great movie"]
+    other = write(tmp_path / "other.txt", "glove", *table(seed=1))
+
+    def check(params, fit_texts, expected):
+        est = PretrainedWordVectors(**params, cache=cache).fit(fit_texts)
+        rows, hits, misses = _rows_and_counts(est, texts, cache)
+        assert (hits > 0, misses) == expected, params
+        plain = clone(est).set_params(cache=None).fit(fit_texts)
+        assert_array_equal(rows, plain.transform(texts))
+        return est
+
+    mean = {"vectors": glove_file}
+    check(mean, texts, (False, 3))
+    check(mean, texts, (True, 0))  # (the same: hits)
+    check({"vectors": other}, texts, (False, 3))
+    check({**mean, "lowercase": False}, texts, (False, 3))
+    check({**mean, "pooling": "max"}, texts, (False, 3))
+    sif = {**mean, "pooling": "sif"}
+    counts = ["the good", "film bad"]
+    same_counts = ["the film", "good bad"]  # the same p(w), another component
+    est = check(sif, counts, (False, 3))
+    weights, component = est.sif_weights_, est.sif_component_
+    check(sif, counts, (True, 0))
+    est = check(sif, same_counts, (False, 3))
+    assert_array_equal(est.sif_weights_, weights)
+    assert not np.allclose(est.sif_component_, component)
+    check({**sif, "sif_a": 0.5}, counts, (False, 3))
+    check(sif, ["the the film", "good"], (False, 3))
+    monkeypatch.setattr(module, "TOKEN_PATTERN", module.TOKEN_PATTERN + "|x")
+    check(mean, texts, (False, 3))
+
+
+def test_a_custom_tokenizer_turns_the_cache_off(glove_file):
+    """A tokenizer callable: the cache is neither read nor written (its code
+    and what it reads cannot be identified), and the rows are right."""
+    from sktransfer import EmbeddingCache
+
+    cache = EmbeddingCache()
+    est = PretrainedWordVectors(vectors=glove_file, tokenizer=str.split, cache=cache)
+    rows = est.fit(["good film"]).transform(["good film", "bad"])
+    assert (cache.hits, cache.misses, len(cache)) == (0, 0, 0)
+    words, matrix = table()
+    assert_allclose(rows, [(matrix[1] + matrix[3]) / 2, matrix[2]], rtol=1e-6)
+
+
+def test_a_directory_cache_serves_another_session(glove_file, tmp_path):
+    """cache=<folder>: rows written there are read back once the memory
+    layer is gone (another process, a later session), with the same values;
+    a bare word is refused in fit."""
+    from sktransfer._cache import clear_memory, directory_cache
+
+    folder = tmp_path / "rows"
+    texts = ["the good film", "awful plot"]
+    est = PretrainedWordVectors(vectors=glove_file, cache=str(folder)).fit(texts)
+    first = est.transform(texts)
+    assert any(folder.rglob("*.emb"))
+    clear_memory()
+    store = directory_cache(folder)
+    again = pickle.loads(pickle.dumps(est))
+    second, hits, misses = _rows_and_counts(again, texts, store)
+    assert (hits, misses) == (4, 0)
+    assert_array_equal(second, first)
+    with pytest.raises(ValueError, match="bare word"):
+        PretrainedWordVectors(vectors=glove_file, cache="disk").fit(texts)
+
+
+def test_clones_share_the_cache_and_pickles_stay_small(tmp_path):
+    """clone keeps the very cache object (a grid search's candidates share
+    it: the second candidate with the same rows only hits), and a fitted SIF
+    estimator with a cache pickles small."""
+    from sktransfer import EmbeddingCache
+
+    words = [f"w{i}" for i in range(10_000)]
+    path = write(tmp_path / "big.txt", "glove", *table(words=words, dim=50))
+    cache = EmbeddingCache(directory=tmp_path / "rows")
+    texts = [f"w{i} w{i + 1} w{3 * i}" for i in range(8)]
+    y = [0, 1] * 4
+    est = PretrainedWordVectors(vectors=path, pooling="sif", cache=cache)
+    assert clone(est).cache is cache
+    pipe = make_pipeline(est, LogisticRegression())
+    GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2).fit(texts, y)
+    # The first candidate of each fold misses on its 8 texts (SIF fitted on
+    # that fold's 4), the second only hits (a row and its counts a text);
+    # the refit on all 8 texts misses again.
+    assert (cache.misses, cache.hits) == (8 + 8 + 8, 2 * 8 * 2)
+    fitted = est.fit(texts)
+    fitted.transform(texts)
+    assert len(pickle.dumps(fitted)) < 3_000
+
+
 # -- real GloVe ------------------------------------------------------------------------
 
 
