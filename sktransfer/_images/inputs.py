@@ -343,8 +343,8 @@ class ArrayImages:
         if not isinstance(data, torch.Tensor) or data.device.type == "cpu":
             return [image_digest(image, self.channels_last) for image in data]
         # Images on a GPU come to the host in chunks: one copy (and one wait)
+        # per chunk, not per image; the digests are those of the same pixels.
         out: list[str | None] = []
-        out = []
         for start in range(0, len(data), _CHECK_ROWS):
             chunk = data[start : start + _CHECK_ROWS].detach().cpu()
             out += [image_digest(image, self.channels_last) for image in chunk]
