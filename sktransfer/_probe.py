@@ -828,19 +828,35 @@ class ProbeResult:
         if ax is None:
             plt = require("matplotlib.pyplot", "report", "The probe's plot")
             _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-        for model in dict.fromkeys(row["model"] for row in self.rows):
+        models = list(dict.fromkeys(row["model"] for row in self.rows))
+        for model in models:
             points = sorted(
-                (row["depth"], row["cv_accuracy"], row["cv_std"])
+                (row["depth"], row["cv_accuracy"], row["cv_std"], _layer_label(row))
                 for row in self.rows
                 if row["model"] == model and row["method"] == "linear probe"
             )
-            depth, mean, std = (np.asarray(v) for v in zip(*points, strict=True))
+            columns = list(zip(*points, strict=True))
+            depth, mean, std = (np.asarray(v) for v in columns[:3])
+            names = list(columns[3])
             random = any(r["weights"] is None for r in self.rows if r["model"] == model)
             label = f"{model} (random weights)" if random else model
             line = ax.plot(depth, mean, marker="o", label=label)[0]
             ax.fill_between(
                 depth, mean - std, mean + std, color=line.get_color(), alpha=0.15
             )
+            if len(models) == 1:  # the layers on the axis
+                ax.set_xticks(depth, names, rotation=60, ha="right", fontsize=7)
+            else:  # each point named, in its model's colour
+                for x, y, name in zip(depth, mean, names, strict=True):
+                    ax.annotate(
+                        name,
+                        (x, y),
+                        xytext=(2, 4),
+                        textcoords="offset points",
+                        rotation=45,
+                        fontsize=6,
+                        color=line.get_color(),
+                    )
         best = self.best
         ax.scatter(
             [best["depth"]],
@@ -850,7 +866,11 @@ class ProbeResult:
             edgecolors="black",
             label="winner",
         )
-        ax.set_xlabel("depth of the cut point (1 = the final embedding)")
+        ax.set_xlabel(
+            "cut point, by depth (1 = the final embedding)"
+            if len(models) == 1
+            else "depth of the cut point (1 = the final embedding; each point named)"
+        )
         ax.set_ylabel(f"linear probe, {self.cv}-fold CV accuracy")
         ax.set_title("Which model, and which layer?")
         ax.grid(alpha=0.3)

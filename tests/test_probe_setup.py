@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+import sktransfer
 from sktransfer import PretrainedFeatureExtractor, probe
 from sktransfer._common import progress, progress_label
 from sktransfer._probe import ProbeUsageError
@@ -188,3 +189,34 @@ def test_progress_bars_name_what_they_count():
         assert bar.desc.startswith("resnet50: Extracting")
     with progress(total=1, desc="Extracting", unit="img", verbose=True) as bar:
         assert bar.desc.startswith("Extracting")
+
+
+def test_embed_refuses_a_csv_saying_what_it_takes(folder, tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nred/0.png,red\n")
+    assert main(["embed", str(labels), "-o", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "is a CSV file; embed takes a folder, or a text file of image paths" in err
+
+
+def test_the_plot_names_the_cut_points(folder):
+    """One model: its layers on the x-axis; several: each point named."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    X, y = sktransfer.load_image_folder(folder)
+    kwargs = dict(weights=None, cv=3, verbose=False, layers=["layer3", None])
+    kwargs["preprocessing"] = {"resize_size": 32, "crop_size": 32}
+    ax = probe(X, y, models=["resnet18"], **kwargs).plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "layer3",
+        "final embedding",
+    ]
+    result = probe(X, y, models=["resnet18", "resnet34"], **kwargs)
+    assert sorted(t.get_text() for t in result.plot().texts) == [
+        "final embedding",
+        "final embedding",
+        "layer3",
+        "layer3",
+    ]
