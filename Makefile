@@ -8,12 +8,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-SHARED_WEIGHTS := ../shared/weights/mobilenet_v2_imagenet.pth
-# The demo uses the real ImageNet checkpoint beside the checkout when there is
-# one, otherwise the model's published default weights (downloaded if online).
-DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),DEFAULT)
+SHARED_WEIGHTS := ../shared/weights
+# A folder of checkpoints at hand, each named after its model
+# (mobilenet_v2_imagenet.pth): the folder beside the checkout when it has one.
+# `make demo` and `make probe` pass it as SKTRANSFER_WEIGHTS: a model whose
+# DEFAULT weights they need uses the checkpoint named after it, offline;
+# otherwise its published weights (downloaded if online).
+WEIGHTS_DIR ?= $(if $(wildcard $(SHARED_WEIGHTS)/*.pth),$(abspath $(SHARED_WEIGHTS)),)
+DEMO_WEIGHTS ?= DEFAULT
+# `make probe PHOTOS=photos/`: `sktransfer probe` on a folder of class folders.
+PHOTOS ?=
 
-.PHONY: venv demo test test-oldest lint docs clean
+.PHONY: venv demo probe test test-oldest lint docs clean
 
 # torch comes first, from its CPU build's index on a machine without an NVIDIA
 # GPU when that index answers (requirements/torch_index.py says which and why);
@@ -33,7 +39,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sktransfer demo --weights "$(DEMO_WEIGHTS)"
+	SKTRANSFER_WEIGHTS="$(WEIGHTS_DIR)" $(BIN)/sktransfer demo --weights "$(DEMO_WEIGHTS)"
+
+probe: $(STAMP)
+	@test -n "$(PHOTOS)" || { echo "make probe PHOTOS=DIR: a folder of class folders"; exit 2; }
+	SKTRANSFER_WEIGHTS="$(WEIGHTS_DIR)" $(BIN)/sktransfer probe "$(PHOTOS)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -5,6 +5,8 @@ nothing of the package, so that every module may import it."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import os
 import secrets
@@ -20,6 +22,7 @@ __all__ = [
     "file_mode",
     "owned_random_state",
     "progress",
+    "progress_label",
     "read_regular_file",
     "replace_file",
     "install_extra",
@@ -27,8 +30,24 @@ __all__ = [
 ]
 
 
+#: What the bars drawn inside :func:`progress_label` are about ("" outside).
+_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="")
+
+
+@contextlib.contextmanager
+def progress_label(label: str):
+    """Within this block, every bar's description starts with ``label``
+    (a probe's bars name the model whose images they count)."""
+    token = _LABEL.set(label)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
+
+
 def progress(*, total: int, desc: str, unit: str, verbose, leave: bool = True):
-    """A tqdm bar, off with ``verbose=False``.
+    """A tqdm bar, off with ``verbose=False``; its description starts with
+    the label of the enclosing :func:`progress_label`, if any.
 
     Where stderr is not a terminal (a log file, CI, ``make demo`` piped),
     a bar shows only for work longer than 10 s and refreshes every 30 s:
@@ -45,8 +64,14 @@ def progress(*, total: int, desc: str, unit: str, verbose, leave: bool = True):
             "mininterval": 30,
         }
     )
+    label = _LABEL.get()
     return tqdm(
-        total=total, desc=desc, unit=unit, disable=not verbose, leave=leave, **quiet
+        total=total,
+        desc=f"{label}: {desc}" if label else desc,
+        unit=unit,
+        disable=not verbose,
+        leave=leave,
+        **quiet,
     )
 
 

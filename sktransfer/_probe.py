@@ -26,12 +26,18 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
 from threadpoolctl import threadpool_limits
 
-from sktransfer._common import require
+from sktransfer._common import progress, progress_label, require
 from sktransfer._engine import counting_images
 from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
 from sktransfer._sources import check_model, weights_at_hand
+from sktransfer._sources.checkpoints import (
+    ArchitectureMismatchError,
+    checkpoint_for,
+    weights_folders,
+)
 from sktransfer._sources.timm import HUB_PREFIX
+from sktransfer._sources.torchvision import model_names
 from sktransfer._version import __version__
 from sktransfer.exceptions import (
     ProbeUsageError,
@@ -47,6 +53,18 @@ __all__ = ["DEFAULT_MODELS", "ProbeResult", "ProbeUsageError", "probe"]
 DEFAULT_MODELS = ("convnext_tiny", "resnet50", "efficientnet_b0", "mobilenet_v2")
 #: The linear probe's iteration limit (a probe that stops there is reported).
 MAX_ITER = 1000
+#: The most arithmetic all the linear probes of a probe may take: about half
+#: an hour on one CPU core. Each iteration of a probe's fit costs about
+#: ``4 * n_train * n_features * n_classes`` operations; past the budget the
+#: iterations are bounded (and said so), below :data:`MIN_ITER` the dataset
+#: is refused as beyond what a linear probe can rank here.
+PROBE_BUDGET = 3e13
+#: The fewest iterations that still rank cut points (below: refused).
+MIN_ITER = 20
+#: Class names that are the splits of a dataset, not its classes.
+SPLIT_NAMES = frozenset(
+    {"train", "training", "val", "valid", "validation", "test", "testing", "dev"}
+)
 
 
 def linear_probe(max_iter: int = MAX_ITER) -> Pipeline:
@@ -55,14 +73,21 @@ def linear_probe(max_iter: int = MAX_ITER) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
 
 
-def fit_with_weights_at_hand(extractor, X, note):
-    """Fit ``extractor``; where its DEFAULT weights cannot be had (not in the
-    torch cache, no network) but older published weights of its model are in
-    the cache, fit it with those instead, after ``note(their name)``.
+def fit_with_weights_at_hand(extractor, X, note, folders=()):
+    """Fit ``extractor``; for DEFAULT weights, with the checkpoint named after
+    its model in ``folders`` where there is one (after ``note(its Path)``);
+    where its DEFAULT weights cannot be had (not in the torch cache, no
+    network) but older published weights of its model are in the cache, fit
+    it with those instead, after ``note(their name)``.
 
     DEFAULT names the newest weights; an older set in the cache is still the
     model's published weights. Any other failure to load weights is raised.
     """
+    if extractor.weights == "DEFAULT" and folders and isinstance(extractor.model, str):
+        path = checkpoint_for(extractor.model, folders, model_names())
+        if path is not None:
+            note(path)
+            return extractor.set_params(weights=str(path)).fit(X)
     try:
         return extractor.fit(X)
     except WeightsUnavailableError:
@@ -95,6 +120,20 @@ def _weights_value(weights):
     if isinstance(weights, str) and weights.lower() == "none":
         return None
     return weights
+
+
+def check_split_names(classes, log) -> None:
+    """``log`` a note when the class names are a dataset's splits (``train``,
+    ``val``...): the folder given is likely the dataset's root, above the
+    class folders."""
+    splits = sorted(str(c) for c in classes if str(c).lower() in SPLIT_NAMES)
+    if splits:
+        log(
+            f"the class(es) {', '.join(map(repr, splits))} look like a dataset's "
+            "splits, not its classes: the probe ranks models on telling the "
+            "splits apart. If so, give the folder of one split (its subfolders "
+            "are the classes), e.g. DATASET/train/."
+        )
 
 
 def check_classes(y, cv: int) -> dict:
@@ -134,7 +173,7 @@ class ModelRun:
         return self.embeddings[:, start : start + self.widths[i]]
 
 
-def _embed(model, weights, X, layers, settings, log) -> ModelRun:
+def _embed(model, weights, X, layers, settings, log, folders=()) -> ModelRun:
     """All cut points of one model, in one pass over the images."""
     first: dict
     if layers == "stages":
@@ -145,14 +184,18 @@ def _embed(model, weights, X, layers, settings, log) -> ModelRun:
         model=model, weights=_weights_value(weights), on_error="nan", **settings
     ).set_params(**first)
     start = time.perf_counter()
-    with counting_images() as count:
+    with counting_images() as count, progress_label(model):
         fit_with_weights_at_hand(
             extractor,
             X,
             lambda at_hand: log(
-                f"{model}: the DEFAULT weights are not in the torch cache and "
+                f"{model}: using the checkpoint {str(at_hand)!r}, named after it, "
+                "in the weights folder."
+                if isinstance(at_hand, Path)
+                else f"{model}: the DEFAULT weights are not in the torch cache and "
                 f"cannot be downloaded; using {at_hand}, the weights at hand."
             ),
+            folders,
         )
         if layers == "stages":  # every cut point as output columns
             extractor.set_params(layer=extractor.computed_layers_, cache_layers=None)
@@ -263,6 +306,7 @@ def probe(
     *,
     models=DEFAULT_MODELS,
     weights="DEFAULT",
+    weights_dir=None,
     layers="stages",
     cv=5,
     finetune=False,
@@ -300,7 +344,15 @@ def probe(
         in the cache are used instead, and said so.
     weights : str, path-like or None, default="DEFAULT"
         The weights of the models that do not name their own (``"none"`` or
-        None: random weights, seeded by ``random_state``).
+        None: random weights, seeded by ``random_state``). A checkpoint file
+        applies to the models whose architecture it fits; the others are
+        skipped, and said so.
+    weights_dir : str, path-like, list or None, default=None
+        Folders of checkpoints at hand, each named after its model
+        (``mobilenet_v2_imagenet.pth``, ``resnet50.safetensors``): a model
+        with DEFAULT weights uses the checkpoint named after it, offline.
+        None: the folders of the environment variable ``SKTRANSFER_WEIGHTS``
+        (separated by ``os.pathsep``), if set.
     layers : "stages", list or dict, default="stages"
         The cut points: every stage boundary of each model plus its final
         embedding (None); the same list for every model; or a dict from
@@ -319,7 +371,11 @@ def probe(
         The embedding cache: a directory makes a second probe of the same
         images (another ``cv``, more models) skip the networks it has run.
     n_jobs : int or None, default=None
-        Parallel jobs of the cross-validations.
+        Parallel jobs of the cross-validations. The linear probes' iterations
+        are bounded so that they all take about ``PROBE_BUDGET`` operations
+        (half an hour on one core) at most, and said so; a dataset that
+        would leave fewer than ``MIN_ITER`` iterations (many classes, many
+        images and wide cut points at once) is refused.
     random_state : int, default=0
         Seeds the folds and random weights.
     verbose : bool, default=True
@@ -381,7 +437,12 @@ def probe(
         raise ValueError(
             f"X has {len(X)} images but y has shape {y.shape}: one label per image."
         )
+    check_split_names(np.unique(y), log)
     check_classes(y, cv)
+    try:
+        folders = weights_folders(weights_dir)
+    except FileNotFoundError as exc:
+        raise ProbeUsageError(str(exc)) from None
     settings = dict(
         preprocessing=preprocessing,
         batch_size=batch_size,
@@ -396,15 +457,32 @@ def probe(
         spec = weights if own is None else own
         try:
             cuts = layers.get(name, "stages")
-            runs.append(_embed(name, spec, X, cuts, settings, log))
+            runs.append(_embed(name, spec, X, cuts, settings, log, folders))
         except WeightsUnavailableError as exc:
             skipped.append({"model": name, "reason": str(exc)})
             log(f"{name}: skipped, its weights cannot be had here. {exc}")
+        except ArchitectureMismatchError as exc:
+            if own is not None or len(candidates) == 1:
+                raise
+            # one checkpoint for every model: it is for the one it fits
+            skipped.append({"model": name, "reason": str(exc)})
+            log(f"{name}: skipped, the checkpoint given does not fit it. {exc}")
     if not runs:
+        if all("does not match the architecture" in s["reason"] for s in skipped):
+            raise ArchitectureMismatchError(
+                f"The checkpoint {str(weights)!r} fits none of the models "
+                f"{names}. Name the model it was saved from, with the "
+                "checkpoint: --models MODEL:FILE (models=['MODEL:FILE'])."
+            )
+        example = f"{names[-1]}:/path/to/{names[-1]}.pth"
         raise WeightsUnavailableError(
             "No model could be probed: the weights of every one are unavailable "
-            "(see above). Pass --weights FILE (or weights=...) for a checkpoint "
-            "at hand, or run once online to fill the torch cache."
+            "here (see above). With a checkpoint at hand, name its model with "
+            f"it: --models {example} (models=[{example!r}]); or pass "
+            "--weights-dir DIR (weights_dir=DIR, or set SKTRANSFER_WEIGHTS=DIR) "
+            "for a folder of checkpoints named after their model "
+            f"({names[-1]}_imagenet.pth); or run once online to fill the torch "
+            "cache."
         )
     errors = {e.index: e for run in runs for e in run.errors}
     unreadable = np.zeros(len(y), dtype=bool)
@@ -428,8 +506,11 @@ def probe(
     # they give; one thread runs the probes several times faster (measured
     # in benchmarks/RESULTS.md, the probe's section).
     start = time.perf_counter()
+    max_iter = _bounded_iterations(runs, folds, len(counts), log)
     with threadpool_limits(limits=1, user_api="blas"):
-        rows = _linear_probe_rows(runs, kept, y_kept, folds, n_jobs, log)
+        rows = _linear_probe_rows(
+            runs, kept, y_kept, folds, n_jobs, log, max_iter, verbose
+        )
     classifier_seconds = time.perf_counter() - start
     if finetune:
         rows += _finetune_rows(
@@ -457,31 +538,72 @@ def probe(
     )
 
 
-def _linear_probe_rows(runs, kept, y, folds, n_jobs, log) -> list[ProbeRow]:
-    """A linear probe on every cut point of every model, on ``folds``."""
+def _bounded_iterations(runs, folds, n_classes, log) -> int:
+    """The linear probes' iteration limit: :data:`MAX_ITER`, or fewer where
+    all the probes would cost more than :data:`PROBE_BUDGET` operations (and
+    said so); a :class:`ProbeUsageError` below :data:`MIN_ITER`."""
+    n_train = sum(len(train) for train, _ in folds)  # (all the folds' fits)
+    per_iteration = 4 * n_train * n_classes * sum(sum(run.widths) for run in runs)
+    max_iter = min(MAX_ITER, int(PROBE_BUDGET // max(per_iteration, 1)))
+    if max_iter >= MAX_ITER:
+        return MAX_ITER
+    cut_points = sum(len(run.layers) for run in runs)
+    size = (
+        f"{n_classes} classes, {len(folds[0][0])} training images per fold and "
+        f"{cut_points} cut points of {sum(sum(r.widths) for r in runs)} features "
+        f"in all: each iteration of all the linear probes costs about "
+        f"{per_iteration:.1e} operations, {PROBE_BUDGET:.0e} allow "
+        f"{max_iter} iterations"
+    )
+    if max_iter < MIN_ITER:
+        raise ProbeUsageError(
+            f"This dataset is beyond what a linear probe can rank here: {size}, "
+            f"fewer than the {MIN_ITER} a ranking needs. Probe fewer cut points "
+            "(--layers None: the final embeddings) or models, fewer classes "
+            "(merge or sample them), or fewer images per class."
+        )
+    log(
+        f"The linear probes are bounded to {max_iter} iterations (of "
+        f"{MAX_ITER}) to keep them to about half an hour on one core: {size}. "
+        "Fits that stop there are counted below."
+    )
+    return max_iter
+
+
+def _linear_probe_rows(
+    runs, kept, y, folds, n_jobs, log, max_iter=MAX_ITER, verbose=False
+) -> list[ProbeRow]:
+    """A linear probe on every cut point of every model, on ``folds``, with
+    a progress bar of the cut points."""
     rows, stopped = [], 0
-    for run in runs:
-        pairs = zip(run.layers, run.widths, strict=True)
-        for depth, (layer, width) in enumerate(pairs, start=1):
-            scores, n_stopped = _cv_scores(
-                linear_probe(), run.columns(layer)[kept], y, folds, n_jobs
-            )
-            stopped += n_stopped
-            rows.append(
-                ProbeRow.scored(
-                    run,
-                    scores,
-                    layer=layer,
-                    method="linear probe",
-                    trainable_layers=None,
-                    n_features=int(width),
-                    depth=depth / len(run.layers),
+    total = sum(len(run.layers) for run in runs)
+    with progress(
+        total=total, desc="Linear probes", unit="cut point", verbose=verbose
+    ) as bar:
+        for run in runs:
+            pairs = zip(run.layers, run.widths, strict=True)
+            for depth, (layer, width) in enumerate(pairs, start=1):
+                bar.set_postfix_str(f"{run.model} {layer or 'final'}", refresh=False)
+                scores, n_stopped = _cv_scores(
+                    linear_probe(max_iter), run.columns(layer)[kept], y, folds, n_jobs
                 )
-            )
+                bar.update()
+                stopped += n_stopped
+                rows.append(
+                    ProbeRow.scored(
+                        run,
+                        scores,
+                        layer=layer,
+                        method="linear probe",
+                        trainable_layers=None,
+                        n_features=int(width),
+                        depth=depth / len(run.layers),
+                    )
+                )
     if stopped:
         log(
             f"{stopped} of {len(rows) * len(folds)} linear probes stopped at "
-            f"max_iter={MAX_ITER} before converging; their scores may be "
+            f"max_iter={max_iter} before converging; their scores may be "
             "slightly low."
         )
     return rows
@@ -706,19 +828,35 @@ class ProbeResult:
         if ax is None:
             plt = require("matplotlib.pyplot", "report", "The probe's plot")
             _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-        for model in dict.fromkeys(row["model"] for row in self.rows):
+        models = list(dict.fromkeys(row["model"] for row in self.rows))
+        for model in models:
             points = sorted(
-                (row["depth"], row["cv_accuracy"], row["cv_std"])
+                (row["depth"], row["cv_accuracy"], row["cv_std"], _layer_label(row))
                 for row in self.rows
                 if row["model"] == model and row["method"] == "linear probe"
             )
-            depth, mean, std = (np.asarray(v) for v in zip(*points, strict=True))
+            columns = list(zip(*points, strict=True))
+            depth, mean, std = (np.asarray(v) for v in columns[:3])
+            names = list(columns[3])
             random = any(r["weights"] is None for r in self.rows if r["model"] == model)
             label = f"{model} (random weights)" if random else model
             line = ax.plot(depth, mean, marker="o", label=label)[0]
             ax.fill_between(
                 depth, mean - std, mean + std, color=line.get_color(), alpha=0.15
             )
+            if len(models) == 1:  # the layers on the axis
+                ax.set_xticks(depth, names, rotation=60, ha="right", fontsize=7)
+            else:  # each point named, in its model's colour
+                for x, y, name in zip(depth, mean, names, strict=True):
+                    ax.annotate(
+                        name,
+                        (x, y),
+                        xytext=(2, 4),
+                        textcoords="offset points",
+                        rotation=45,
+                        fontsize=6,
+                        color=line.get_color(),
+                    )
         best = self.best
         ax.scatter(
             [best["depth"]],
@@ -728,7 +866,11 @@ class ProbeResult:
             edgecolors="black",
             label="winner",
         )
-        ax.set_xlabel("depth of the cut point (1 = the final embedding)")
+        ax.set_xlabel(
+            "cut point, by depth (1 = the final embedding)"
+            if len(models) == 1
+            else "depth of the cut point (1 = the final embedding; each point named)"
+        )
         ax.set_ylabel(f"linear probe, {self.cv}-fold CV accuracy")
         ax.set_title("Which model, and which layer?")
         ax.grid(alpha=0.3)

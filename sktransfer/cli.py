@@ -57,6 +57,7 @@ a usage error.
 PROBE_EPILOG = """\
 examples:
   sktransfer probe photos/                      # photos/<class>/<image>
+  sktransfer probe photos/ --weights-dir ~/weights  # offline: checkpoints there
   sktransfer probe photos/ --labels labels.csv  # columns path,label
   sktransfer probe photos/ --models resnet50 mobilenet_v2:IMAGENET1K_V1 \\
       --report report/ --json ranking.json --save best/
@@ -206,7 +207,19 @@ def _parser() -> argparse.ArgumentParser:
         default=5,
         help="epochs of each fine-tuning",
     )
-    p.add_argument("--cache", metavar="DIR", help="a persistent embedding cache")
+    p.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        nargs="+",
+        help="folder(s) of checkpoints at hand, named after their model "
+        "(mobilenet_v2_imagenet.pth): a model with DEFAULT weights uses its own, "
+        "offline (default: the folders in $SKTRANSFER_WEIGHTS)",
+    )
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="a persistent embedding cache ('none': no cache; default: in memory)",
+    )
     p.add_argument("--n-jobs", type=int, default=None, help="jobs of the probes")
     p.add_argument("--json", metavar="FILE", help="write the ranking ('-': stdout)")
     p.add_argument("--report", metavar="DIR", help="write a plot and a Markdown report")

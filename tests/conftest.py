@@ -5,6 +5,9 @@ import os
 # Tests never download: the Hugging Face hub (timm weights) is offline, so a
 # missing file is an error at once instead of minutes of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A folder of checkpoints at hand (``make demo`` and ``make probe`` set it)
+# would stand in for DEFAULT weights: tests name their weights themselves.
+os.environ.pop("SKTRANSFER_WEIGHTS", None)
 
 import shutil
 import urllib.error

@@ -4,6 +4,7 @@ offline (the command's help says what it compares)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from sktransfer._extractor import PretrainedFeatureExtractor
 from sktransfer._finetune import FineTunedClassifier
 from sktransfer._identity import cpu_model
 from sktransfer._probe import fit_with_weights_at_hand, linear_probe
+from sktransfer._sources.checkpoints import weights_folders
 from sktransfer.exceptions import WeightsUnavailableError
 
 PRETRAINED_LAYERS = {
@@ -173,15 +175,21 @@ def _pretrained(args, X):
             extractor,
             X[:1],
             lambda at_hand: print(
-                f"\nThe DEFAULT {args.model} weights are not in the torch cache "
-                f"and cannot be downloaded; using {at_hand}, the ImageNet weights "
-                "at hand."
+                f"\nUsing the checkpoint {str(at_hand)!r}, named after "
+                f"{args.model}, in the weights folder ($SKTRANSFER_WEIGHTS)."
+                if isinstance(at_hand, Path)
+                else f"\nThe DEFAULT {args.model} weights are not in the torch "
+                f"cache and cannot be downloaded; using {at_hand}, the ImageNet "
+                "weights at hand."
             ),
+            weights_folders(),
         )
     except WeightsUnavailableError as exc:
         print(
             f"\n!! The pretrained path is SKIPPED: no {args.model} weights here "
-            f"({exc}).\n!! Pass --weights PATH to a checkpoint, or run once online."
+            f"({exc}).\n!! Pass --weights PATH to a checkpoint, set "
+            "SKTRANSFER_WEIGHTS to a folder of checkpoints named after their model, "
+            "or run once online."
         )
         return None
 

@@ -77,6 +77,13 @@ def _paths(source) -> list[str]:
     path = Path(source)
     if path.is_dir():
         return list(list_images(path))
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        raise UsageError(
+            f"{source!r} is a {path.suffix[1:].upper()} file; embed takes a folder, "
+            "or a text file of image paths, one per line, each line verbatim (no "
+            "header, no other columns). Write the path column to a text file and "
+            "give that (its rows come out in its order)."
+        )
     if path.is_file():
         return read_list_file(path)
     raise FileNotFoundError(f"{source!r} is neither a folder nor a file.")

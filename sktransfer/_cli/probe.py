@@ -8,6 +8,7 @@ import contextlib
 import csv
 import os
 import sys
+from collections import Counter
 
 import numpy as np
 
@@ -26,7 +27,8 @@ def run(args) -> int:
     if args.report is not None:
         require("matplotlib", "report", "--report")
     X, y = read_labels(args.dir, args.labels)
-    say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}")
+    say(f"{len(X)} images in {len(set(y.tolist()))} classes, from {args.dir}:")
+    say(_class_counts(y))
     models = args.models or DEFAULT_MODELS
     layers = _layers_argument(args.layers, models)
     # stdout is for results: what libraries print there (torch.hub's
@@ -59,9 +61,26 @@ def read_labels(folder, labels_csv):
         rows = [(r["path"], r["label"]) for r in reader]
     if not rows:
         raise UsageError(f"The labels file {labels_csv!r} has no rows.")
+    # (a short row gives None; an empty cell "")
+    blank = [i for i, (path, label) in enumerate(rows) if not path or not label]
+    if blank:
+        lines = ", ".join(str(i + 2) for i in blank[:10])  # (+1: header, from 1)
+        raise UsageError(
+            f"The labels file {labels_csv!r} has {len(blank)} row(s) without a "
+            f"path or a label (line(s) {lines}{', ...' if len(blank) > 10 else ''}"
+            "). Give every row both, or remove the rows."
+        )
     # (joined as the report's code joins them)
     X = np.asarray([os.path.join(folder, path) for path, _ in rows], dtype=object)
     return X, np.asarray([label for _, label in rows])
+
+
+def _class_counts(y, shown=20) -> str:
+    """The classes and their images, most first (the first ``shown``)."""
+    counts = sorted(Counter(y.tolist()).items(), key=lambda kv: (-kv[1], str(kv[0])))
+    text = ", ".join(f"{label} {count}" for label, count in counts[:shown])
+    more = f", ... ({len(counts) - shown} more classes)" if len(counts) > shown else ""
+    return f"  {text}{more}"
 
 
 def _layers_argument(values, models):
@@ -86,6 +105,7 @@ def _probe_result(args, X, y, models, layers):
         y,
         models=models,
         weights=args.weights,
+        weights_dir=args.weights_dir,
         layers=layers,
         cv=args.cv,
         finetune=args.finetune,
@@ -94,12 +114,20 @@ def _probe_result(args, X, y, models, layers):
         batch_size=args.batch_size,
         precision=args.precision,
         device=args.device,
-        cache=args.cache or "memory",
+        cache=_cache_argument(args.cache),
         n_jobs=args.n_jobs,
         random_state=args.seed,
         verbose=not args.quiet,
         log=note,
     )
+
+
+def _cache_argument(value):
+    """``--cache``: a folder, 'none' (no cache: each model's pass is kept in
+    memory only for its own cut points), or the default, in memory."""
+    if value is None:
+        return "memory"
+    return None if value.lower() == "none" else value
 
 
 def _print_ranking(args, result, say) -> None:

@@ -19,17 +19,75 @@ from sktransfer._common import require
 from sktransfer._identity import content_digest, remember_file_digest
 
 __all__ = [
+    "ENVIRONMENT_VARIABLE",
     "SUFFIXES",
+    "ArchitectureMismatchError",
+    "checkpoint_for",
     "cpu_module",
     "fit_head_to",
     "last_linear",
     "load_state",
     "read_checkpoint",
     "replace_head",
+    "weights_folders",
 ]
 
 #: Suffixes that make a ``weights`` string a file rather than a weights name.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
+#: The folders of checkpoints at hand (``os.pathsep``-separated), read where
+#: no folder is given: see :func:`weights_folders`.
+ENVIRONMENT_VARIABLE = "SKTRANSFER_WEIGHTS"
+
+
+class ArchitectureMismatchError(ValueError):
+    """A checkpoint whose tensors are not those of the architecture."""
+
+
+def weights_folders(given=None) -> list[Path]:
+    """The folders searched for checkpoints: ``given`` (a folder or a list
+    of them), else those of the environment variable ``SKTRANSFER_WEIGHTS``
+    (``os.pathsep``-separated); a folder given that does not exist is an
+    error, one of the variable's is passed over."""
+    if given is None:
+        value = os.environ.get(ENVIRONMENT_VARIABLE, "")
+        return [Path(p) for p in value.split(os.pathsep) if p and Path(p).is_dir()]
+    folders = [given] if isinstance(given, (str, os.PathLike)) else list(given)
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(
+                f"The weights folder {str(folder)!r} does not exist or is not a "
+                "folder. Name a folder of checkpoints named after their model "
+                "(mobilenet_v2_imagenet.pth, resnet50.safetensors)."
+            )
+    return [Path(folder) for folder in folders]
+
+
+def _names_model(stem: str, model: str) -> bool:
+    """Whether a file stem is ``model`` or starts with it and a separator."""
+    return stem == model or (stem.startswith(model) and stem[len(model)] in "_-.")
+
+
+def checkpoint_for(model: str, folders, names) -> Path | None:
+    """The first checkpoint file (by folder, then name) in ``folders`` named
+    after ``model``: ``<model>.pth`` or ``<model>_<anything>.pth`` (any of
+    :data:`SUFFIXES`), unless a longer name of ``names`` (the architectures
+    there are) claims it: ``resnet50_2.pth`` is not ``resnet50``'s when
+    ``resnet50_2`` is an architecture."""
+    for folder in folders:
+        found = []
+        for path in Path(folder).iterdir():
+            if not (path.suffix in SUFFIXES and path.is_file()):
+                continue
+            stem = path.name[: -len(path.suffix)]
+            claims = [n for n in names if _names_model(stem, n)]
+            if _names_model(stem, model) and max(claims, key=len, default="") in (
+                "",
+                model,
+            ):
+                found.append(path)
+        if found:
+            return sorted(found)[0]
+    return None
 
 
 def cpu_module(module: nn.Module) -> nn.Module:
@@ -137,7 +195,7 @@ def load_state(module: nn.Module, state: Mapping, source: str) -> None:
             if keys:
                 shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
-        raise ValueError(
+        raise ArchitectureMismatchError(
             f"The checkpoint {source} does not match the architecture: "
             + "; ".join(parts)
             + ". Check that 'model' names the architecture the checkpoint was "

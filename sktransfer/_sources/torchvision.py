@@ -29,7 +29,7 @@ from sktransfer._sources.base import (
 )
 from sktransfer.exceptions import WeightsUnavailableError
 
-__all__ = ["TorchvisionSource", "hub_path", "model_names"]
+__all__ = ["TorchvisionSource", "hub_path", "model_names", "published_file"]
 
 
 def model_names() -> list[str]:
@@ -41,6 +41,15 @@ def hub_path(weights: WeightsEnum) -> Path:
     """Where torch.hub keeps (or would keep) the file of published weights."""
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def published_file(model: str, path: Path) -> WeightsEnum | None:
+    """The published weights of ``model`` whose file ``path`` is, by the
+    name torch.hub gives it (``mobilenet_v2-b0353104.pth``): the file the
+    weights' name loads, so that the same file by path or by name gets the
+    same preprocessing. None for any other file."""
+    enum = torchvision.models.get_model_weights(model)
+    return next((w for w in enum if hub_path(w).name == path.name), None)
 
 
 def _name(weights: WeightsEnum) -> str:
@@ -130,12 +139,14 @@ class TorchvisionSource(Source):
             description = _name(resolved)
         else:
             module = torchvision.models.get_model(model, weights=None)
+            published = torchvision.models.get_model_weights(model).DEFAULT
             if isinstance(resolved, Path):
                 state = checkpoints.read_checkpoint(resolved)
                 checkpoints.fit_head_to(module, state)
-                checkpoints.load_state(module, state, repr(str(resolved)))
-            default = torchvision.models.get_model_weights(model).DEFAULT
-            prep = _preprocess.from_weights(default)
+                source = f"{str(resolved)!r} (given for {model!r})"
+                checkpoints.load_state(module, state, source)
+                published = published_file(model, resolved) or published
+            prep = _preprocess.from_weights(published)
             description = None if resolved is None else str(resolved)
         head = checkpoints.last_linear(module)
         if head is not None:
