@@ -47,6 +47,8 @@ _LAZY = {
     "Preprocessing": "sktransfer._preprocess",
     "ProbeResult": "sktransfer._probe",
     "probe": "sktransfer._probe",
+    "TextProbeResult": "sktransfer._text_probe",
+    "probe_texts": "sktransfer._text_probe",
     "list_layers": "sktransfer._runtime.layers",
     "PretrainedWordVectors": "sktransfer._word_vectors",
     "PretrainedTextExtractor": "sktransfer._text_extractor",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
     from sktransfer._text_extractor import PretrainedTextExtractor
+    from sktransfer._text_probe import TextProbeResult, probe_texts
     from sktransfer._word_vectors import PretrainedWordVectors
 
 
@@ -108,6 +111,7 @@ __all__ = [
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TextProbeResult",
     "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
@@ -121,6 +125,7 @@ __all__ = [
     "load",
     "load_image_folder",
     "probe",
+    "probe_texts",
     "read_embeddings",
     "save",
     "untrusted_types",

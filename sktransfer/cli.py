@@ -218,6 +218,30 @@ def _parser() -> argparse.ArgumentParser:
         ".joblib file (a pickle)",
     )
     _add_engine_options(p)
+    t = p.add_argument_group(
+        "texts",
+        "DIR a CSV, TSV or Parquet file: rank language models x layers x "
+        "poolings, word vectors and a tf-idf + logistic regression baseline "
+        "(--models: hub ids or model folders; --layers: hidden states)",
+    )
+    t.add_argument("--text-column", metavar="COLUMN", help="the column of texts")
+    t.add_argument("--label-column", metavar="COLUMN", help="the column of labels")
+    t.add_argument(
+        "--word-vectors",
+        nargs="+",
+        metavar="FILE",
+        help="word-vectors files (GloVe, word2vec, fastText), one row each",
+    )
+    t.add_argument(
+        "--poolings",
+        nargs="+",
+        default=["mean", "cls", "max"],
+        choices=["mean", "cls", "max"],
+        help="poolings of every hidden state",
+    )
+    t.add_argument(
+        "--max-length", type=_positive_int, default=None, help="tokens per text"
+    )
 
     p = sub.add_parser(
         "embed",

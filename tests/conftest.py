@@ -299,6 +299,8 @@ def make_tiny_text_model(folder, seed=0, max_position_embeddings=64):
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = transformers.BertTokenizerFast(
         vocab_file=str(folder / "vocab.txt"),
+        # (transformers 5 ignores vocab_file here: every word was [UNK])
+        vocab={word: i for i, word in enumerate(vocab)},
         do_lower_case=True,
         model_max_length=max_position_embeddings,
     )
