@@ -290,11 +290,12 @@ def probe(
     X : array-like of images or paths, or of texts
         Anything :class:`~sktransfer.PretrainedFeatureExtractor` takes.
         Images that cannot be read are left out of every row, and said so.
-        Texts (a list, array or Series of ``str`` that are not image paths)
-        are probed by :func:`~sktransfer.probe_texts` (language models x
-        layers x poolings and a tf-idf baseline; ``models`` then names
-        language models or word-vectors files, ``layers`` hidden states),
-        which returns a :class:`~sktransfer.TextProbeResult`.
+        Given texts (a list, array or Series of ``str`` that are not image
+        paths), ``sktransfer.probe`` calls :func:`~sktransfer.probe_texts`
+        instead (language models x layers x poolings and a tf-idf baseline;
+        ``models`` then names language models or word-vectors files,
+        ``layers`` hidden states), which returns a
+        :class:`~sktransfer.TextProbeResult`.
     y : array-like of shape (n_images,)
         The class of each image.
     models : list of str or (str, weights) pairs, default=DEFAULT_MODELS
@@ -355,27 +356,6 @@ def probe(
 
     (``layer4``, pooled, is the final embedding itself: one row for both.)
     """
-    # Texts: the text probe (late import: the text probe imports this module).
-    from sktransfer._text_probe import DEFAULT_TEXT_MODELS, is_texts, probe_texts
-
-    if is_texts(X):
-        image_only = {"weights": weights != "DEFAULT", "finetune": finetune,
-                      "preprocessing": preprocessing != "auto"}  # fmt: skip
-        if any(image_only.values()):
-            given = [k for k, v in image_only.items() if v]
-            raise ProbeUsageError(
-                f"X holds texts: {given} apply to images only. For texts, see "
-                "sktransfer.probe_texts's parameters."
-            )
-        return probe_texts(  # type: ignore[return-value]
-            X, y,
-            models=DEFAULT_TEXT_MODELS
-            if models is DEFAULT_MODELS else models,
-            layers="all" if layers == "stages" else layers,
-            cv=cv, batch_size=32 if batch_size == 64 else batch_size,
-            precision=precision, device=device, cache=cache, n_jobs=n_jobs,
-            random_state=random_state, verbose=verbose, log=log,
-        )  # fmt: skip
     log = log or (lambda message: warn(message, ProbeWarning))
     if not isinstance(cv, int) or cv < 2:
         raise ProbeUsageError(f"cv must be an integer of at least 2. Got {cv!r}.")

@@ -21,6 +21,8 @@ the number of rows compared (Bonferroni).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import os
@@ -38,7 +40,15 @@ from threadpoolctl import threadpool_limits
 
 from sktransfer._common import require
 from sktransfer._images.decode import EXTENSIONS
-from sktransfer._probe import MAX_ITER, _cv_scores, check_classes, linear_probe, rank
+from sktransfer._probe import (
+    DEFAULT_MODELS,
+    MAX_ITER,
+    _cv_scores,
+    check_classes,
+    linear_probe,
+    rank,
+)
+from sktransfer._probe import probe as probe_images
 from sktransfer._sources.word_vectors import is_keyed_vectors
 from sktransfer._text.inputs import as_texts
 from sktransfer._text_extractor import PretrainedTextExtractor
@@ -52,7 +62,7 @@ from sktransfer.exceptions import (
     warn,
 )
 
-__all__ = ["ALPHA", "DEFAULT_TEXT_MODELS", "TextProbeResult", "probe_texts"]
+__all__ = ["ALPHA", "DEFAULT_TEXT_MODELS", "TextProbeResult", "probe", "probe_texts"]
 
 #: The language models probed when none are named.
 DEFAULT_TEXT_MODELS = ("sentence-transformers/all-MiniLM-L6-v2",)
@@ -723,3 +733,34 @@ def _word_vectors(spec, texts):
     vectors = PretrainedWordVectors(vectors=spec, pooling="mean")
     columns = vectors.fit_transform(texts)
     return [(None, "mean", 1.0, columns)]
+
+
+@functools.wraps(probe_images)
+def probe(X, y, **params):
+    # ``sktransfer.probe``: the image probe, or the text probe for texts
+    # (its docstring is the image probe's, which says so under ``X``).
+    if not is_texts(X):
+        return probe_images(X, y, **params)
+    bound = inspect.signature(probe_images).bind(X, y, **params)
+    bound.apply_defaults()
+    args = bound.arguments
+    image_only = [
+        name
+        for name, default in (("weights", "DEFAULT"), ("finetune", False),
+                              ("preprocessing", "auto"))
+        if args[name] != default
+    ]  # fmt: skip
+    if image_only:
+        raise ProbeUsageError(
+            f"X holds texts: {image_only} apply to images only. See "
+            "sktransfer.probe_texts for the text probe's parameters."
+        )
+    return probe_texts(
+        X, y,
+        models=DEFAULT_TEXT_MODELS if args["models"] is DEFAULT_MODELS
+        else args["models"],
+        layers="all" if args["layers"] == "stages" else args["layers"],
+        batch_size=32 if args["batch_size"] == 64 else args["batch_size"],
+        **{k: args[k] for k in ("cv", "precision", "device", "cache", "n_jobs",
+                                "random_state", "verbose", "log")},
+    )  # fmt: skip
