@@ -17,6 +17,17 @@ from sktransfer.cli import main
 
 pytest.importorskip("transformers")
 
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    """The tiny random BERT, with a tokenizer that knows its words."""
+    from .conftest import make_tiny_text_model
+
+    return make_tiny_text_model(
+        tmp_path_factory.mktemp("probe") / "tiny-bert", words=True
+    )
+
+
 NOISE = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "was", "plot"]
 
 
@@ -256,3 +267,51 @@ def test_cli_table_needs_both_columns(tmp_path, capsys):
     pd.DataFrame({"review": ["a", "b"], "stars": ["x", "y"]}).to_csv(table)
     assert main(["probe", str(table), "--text-column", "review"]) == 2
     assert "--label-column" in capsys.readouterr().err
+
+
+# -- sktransfer embed, for texts -------------------------------------------------
+def test_cli_embeds_a_text_file_in_order(tiny_text_model, tmp_path):
+    from sktransfer import read_embeddings
+    from sktransfer._text_extractor import PretrainedTextExtractor
+
+    texts = ["the cat sat", "", "a good movie , really", "the cat sat", "i loved it"]
+    source = tmp_path / "texts.txt"
+    source.write_bytes(("\n".join(texts) + "\n").encode())
+    out = tmp_path / "emb.npy"
+    code = main(["embed", str(source), "--texts", "-o", str(out), "--model",
+                 str(tiny_text_model), "--layer", "2", "--quiet"])  # fmt: skip
+    assert code == 0
+    rows, listed = read_embeddings(out)
+    assert listed == texts  # every line a row, the empty one too, in order
+    expected = PretrainedTextExtractor(
+        model=str(tiny_text_model), layer=[2], cache=None, verbose=False
+    ).fit_transform(texts)
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_embeds_a_column_to_parquet(tiny_text_model, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts, y = labelled(n=6)
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"review": texts, "stars": y}).to_csv(table, index=False)
+    out = tmp_path / "emb.parquet"
+    code = main(["embed", str(table), "--text-column", "review", "-o", str(out),
+                 "--model", str(tiny_text_model), "--quiet"])  # fmt: skip
+    assert code == 0
+    written = pq.read_table(out).to_pandas()
+    assert written["text"].tolist() == texts
+    assert written["row"].tolist() == list(range(6))
+    assert len(written["embedding"][0]) == 32
+
+
+def test_cli_embed_of_texts_refuses_image_options(tiny_text_model, tmp_path, capsys):
+    source = tmp_path / "texts.txt"
+    source.write_text("a\nb\n")
+    code = main(["embed", str(source), "--texts", "-o", str(tmp_path / "e.npy"),
+                 "--pooling", "avg"])  # fmt: skip
+    assert code == 2
+    assert "--pooling for texts" in capsys.readouterr().err
+    source.write_bytes(b"ok\n\xff\xfe bad\n")
+    code = main(["embed", str(source), "--texts", "-o", str(tmp_path / "e.npy")])
+    assert code == 2
+    assert "Line 2" in capsys.readouterr().err

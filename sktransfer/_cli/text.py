@@ -21,7 +21,7 @@ def wants_text(args) -> bool:
     return bool(args.text_column) or Path(args.dir).suffix.lower() in TABLES
 
 
-def read_table(path, text_column, label_column):
+def read_table(path, text_column, label_column=None, labels=True):
     """The texts and labels of a CSV/TSV/Parquet file, every row kept in
     order; a clear error naming a missing column, an empty label or a
     non-text value (with its row)."""
@@ -41,8 +41,10 @@ def read_table(path, text_column, label_column):
         raise UsageError(
             f"{str(path)!r}: a table of texts must be {', '.join(TABLES)}."
         )
-    for option, column in (("--text-column", text_column),
-                           ("--label-column", label_column)):  # fmt: skip
+    wanted = [("--text-column", text_column)]
+    if labels:
+        wanted.append(("--label-column", label_column))
+    for option, column in wanted:
         if column is None:
             raise UsageError(f"A table of texts needs {option} (its columns: "
                              f"{list(table.columns)}).")  # fmt: skip
@@ -53,7 +55,7 @@ def read_table(path, text_column, label_column):
             )
     if table.empty:
         raise UsageError(f"{str(path)!r} has no rows.")
-    texts, labels = table[text_column], table[label_column]
+    texts = table[text_column]
     for i, value in enumerate(texts):
         if not isinstance(value, str):
             raise UsageError(
@@ -61,13 +63,16 @@ def read_table(path, text_column, label_column):
                 f"{value!r:.60} ({type(value).__name__}). Fill or drop it; "
                 "is --text-column the column of the texts?"
             )
-    missing = np.flatnonzero(labels.isna().to_numpy())
+    if not labels:
+        return list(texts), None
+    y = table[label_column]
+    missing = np.flatnonzero(y.isna().to_numpy())
     if len(missing):
         raise UsageError(
             f"{len(missing)} rows of column {label_column!r} have no label "
             f"(rows {missing[:10].tolist()}). Label them or drop them."
         )
-    return list(texts), labels.astype(str).to_numpy()
+    return list(texts), y.astype(str).to_numpy()
 
 
 def run_probe(args) -> int:
@@ -157,4 +162,84 @@ def _data_code(args) -> str:
     )
 
 
-__all__ = ["read_table", "run_probe", "wants_text"]
+def read_lines(path) -> list[str]:
+    """The texts of a text file, one per line, verbatim but for the line
+    terminator (``\\n``, or ``\\r\\n`` when every line ends so); an empty
+    line is an empty text. A line that is not UTF-8 is an error naming it."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the last line's terminator
+        lines.pop()
+    if not lines:
+        raise UsageError(f"{str(path)!r} has no lines: no texts to embed.")
+    ended = len(lines) if data.endswith(b"\n") else len(lines) - 1
+    if ended and all(line.endswith(b"\r") for line in lines[:ended]):
+        lines[:ended] = [line[:-1] for line in lines[:ended]]
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            texts.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"Line {number} of {str(path)!r} is not UTF-8 ({exc.reason} at "
+                f"byte {exc.start}): convert the file to UTF-8."
+            ) from None
+    return texts
+
+
+def run_embed(args) -> int:
+    """Embed the texts of a text file (``--texts``) or of a table's column
+    (``--text-column``) into ``args.output``, one row per text in order."""
+    from sktransfer._embed import embed_texts
+    from sktransfer._text_extractor import PretrainedTextExtractor
+    from sktransfer._text_probe import DEFAULT_TEXT_MODELS
+
+    say = progress(args.quiet)
+    if args.texts and args.text_column:
+        raise UsageError("Give --texts (a text file) or --text-column (a table), "
+                         "not both.")  # fmt: skip
+    image_only = [o for o, given in (("--scheduler", args.scheduler),
+                                     ("--size", args.size is not None),
+                                     ("--weights", args.weights != "DEFAULT"),
+                                     ("--on-error nan", args.on_error == "nan"))
+                  if given]  # fmt: skip
+    if image_only:
+        raise UsageError(f"{', '.join(image_only)}: for images only, not texts.")
+    pooling = args.pooling or "mean"
+    if pooling not in ("mean", "cls", "max"):
+        raise UsageError(f"--pooling for texts: mean, cls or max. Got {pooling!r}.")
+    if Path(args.output).suffix not in (".parquet", ".npy"):
+        raise UsageError("Texts are embedded to OUT.parquet or OUT.npy.")
+    if args.texts:
+        texts = read_lines(args.source)
+    else:
+        texts, _ = read_table(args.source, args.text_column, labels=False)
+    layer = None
+    if args.layer:
+        try:
+            layer = [None if v.lower() == "none" else int(v) for v in args.layer]
+        except ValueError:
+            raise UsageError(
+                f"--layer for texts: hidden-state numbers or 'none'. Got {args.layer}."
+            ) from None
+    extractor = PretrainedTextExtractor(
+        model=args.model or DEFAULT_TEXT_MODELS[0],
+        layer=layer,
+        pooling=pooling,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        cache=None if args.cache in (None, "none") else args.cache,
+    )
+    with contextlib.redirect_stdout(sys.stderr):
+        embed_texts(texts, args.output, extractor, chunk_size=args.chunk_size,
+                    verbose=not args.quiet)  # fmt: skip
+    say(
+        f"{len(texts)} rows of {extractor.n_features_out_} features written to "
+        f"{args.output}"
+    )
+    return 0
+
+
+__all__ = ["read_lines", "read_table", "run_embed", "run_probe", "wants_text"]
