@@ -624,7 +624,6 @@ def probe_texts(
         device=device,
     )  # fmt: skip
     rows, runs, skipped = [], [], []
-    start = time.perf_counter()
     classifier_seconds = 0.0
     first_lm = True
     for spec, kind in zip(specs, kinds, strict=True):
@@ -670,7 +669,6 @@ def probe_texts(
              default=not rows)
     )  # fmt: skip
     classifier_seconds += time.perf_counter() - t1
-    del start
     ranked = rank(rows)
     winner, why = choose(ranked, alpha)
     for row in ranked:
