@@ -46,7 +46,9 @@ _LAZY = {
     "load_image_folder": "sktransfer._images.folders",
     "Preprocessing": "sktransfer._preprocess",
     "ProbeResult": "sktransfer._probe",
-    "probe": "sktransfer._probe",
+    "probe": "sktransfer._text_probe",  # (images, or texts)
+    "TextProbeResult": "sktransfer._text_probe",
+    "probe_texts": "sktransfer._text_probe",
     "list_layers": "sktransfer._runtime.layers",
     "PretrainedWordVectors": "sktransfer._word_vectors",
     "PretrainedTextExtractor": "sktransfer._text_extractor",
@@ -62,10 +64,11 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._finetune import FineTunedClassifier, FineTunedRegressor
     from sktransfer._images.folders import list_images, load_image_folder
     from sktransfer._preprocess import Preprocessing
-    from sktransfer._probe import ProbeResult, probe
+    from sktransfer._probe import ProbeResult
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
     from sktransfer._text_extractor import PretrainedTextExtractor
+    from sktransfer._text_probe import TextProbeResult, probe, probe_texts
     from sktransfer._word_vectors import PretrainedWordVectors
 
 
@@ -108,6 +111,7 @@ __all__ = [
     "SktransferWarning",
     "TamperedModelError",
     "TextInputError",
+    "TextProbeResult",
     "TruncationWarning",
     "UnreadableImagesWarning",
     "UntrustedTypesError",
@@ -121,6 +125,7 @@ __all__ = [
     "load",
     "load_image_folder",
     "probe",
+    "probe_texts",
     "read_embeddings",
     "save",
     "untrusted_types",

@@ -40,7 +40,14 @@ from sktransfer._common import progress, replace_file, require
 from sktransfer._dask import active_client, worker_memory
 from sktransfer.exceptions import ImageReadError, UnreadableImagesWarning
 
-__all__ = ["FORMATS", "embed_dataset", "embed_files", "paths_file", "read_embeddings"]
+__all__ = [
+    "FORMATS",
+    "embed_dataset",
+    "embed_files",
+    "embed_texts",
+    "paths_file",
+    "read_embeddings",
+]
 
 FORMATS = (".parquet", ".npy")
 
@@ -112,6 +119,61 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
     return errors
 
 
+def embed_texts(texts, output, extractor, *, chunk_size=1024, verbose=True):
+    """Embed ``texts`` with a text ``extractor`` and write the rows to
+    ``output``, in input order.
+
+    Parameters
+    ----------
+    texts : sequence of str
+        The texts, in the order of the output rows.
+    output : path-like
+        ``*.parquet`` (columns ``row``, ``text``, ``embedding``, ``error``;
+        needs pyarrow) or ``*.npy`` with the texts in ``<stem>.paths.txt``
+        beside it (a JSON header with the row count, then one text per line
+        as a JSON string), read back, checked, by :func:`read_embeddings`.
+    extractor : PretrainedTextExtractor or PretrainedWordVectors
+        Not fitted; the cache of a ``PretrainedTextExtractor`` makes the job
+        resumable.
+    chunk_size : int, default=1024
+        Texts per transform call: the work a crash can lose.
+    verbose : bool, default=True
+        A progress bar on stderr.
+    """
+    output = Path(output)
+    if output.suffix not in FORMATS:
+        raise ValueError(
+            f"The output {str(output)!r} must end with {' or '.join(FORMATS)}."
+        )
+    if output.suffix == ".parquet":  # before the work, not after
+        require("pyarrow", "parquet", "Writing Parquet")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("No texts to embed.")
+    if "verbose" in extractor.get_params():
+        extractor.set_params(verbose=False)
+    extractor.fit(texts)
+    rows = np.empty((len(texts), extractor.n_features_out_), dtype=np.float32)
+    with progress(
+        total=len(texts), desc="Embedding", unit="text", verbose=verbose
+    ) as bar:
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            rows[start : start + len(chunk)] = extractor.transform(chunk)
+            bar.update(len(chunk))
+    if output.suffix == ".parquet":
+        params = extractor.get_params()
+        metadata = {
+            "model": str(params.get("model", params.get("vectors"))),
+            "layers": str(getattr(extractor, "layers_", None)),
+            "pooling": str(params["pooling"]),
+            "precision": str(getattr(extractor, "precision_", "float32")),
+        }
+        _write_parquet(output, texts, rows, [], metadata, column="text")
+    else:
+        _write_npy(output, texts, rows)
+
+
 def _metadata(extractor) -> dict:
     """What a fitted extractor's output files say of it."""
     return {
@@ -134,8 +196,11 @@ def _shifted(error: ImageReadError, start: int) -> ImageReadError:
     return shifted
 
 
-def _write_parquet(output, paths, rows, errors, metadata, start=0) -> None:
-    """Rows ``start``.. of a job to one Parquet file, atomically."""
+def _write_parquet(
+    output, paths, rows, errors, metadata, start=0, column="path"
+) -> None:
+    """Rows ``start``.. of a job to one Parquet file, atomically; ``paths``
+    in the column ``column`` (``"text"`` for texts)."""
     pa = require("pyarrow", "parquet", "Writing Parquet")
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -148,7 +213,7 @@ def _write_parquet(output, paths, rows, errors, metadata, start=0) -> None:
     table = pa.table(
         {
             "row": pa.array(np.asarray(ids, dtype=np.int64)),
-            "path": pa.array(paths, pa.string()),
+            column: pa.array(paths, pa.string()),
             "embedding": pc.if_else(
                 mask, pa.nulls(len(paths), embedding.type), embedding
             ),

@@ -331,9 +331,15 @@ def probe(
 
     Parameters
     ----------
-    X : array-like of images or paths
+    X : array-like of images or paths, or of texts
         Anything :class:`~sktransfer.PretrainedFeatureExtractor` takes.
         Images that cannot be read are left out of every row, and said so.
+        Given texts (a list, array or Series of ``str`` that are not image
+        paths), ``sktransfer.probe`` calls :func:`~sktransfer.probe_texts`
+        instead (language models x layers x poolings and a tf-idf baseline;
+        ``models`` then names language models or word-vectors files,
+        ``layers`` hidden states), which returns a
+        :class:`~sktransfer.TextProbeResult`.
     y : array-like of shape (n_images,)
         The class of each image.
     models : list of str or (str, weights) pairs, default=DEFAULT_MODELS

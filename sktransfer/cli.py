@@ -231,6 +231,30 @@ def _parser() -> argparse.ArgumentParser:
         ".joblib file (a pickle)",
     )
     _add_engine_options(p)
+    t = p.add_argument_group(
+        "texts",
+        "DIR a CSV, TSV or Parquet file: rank language models x layers x "
+        "poolings, word vectors and a tf-idf + logistic regression baseline "
+        "(--models: hub ids or model folders; --layers: hidden states)",
+    )
+    t.add_argument("--text-column", metavar="COLUMN", help="the column of texts")
+    t.add_argument("--label-column", metavar="COLUMN", help="the column of labels")
+    t.add_argument(
+        "--word-vectors",
+        nargs="+",
+        metavar="FILE",
+        help="word-vectors files (GloVe, word2vec, fastText), one row each",
+    )
+    t.add_argument(
+        "--poolings",
+        nargs="+",
+        default=["mean", "cls", "max"],
+        choices=["mean", "cls", "max"],
+        help="poolings of every hidden state",
+    )
+    t.add_argument(
+        "--max-length", type=_positive_int, default=None, help="tokens per text"
+    )
 
     p = sub.add_parser(
         "embed",
@@ -259,8 +283,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        default="resnet50",
-        help="a torchvision model, or a timm one ('timm/<arch>.<tag>')",
+        default=None,
+        help="a torchvision model, or a timm one ('timm/<arch>.<tag>') "
+        "(default: resnet50); for texts, a hub id or model folder (default: "
+        "sentence-transformers/all-MiniLM-L6-v2)",
     )
     p.add_argument(
         "--layer",
@@ -270,9 +296,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pooling",
-        default="avg",
-        choices=["avg", "max", "avgmax", "cls", "clsavg", "flatten"],
-        help="how a layer's output becomes a vector",
+        default=None,
+        choices=["avg", "max", "avgmax", "cls", "clsavg", "flatten", "mean"],
+        help="how a layer's output becomes a vector (default: avg; for texts: "
+        "mean, cls or max, default mean)",
     )
     p.add_argument(
         "--on-error",
@@ -305,6 +332,23 @@ def _parser() -> argparse.ArgumentParser:
         "output's partitions on its cluster",
     )
     _add_engine_options(p, int8=True)
+    t = p.add_argument_group(
+        "texts", "embed texts with a language model (--layer: hidden states)"
+    )
+    t.add_argument(
+        "--texts",
+        action="store_true",
+        help="SOURCE is a text file of texts, one per line (an empty line is "
+        "an empty text)",
+    )
+    t.add_argument(
+        "--text-column",
+        metavar="COLUMN",
+        help="SOURCE is a CSV, TSV or Parquet file: embed this column",
+    )
+    t.add_argument(
+        "--max-length", type=_positive_int, default=None, help="tokens per text"
+    )
 
     p = sub.add_parser(
         "demo",

@@ -313,9 +313,14 @@ TINY_WORDS = [
 ]
 
 
-def make_tiny_text_model(folder, seed=0, max_position_embeddings=64):
+def make_tiny_text_model(folder, seed=0, max_position_embeddings=64, words=False):
     """A random 4-block BERT (hidden size 32) with a fast tokenizer over a
-    tiny vocabulary, saved to ``folder`` in the transformers format."""
+    tiny vocabulary, saved to ``folder`` in the transformers format.
+
+    Under transformers 5, ``BertTokenizerFast`` ignores ``vocab_file``: the
+    tokenizer maps every word to ``[UNK]`` (every text of the same length
+    gives the same row). ``words=True`` builds it from the vocabulary
+    itself, so that words count (the text probe's tests need it)."""
     transformers = pytest.importorskip("transformers")
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
@@ -324,6 +329,7 @@ def make_tiny_text_model(folder, seed=0, max_position_embeddings=64):
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = transformers.BertTokenizerFast(
         vocab_file=str(folder / "vocab.txt"),
+        **({"vocab": {word: i for i, word in enumerate(vocab)}} if words else {}),
         do_lower_case=True,
         model_max_length=max_position_embeddings,
     )

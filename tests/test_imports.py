@@ -37,7 +37,8 @@ LAYERS = [
     ["sktransfer._extractor", "sktransfer._finetune", "sktransfer._word_vectors",
      "sktransfer._text_extractor"],
     # workflows over the estimators
-    ["sktransfer._embed", "sktransfer._probe", "sktransfer._share"],
+    ["sktransfer._embed", "sktransfer._probe", "sktransfer._share",
+     "sktransfer._text_probe"],
     # the front: the package's namespace and the command line
     ["sktransfer", "sktransfer.cli", "sktransfer._cli"],
 ]  # fmt: skip

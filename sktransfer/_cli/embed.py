@@ -19,7 +19,16 @@ from sktransfer._probe import parse_model
 
 
 def run(args) -> int:
-    """Embed the images of ``args.source`` into ``args.output``."""
+    """Embed the images of ``args.source`` (or texts) into ``args.output``."""
+    if args.texts or args.text_column:
+        from sktransfer._cli.text import run_embed
+
+        return run_embed(args)
+    if args.max_length is not None or args.pooling == "mean":
+        raise UsageError("--max-length and --pooling mean are for texts (--texts "
+                         "or --text-column).")  # fmt: skip
+    args.model = args.model or "resnet50"
+    args.pooling = args.pooling or "avg"
     say = progress(args.quiet)
     paths = _paths(args.source)
     model, _ = parse_model(args.model)  # usage errors before any work

@@ -20,7 +20,12 @@ from sktransfer._share import save
 
 
 def run(args) -> int:
-    """Probe the images of ``args.dir``; print the ranking."""
+    """Probe the images of ``args.dir`` (or the texts of a table); print the
+    ranking."""
+    from sktransfer._cli.text import run_probe, wants_text
+
+    if wants_text(args):
+        return run_probe(args)
     say = progress(args.quiet)
     if args.save is not None and not args.save.endswith((".joblib", ".pkl")):
         require("skops.io", "share", "--save in the safe format")  # before the work
