@@ -313,14 +313,14 @@ TINY_WORDS = [
 ]
 
 
-def make_tiny_text_model(folder, seed=0, max_position_embeddings=64, words=False):
+def make_tiny_text_model(folder, seed=0, max_position_embeddings=64, words=True):
     """A random 4-block BERT (hidden size 32) with a fast tokenizer over a
     tiny vocabulary, saved to ``folder`` in the transformers format.
 
-    Under transformers 5, ``BertTokenizerFast`` ignores ``vocab_file``: the
-    tokenizer maps every word to ``[UNK]`` (every text of the same length
-    gives the same row). ``words=True`` builds it from the vocabulary
-    itself, so that words count (the text probe's tests need it)."""
+    Under transformers 5, ``BertTokenizerFast`` ignores ``vocab_file``: it is
+    given the vocabulary itself, or it maps every word to ``[UNK]`` (every
+    text of the same length then gives the same row). ``words=False`` builds
+    that degenerate tokenizer."""
     transformers = pytest.importorskip("transformers")
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]

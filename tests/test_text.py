@@ -197,7 +197,8 @@ def test_a_changed_tokenizer_file_is_a_cache_miss(tiny_text_model, tmp_path):
     assert _runs(make(folder, cache=cache), TEXTS)[0] == 5
     assert _runs(make(folder, cache=cache), TEXTS)[0] == 0
     vocab = (folder / "vocab.txt").read_text().splitlines()
-    vocab[vocab.index("cat")], vocab[vocab.index("dog")] = "dog", "cat"
+    cat, dog = vocab.index("cat"), vocab.index("dog")
+    vocab[cat], vocab[dog] = "dog", "cat"
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (folder / "tokenizer.json").unlink()  # (rebuilt from vocab.txt)
     runs, rows = _runs(make(folder, cache=cache), TEXTS)
