@@ -297,7 +297,10 @@ def make_tiny_text_model(folder, seed=0, max_position_embeddings=64):
     vocab += list("abcdefghijklmnopqrstuvwxyz.,!?'")
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # (transformers 5 reads the vocabulary from ``vocab`` and ignores
+    # ``vocab_file``, which 4.x reads: without ``vocab``, every word was [UNK])
     tokenizer = transformers.BertTokenizerFast(
+        vocab=str(folder / "vocab.txt"),
         vocab_file=str(folder / "vocab.txt"),
         do_lower_case=True,
         model_max_length=max_position_embeddings,

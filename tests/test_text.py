@@ -4,6 +4,7 @@ silently, offline failure at once."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import time
@@ -196,10 +197,10 @@ def test_a_changed_tokenizer_file_is_a_cache_miss(tiny_text_model, tmp_path):
     cache = EmbeddingCache()
     assert _runs(make(folder, cache=cache), TEXTS)[0] == 5
     assert _runs(make(folder, cache=cache), TEXTS)[0] == 0
-    vocab = (folder / "vocab.txt").read_text().splitlines()
-    vocab[vocab.index("cat")], vocab[vocab.index("dog")] = "dog", "cat"
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (folder / "tokenizer.json").unlink()  # (rebuilt from vocab.txt)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["cat"], vocab["dog"] = vocab["dog"], vocab["cat"]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
     runs, rows = _runs(make(folder, cache=cache), TEXTS)
     assert runs == 5
     before = make(tiny_text_model).fit_transform(TEXTS)
