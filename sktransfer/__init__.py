@@ -50,6 +50,7 @@ _LAZY = {
     "list_layers": "sktransfer._runtime.layers",
     "PretrainedWordVectors": "sktransfer._word_vectors",
     "PretrainedTextExtractor": "sktransfer._text_extractor",
+    "FineTunedTextClassifier": "sktransfer._text_finetune",
     "load": "sktransfer._share",
     "save": "sktransfer._share",
     "untrusted_types": "sktransfer._share",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
     from sktransfer._text_extractor import PretrainedTextExtractor
+    from sktransfer._text_finetune import FineTunedTextClassifier
     from sktransfer._word_vectors import PretrainedWordVectors
 
 
@@ -88,6 +90,7 @@ __all__ = [
     "EmbeddingCache",
     "FineTunedClassifier",
     "FineTunedRegressor",
+    "FineTunedTextClassifier",
     "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",
