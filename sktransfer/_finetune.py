@@ -8,6 +8,7 @@ import abc
 import copy
 import math
 from numbers import Integral, Real
+from typing import cast
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ def fit_network(
     the validation score are the estimator's.
     """
     device = estimator.device_
-    head_params = list(net.head.parameters())
+    head_params = list(cast(nn.Module, net.head).parameters())
     in_head = {id(p) for p in head_params}
     body_params = [
         p for p in net.parameters() if p.requires_grad and id(p) not in in_head

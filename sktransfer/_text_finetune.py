@@ -8,6 +8,7 @@ import dataclasses
 import os
 import warnings
 from numbers import Integral, Real
+from typing import cast
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def transformer_blocks(encoder: nn.Module) -> list[nn.Module]:
     ``nn.ModuleList`` of ``config.num_hidden_layers`` modules (BERT's
     ``encoder.layer``, DistilBERT's ``transformer.layer``...); a ValueError
     where there is no such list, or several."""
-    n = int(encoder.config.num_hidden_layers)
+    n = int(getattr(encoder, "config").num_hidden_layers)  # noqa: B009  (a Module)
     found = [
         (name, module)
         for name, module in encoder.named_modules()
@@ -607,7 +608,7 @@ class FineTunedTextClassifier(ClassifierMixin, ClassifierTargets, TransferEstima
         )
 
     @staticmethod
-    def _train_mode(net: nn.Module) -> None:
+    def _train_mode(net: TextClassifierNetwork) -> None:
         """Train mode, except the frozen parts of the encoder (no dropout
         where nothing learns)."""
         net.train()
@@ -719,7 +720,7 @@ class FineTunedTextClassifier(ClassifierMixin, ClassifierTargets, TransferEstima
         return self._text_model(cpu=True)
 
     def _text_model(self, cpu: bool = False) -> TextModel:
-        encoder = self._network().encoder
+        encoder = cast(TextClassifierNetwork, self._network()).encoder
         if cpu and self.device_.type != "cpu":
             encoder = copy.deepcopy(encoder).cpu()
         return dataclasses.replace(
