@@ -81,7 +81,7 @@ def test_learns_a_separable_task(tiny_text_model, trainable_layers):
     """Texts holding "good" or "bad": held-out accuracy far above chance."""
     X_test, y_test = toy(40, seed=1)
     clf = make(
-        tiny_text_model, trainable_layers=trainable_layers, max_epochs=15, batch_size=16
+        tiny_text_model, trainable_layers=trainable_layers, max_epochs=15, batch_size=8
     )
     clf.fit(TEXTS, LABELS)
     assert list(clf.classes_) == ["neg", "pos"]
