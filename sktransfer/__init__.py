@@ -52,6 +52,7 @@ _LAZY = {
     "list_layers": "sktransfer._runtime.layers",
     "PretrainedWordVectors": "sktransfer._word_vectors",
     "PretrainedTextExtractor": "sktransfer._text_extractor",
+    "FineTunedTextClassifier": "sktransfer._text_finetune",
     "load": "sktransfer._share",
     "save": "sktransfer._share",
     "untrusted_types": "sktransfer._share",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # (what the names are, for type checkers and editors)
     from sktransfer._runtime.layers import list_layers
     from sktransfer._share import load, save, untrusted_types
     from sktransfer._text_extractor import PretrainedTextExtractor
+    from sktransfer._text_finetune import FineTunedTextClassifier
     from sktransfer._text_probe import TextProbeResult, probe, probe_texts
     from sktransfer._word_vectors import PretrainedWordVectors
 
@@ -91,6 +93,7 @@ __all__ = [
     "EmbeddingCache",
     "FineTunedClassifier",
     "FineTunedRegressor",
+    "FineTunedTextClassifier",
     "FolderLinkWarning",
     "FusionWarning",
     "ImageReadError",

@@ -9,6 +9,7 @@ import copy
 import math
 import os
 from numbers import Integral, Real
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,7 +37,14 @@ from sktransfer._runtime import layers as _layers
 from sktransfer._sources import Backbone, load_backbone
 from sktransfer._sources.checkpoints import last_linear, replace_head
 
-__all__ = ["FineTunedClassifier", "FineTunedRegressor"]
+__all__ = [
+    "ClassifierTargets",
+    "FineTunedClassifier",
+    "FineTunedRegressor",
+    "fit_network",
+    "hidden_sizes",
+    "new_layers",
+]
 
 _NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -114,6 +122,18 @@ def new_layers(
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
+def hidden_sizes(value) -> tuple[int, ...]:
+    """The ``hidden_layer_sizes`` parameter as a tuple (an int is one
+    layer), checked."""
+    sizes = (value,) if isinstance(value, Integral) else tuple(value)
+    if not all(isinstance(s, Integral) and int(s) >= 1 for s in sizes):
+        raise ValueError(
+            "The 'hidden_layer_sizes' parameter must be a tuple of positive "
+            f"integers (() for a linear head). Got {value!r}."
+        )
+    return tuple(int(s) for s in sizes)
+
+
 def head_width(head: nn.Module) -> int:
     """The width of the features the new layers read."""
     if isinstance(head, nn.Linear):
@@ -164,6 +184,141 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
         for name in group:
             module.get_submodule(name).requires_grad_(True)
     return trainable_layers
+
+
+def fit_network(
+    estimator,
+    *,
+    net: nn.Module,
+    forward,
+    batches,
+    outputs_of,
+    targets: np.ndarray,
+    train: np.ndarray,
+    valid: np.ndarray | None,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    train_mode,
+) -> None:
+    """Train ``net`` (its new layers, ``net.head``, and its other trainable
+    parameters) with :func:`_training.fit_loop`, as ``estimator``'s
+    parameters say; record the history in its fitted attributes.
+
+    ``forward`` maps what ``batches(order)`` yields to outputs (the network,
+    or its head alone on precomputed features); ``outputs_of(rows)`` gives
+    the eval-mode outputs of those rows, for early stopping. The new layers
+    learn at ``learning_rate``, the other trainable parameters at
+    ``learning_rate * backbone_lr_scale``; the loss, the class weights and
+    the validation score are the estimator's.
+    """
+    device = estimator.device_
+    head_params = list(cast(nn.Module, net.head).parameters())
+    in_head = {id(p) for p in head_params}
+    body_params = [
+        p for p in net.parameters() if p.requires_grad and id(p) not in in_head
+    ]
+    groups = [{"params": head_params, "lr": estimator.learning_rate}]
+    if body_params:
+        lr = estimator.learning_rate * estimator.backbone_lr_scale
+        groups.append({"params": body_params, "lr": lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=estimator.weight_decay)
+    loss, weight = estimator._loss(targets, train)
+    step = _training.TrainStep(forward, optimizer, weight, device, dtype, loss=loss)
+    validate, stopper = None, None
+    if valid is not None:
+
+        def validate():
+            net.eval()
+            return estimator._validation_score(outputs_of(valid), targets[valid])
+
+        stopper = _training.EarlyStopping(estimator.n_iter_no_change, estimator.tol)
+    # Dropout draws from torch's global generator: fork it, seeded from
+    # ours, so that the caller's state is left untouched. Training runs
+    # under the cuDNN settings of transform (autotuned; no TF32 in
+    # float32), set once for the whole loop.
+    devices = [_device.cuda_index(device)] if device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=devices),
+        _device.cudnn_settings(device, dtype),
+    ):
+        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        history = _training.fit_loop(
+            net=net,
+            step=step,
+            batches=batches,
+            targets=torch.from_numpy(targets),
+            train_rows=train,
+            max_epochs=estimator.max_epochs,
+            generator=generator,
+            train_mode=train_mode,
+            validate=validate,
+            stopper=stopper,
+            verbose=estimator.verbose,
+        )
+    estimator.n_iter_ = history.n_iter
+    estimator.loss_curve_ = history.loss_curve
+    estimator.validation_scores_ = history.validation_scores
+    estimator.best_validation_score_ = None if stopper is None else stopper.best_score
+    if stopper is not None and stopper.best_state is not None:
+        net.load_state_dict(stopper.best_state)
+    net.eval()
+
+
+class ClassifierTargets:
+    """The classifiers' policy, whatever their inputs: labels encoded as
+    ``classes_``, a (class-weighted) cross-entropy, the accuracy for early
+    stopping, and classes and probabilities from the logits that
+    ``_outputs(inputs)`` gives."""
+
+    classes_: np.ndarray
+    #: What ``X`` holds, in error messages.
+    _input_word = "images"
+
+    def _encode_targets(self, y):
+        y = column_or_1d(y, warn=True)
+        if len(y) == 0:
+            raise ValueError(
+                f"Found 0 {self._input_word} (y is empty); at least 2 are required."
+            )
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                "The training data must have at least 2 classes; got 1 class: "
+                f"{classes.tolist()}."
+            )
+        self.classes_ = classes
+        encoded = encoded.astype(np.int64)
+        return encoded, encoded
+
+    def _n_outputs(self) -> int:
+        return len(self.classes_)
+
+    def _loss(self, targets, train):
+        class_weight = self.class_weight  # type: ignore[attr-defined]
+        if class_weight is None:
+            return None, None
+        weight = compute_class_weight(
+            class_weight, classes=self.classes_, y=self.classes_[targets[train]]
+        )
+        device = self.device_  # type: ignore[attr-defined]
+        return None, torch.as_tensor(weight, dtype=torch.float32, device=device)
+
+    def _validation_score(self, outputs, targets) -> float:
+        return float(np.mean(outputs.argmax(1) == targets))
+
+    def _dask_output(self, method):
+        if method == "predict":
+            return None, self.classes_.dtype
+        return len(self.classes_), np.dtype(np.float64)
+
+    def _proba(self, inputs) -> np.ndarray:
+        outputs = self._outputs(inputs)  # type: ignore[attr-defined]
+        return torch.softmax(torch.from_numpy(outputs).double(), dim=1).numpy()
+
+    def _predict(self, inputs) -> np.ndarray:
+        outputs = self._outputs(inputs)  # type: ignore[attr-defined]
+        return self.classes_[outputs.argmax(axis=1)]
 
 
 class _FineTuned(ImageEstimator):
@@ -333,15 +488,7 @@ class _FineTuned(ImageEstimator):
         return self
 
     def _hidden_layer_sizes(self) -> tuple[int, ...]:
-        """``hidden_layer_sizes`` as a tuple (an int is one layer), checked."""
-        sizes = self.hidden_layer_sizes
-        sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
-        if not all(isinstance(s, Integral) and int(s) >= 1 for s in sizes):
-            raise ValueError(
-                "The 'hidden_layer_sizes' parameter must be a tuple of positive "
-                f"integers (() for a linear head). Got {self.hidden_layer_sizes!r}."
-            )
-        return tuple(int(s) for s in sizes)
+        return hidden_sizes(self.hidden_layer_sizes)
 
     def _kept(self, backbone: Backbone) -> nn.Module:
         """The backbone's module up to ``layer`` (the whole of it for None),
@@ -401,26 +548,17 @@ class _FineTuned(ImageEstimator):
                 module.eval()
 
     def _train(self, images, targets, train, valid, dtype, generator):
-        """Train ``network_`` with ``_training.fit_loop``."""
+        """Train ``network_`` with :func:`fit_network`."""
         net, prep, device = self.network_, self.preprocessing_, self.device_
         frozen_config = self._frozen_config(device, self.precision_)
-        head_params = list(net.head.parameters())
-        backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
-        groups = [{"params": head_params, "lr": self.learning_rate}]
-        if backbone_params:
-            lr = self.learning_rate * self.backbone_lr_scale
-            groups.append({"params": backbone_params, "lr": lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        loss, weight = self._loss(targets, train)
         augment = self._augmentation(prep, generator) if self.augment else None
-        if not backbone_params and augment is None:
+        frozen = not any(p.requires_grad for p in net.backbone.parameters())
+        if frozen and augment is None:
             # Nothing before the new layers changes: run the frozen part once.
             width = head_width(net.head)
             features = self._frozen_features(images, width, frozen_config)
             features = torch.from_numpy(features)
-            step = _training.TrainStep(
-                net.head, optimizer, weight, device, dtype, loss=loss
-            )
+            forward = net.head
 
             def batches(order):
                 return _training.feature_batches(
@@ -431,7 +569,7 @@ class _FineTuned(ImageEstimator):
                 with torch.inference_mode():
                     return net.head(features[rows].to(device)).float().cpu().numpy()
         else:
-            step = _training.TrainStep(net, optimizer, weight, device, dtype, loss=loss)
+            forward = net
 
             def batches(order):
                 return _training.image_batches(
@@ -441,44 +579,19 @@ class _FineTuned(ImageEstimator):
             def outputs_of(rows):
                 return self._outputs(images, rows)
 
-        validate, stopper = None, None
-        if valid is not None:
-
-            def validate():
-                net.eval()
-                return self._validation_score(outputs_of(valid), targets[valid])
-
-            stopper = _training.EarlyStopping(self.n_iter_no_change, self.tol)
-        # Dropout draws from torch's global generator: fork it, seeded from
-        # ours, so that the caller's state is left untouched.
-        # Training runs under the cuDNN settings of transform (autotuned; no
-        # TF32 in float32), set once for the whole loop.
-        devices = [_device.cuda_index(device)] if device.type == "cuda" else []
-        with (
-            torch.random.fork_rng(devices=devices),
-            _device.cudnn_settings(device, dtype),
-        ):
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
-            history = _training.fit_loop(
-                net=net,
-                step=step,
-                batches=batches,
-                targets=torch.from_numpy(targets),
-                train_rows=train,
-                max_epochs=self.max_epochs,
-                generator=generator,
-                train_mode=lambda: self._train_mode(net),
-                validate=validate,
-                stopper=stopper,
-                verbose=self.verbose,
-            )
-        self.n_iter_ = history.n_iter
-        self.loss_curve_ = history.loss_curve
-        self.validation_scores_ = history.validation_scores
-        self.best_validation_score_ = None if stopper is None else stopper.best_score
-        if stopper is not None and stopper.best_state is not None:
-            net.load_state_dict(stopper.best_state)
-        net.eval()
+        fit_network(
+            self,
+            net=net,
+            forward=forward,
+            batches=batches,
+            outputs_of=outputs_of,
+            targets=targets,
+            train=train,
+            valid=valid,
+            dtype=dtype,
+            generator=generator,
+            train_mode=lambda: self._train_mode(net),
+        )
 
     def _embed(self, images, width, indices=None) -> np.ndarray:
         """The frozen backbone's outputs for every image, or those at
@@ -653,7 +766,7 @@ class _FineTuned(ImageEstimator):
         return tags
 
 
-class FineTunedClassifier(ClassifierMixin, _FineTuned):
+class FineTunedClassifier(ClassifierMixin, ClassifierTargets, _FineTuned):
     """Fine-tune a pretrained network on your classes: keep N layers, add new
     ones, train them.
 
@@ -992,35 +1105,6 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         """
         return super().fit(X, y)
 
-    def _encode_targets(self, y):
-        y = column_or_1d(y, warn=True)
-        if len(y) == 0:
-            raise ValueError("Found 0 images (y is empty); at least 2 are required.")
-        check_classification_targets(y)
-        classes, encoded = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                "The training data must have at least 2 classes; got 1 class: "
-                f"{classes.tolist()}."
-            )
-        self.classes_ = classes
-        encoded = encoded.astype(np.int64)
-        return encoded, encoded
-
-    def _n_outputs(self) -> int:
-        return len(self.classes_)
-
-    def _loss(self, targets, train):
-        if self.class_weight is None:
-            return None, None
-        weight = compute_class_weight(
-            self.class_weight, classes=self.classes_, y=self.classes_[targets[train]]
-        )
-        return None, torch.as_tensor(weight, dtype=torch.float32, device=self.device_)
-
-    def _validation_score(self, outputs, targets) -> float:
-        return float(np.mean(outputs.argmax(1) == targets))
-
     # -- prediction ---------------------------------------------------------
     def predict_proba(self, X):
         """Class probabilities of each image.
@@ -1039,15 +1123,6 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         """
         return self._apply(X, "predict_proba", self._proba)
 
-    def _dask_output(self, method):
-        if method == "predict":
-            return None, self.classes_.dtype
-        return len(self.classes_), np.dtype(np.float64)
-
-    def _proba(self, images) -> np.ndarray:
-        logits = torch.from_numpy(self._outputs(images)).double()
-        return torch.softmax(logits, dim=1).numpy()
-
     def predict(self, X):
         """The most probable class of each image.
 
@@ -1064,9 +1139,6 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             ``dask.array.Array`` for a Dask collection.
         """
         return self._apply(X, "predict", self._predict)
-
-    def _predict(self, images) -> np.ndarray:
-        return self.classes_[self._outputs(images).argmax(axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -52,6 +52,7 @@ OUR_TYPES = [
     "sktransfer._preprocess.Preprocessing",
     "sktransfer._word_vectors.PretrainedWordVectors",
     "sktransfer._text_extractor.PretrainedTextExtractor",
+    "sktransfer._text_finetune.FineTunedTextClassifier",
 ]
 MODEL_FILE = "model.skops"
 #: What a model file may inflate to, by default (``max_bytes=None``): this

@@ -9,7 +9,7 @@ from typing import cast
 import numpy as np
 import torch
 from sklearn.base import TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from sktransfer import _cache, _dask, _device
@@ -29,13 +29,19 @@ from sktransfer.exceptions import (
     warn,
 )
 
-__all__ = ["PretrainedTextExtractor"]
+__all__ = [
+    "PretrainedTextExtractor",
+    "check_layer",
+    "resolve_max_length",
+    "slot_of",
+    "warn_truncated",
+]
 
 #: The version of what a row of this extractor means (part of the cache key).
 _ROWS = "text-rows-1"
 
 
-def _check_layer(value, n_hidden: int, what: str) -> int | None:
+def check_layer(value, n_hidden: int, what: str) -> int | None:
     """A ``layer`` value as a hidden-state index in ``[0, n_hidden)``."""
     if value is None:
         return None
@@ -56,12 +62,54 @@ def _check_layer(value, n_hidden: int, what: str) -> int | None:
     return value % n_hidden
 
 
+def slot_of(layer: int | None, pooling: str, text_model: TextModel) -> Slot:
+    """The slot of a checked layer: a plain encoder's default embedding is
+    the mean of its last hidden state (and shares its cache entries)."""
+    if layer is None and text_model.sentence is None:
+        return Slot(text_model.n_hidden_states - 1, "mean")
+    return Slot(layer, "sentence" if layer is None else pooling)
+
+
 def _layer_values(value, what: str) -> list:
     if isinstance(value, (list, tuple)):
         if not value:
             raise LayerError(f"The {what!r} parameter is an empty list.")
         return list(value)
     return [value]
+
+
+def resolve_max_length(max_length, text_model: TextModel) -> int:
+    """The ``max_length`` parameter checked against the model's limit (None:
+    the model's)."""
+    if max_length is None:
+        return text_model.max_length
+    if max_length > text_model.max_length:
+        raise ValueError(
+            f"The 'max_length' parameter is {max_length}, more than this model "
+            f"takes ({text_model.max_length} tokens). Pass at most "
+            f"{text_model.max_length}, or None for the model's."
+        )
+    return int(max_length)
+
+
+def warn_truncated(model: TextModel, texts, max_length: int, chunk: bool) -> None:
+    """One :class:`~sktransfer.TruncationWarning` giving how many ``texts``
+    are longer than ``max_length`` tokens (``chunk``: say that
+    ``long_text='chunk'`` keeps them whole)."""
+    n_long = count_long(model, texts, max_length)
+    if n_long:
+        fix = (
+            " Pass long_text='chunk' to embed them whole (overlapping windows "
+            "pooled into one row)."
+            if chunk
+            else ""
+        )
+        warn(
+            f"{n_long} of {len(texts)} texts are longer than max_length="
+            f"{max_length} tokens and were truncated to their first "
+            f"{max_length} tokens.{fix}",
+            TruncationWarning,
+        )
 
 
 class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
@@ -81,7 +129,8 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
 
     Parameters
     ----------
-    model : str or path-like, default="sentence-transformers/all-MiniLM-L6-v2"
+    model : str, path-like or FineTunedTextClassifier, \
+            default="sentence-transformers/all-MiniLM-L6-v2"
         A local model folder in the transformers format (``config.json``,
         the weights, a fast tokenizer's ``tokenizer.json``), a
         sentence-transformers folder included, or the id of such a
@@ -89,7 +138,9 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         first. Where the hub is offline (``HF_HUB_OFFLINE=1``) or cannot be
         reached, a model missing from the cache is a
         :class:`~sktransfer.exceptions.WeightsUnavailableError` at once,
-        naming the cache folder.
+        naming the cache folder. Or a fitted
+        :class:`FineTunedTextClassifier`: its fine-tuned encoder, frozen, at
+        any layer ("develop a source model, then reuse it").
 
     layer : int, list of int or None, default=None
         ``None``: the model's own sentence embedding. For a
@@ -264,7 +315,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
 
     _parameter_constraints: dict = {
         **SHARED_CONSTRAINTS,
-        "model": [str, os.PathLike],
+        "model": [str, os.PathLike, HasMethods(["_sktransfer_text_model"])],
         "layer": [Integral, list, tuple, None],
         "pooling": [StrOptions(set(POOLINGS))],
         "max_length": [Interval(Integral, 2, None, closed="left"), None],
@@ -343,7 +394,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         text_model = source.load(self.model)
         n_hidden = text_model.n_hidden_states
         layers = [
-            _check_layer(v, n_hidden, "layer")
+            check_layer(v, n_hidden, "layer")
             for v in _layer_values(self.layer, "layer")
         ]
         if None in layers and text_model.sentence is None and text_model.unsupported:
@@ -352,19 +403,11 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
                 f"sentence-transformers model, but {text_model.unsupported}. Pass "
                 "an int layer (-1: the last hidden state) with a pooling instead."
             )
-        slots = [self._slot(layer, text_model) for layer in layers]
+        slots = [slot_of(layer, self.pooling, text_model) for layer in layers]
         computed = list(dict.fromkeys(slots))
         if store is not None and self.cache_layers is not None:
             computed += [s for s in self._taps(text_model) if s not in computed]
-        max_length = text_model.max_length
-        if self.max_length is not None:
-            if self.max_length > text_model.max_length:
-                raise ValueError(
-                    f"The 'max_length' parameter is {self.max_length}, more than "
-                    f"this model takes ({text_model.max_length} tokens). Pass at "
-                    f"most {text_model.max_length}, or None for the model's."
-                )
-            max_length = int(self.max_length)
+        max_length = resolve_max_length(self.max_length, text_model)
         specials = text_model.tokenizer.num_special_tokens_to_add()
         if self.long_text == "chunk" and stride_of(max_length) >= max_length - specials:
             raise ValueError(
@@ -402,13 +445,6 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         self.errors_: list[TextInputError] = []
         return self
 
-    def _slot(self, layer, text_model: TextModel) -> Slot:
-        """The slot of a layer: a plain encoder's default embedding is the
-        mean of its last hidden state (and shares its cache entries)."""
-        if layer is None and text_model.sentence is None:
-            return Slot(text_model.n_hidden_states - 1, "mean")
-        return Slot(layer, "sentence" if layer is None else self.pooling)
-
     def _taps(self, text_model: TextModel) -> list[Slot]:
         n_hidden = text_model.n_hidden_states
         if isinstance(self.cache_layers, str):  # "all"
@@ -417,9 +453,9 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
             values = _layer_values(self.cache_layers, "cache_layers")
         taps = []
         for value in values:
-            layer = _check_layer(value, n_hidden, "cache_layers")
+            layer = check_layer(value, n_hidden, "cache_layers")
             if layer is None:
-                taps.append(self._slot(None, text_model))
+                taps.append(slot_of(None, self.pooling, text_model))
             else:
                 taps.extend(Slot(layer, pooling) for pooling in POOLINGS)
         return taps
@@ -465,7 +501,8 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         model = cast(TextModel, self._network())
         present = texts.present()
         if self.long_text == "truncate" and present:
-            self._warn_truncated(model, [texts.texts[i] for i in present])
+            texts_present = [texts.texts[i] for i in present]
+            warn_truncated(model, texts_present, self.max_length_, chunk=True)
         store = _cache.resolve(self.cache)
         names = [s.name for s in self._requested()]
         if store is None:
@@ -527,17 +564,6 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
             verbose=self.verbose,
         )
         return out
-
-    def _warn_truncated(self, model: TextModel, texts: list[str]) -> None:
-        n_long = count_long(model, texts, self.max_length_)
-        if n_long:
-            warn(
-                f"{n_long} of {len(texts)} texts are longer than max_length="
-                f"{self.max_length_} tokens and were truncated to their first "
-                f"{self.max_length_} tokens. Pass long_text='chunk' to embed them "
-                "whole (overlapping windows pooled into one row).",
-                TruncationWarning,
-            )
 
     def _report(self, texts) -> None:
         """Record and announce the missing texts."""

@@ -327,6 +327,8 @@ def make_tiny_text_model(folder, seed=0, max_position_embeddings=64, words=True)
     vocab += list("abcdefghijklmnopqrstuvwxyz.,!?'")
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # (transformers 5 reads the vocabulary from ``vocab`` and ignores
+    # ``vocab_file``, which 4.x reads: without ``vocab``, every word was [UNK])
     tokenizer = transformers.BertTokenizerFast(
         vocab_file=str(folder / "vocab.txt"),
         **({"vocab": {word: i for i, word in enumerate(vocab)}} if words else {}),

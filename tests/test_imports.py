@@ -35,7 +35,7 @@ LAYERS = [
     ["sktransfer._runtime", "sktransfer._network", "sktransfer._persist"],
     ["sktransfer._base"],
     ["sktransfer._extractor", "sktransfer._finetune", "sktransfer._word_vectors",
-     "sktransfer._text_extractor"],
+     "sktransfer._text_extractor", "sktransfer._text_finetune"],
     # workflows over the estimators
     ["sktransfer._embed", "sktransfer._probe", "sktransfer._share",
      "sktransfer._text_probe"],

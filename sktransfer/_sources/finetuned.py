@@ -1,5 +1,7 @@
 """A fitted :class:`~sktransfer.FineTunedClassifier` as ``model``: its
-trained backbone, reused by an extractor.
+trained backbone, reused by an extractor; and a fitted
+:class:`~sktransfer.FineTunedTextClassifier`: its fine-tuned encoder, reused
+by a text extractor (``_sktransfer_text_model()``).
 
 The classifier is recognised by the method it offers,
 ``_sktransfer_backbone()`` (a copy of its trained backbone), so that this
@@ -14,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from sktransfer._identity import module_digest
 from sktransfer._sources.base import Backbone, Source
 
-__all__ = ["FinetunedSource"]
+__all__ = ["FinetunedSource", "FinetunedTextSource"]
 
 
 class FinetunedSource(Source):
@@ -39,3 +41,34 @@ class FinetunedSource(Source):
                 f"leave weights='DEFAULT'. Got weights={weights!r}."
             )
         return model._sktransfer_backbone()
+
+
+class FinetunedTextSource(Source):
+    """A fitted text classifier: its fine-tuned encoder, with the tokenizer
+    and the sentence pooling of the model it was fitted from."""
+
+    name = "finetuned-text"
+    kind = "text"
+
+    def matches(self, model) -> bool:
+        return hasattr(model, "_sktransfer_text_model")
+
+    def check(self, model) -> None:
+        check_is_fitted(
+            model,
+            msg=(
+                f"This {type(model).__name__} is not fitted yet: fit it on the "
+                "source task before using it as the 'model' of an extractor."
+            ),
+        )
+
+    def identity(self, model, weights=None, seed=None) -> str:
+        return model._sktransfer_text_model().identity
+
+    def load(self, model, weights=None):  # type: ignore[override]
+        """The classifier's encoder, read-only (shared with it)."""
+        self.check(model)
+        return model._sktransfer_text_model()
+
+    def cached_file(self, model, weights=None):
+        return None  # (its tensors are pickled with it)

@@ -30,7 +30,16 @@ from sktransfer._engine import count_inputs, free_after_oom, is_oom
 from sktransfer._memo import Memo
 from sktransfer._text.inputs import text_digest
 
-__all__ = ["POOLINGS", "Slot", "count_long", "encode", "stride_of"]
+__all__ = [
+    "POOLINGS",
+    "Slot",
+    "count_long",
+    "encode",
+    "padded",
+    "pool",
+    "stride_of",
+    "token_ids",
+]
 
 #: Poolings of a hidden state.
 POOLINGS = ("mean", "cls", "max")
@@ -138,12 +147,51 @@ class _Pooled:
         self.counts.index_add_(0, owner, counts)
 
     def result(self) -> torch.Tensor:
-        if self.mode == "max":
-            return self.values
-        if self.mode == "mean_sqrt_len_tokens":
-            return self.values / self.counts.clamp(min=1.0).sqrt().unsqueeze(1)
-        # mean over all real tokens of all windows (cls: over windows)
-        return self.values / self.counts.clamp(min=1e-9).unsqueeze(1)
+        return _finish(self.values, self.counts, self.mode)
+
+
+def _finish(values, counts, mode):
+    """Pooled vectors from :func:`_pool`'s sums (or maxima) and counts."""
+    if mode == "max":
+        return values
+    if mode == "mean_sqrt_len_tokens":
+        return values / counts.clamp(min=1.0).sqrt().unsqueeze(1)
+    # mean over all real tokens of all windows (cls: over windows)
+    return values / counts.clamp(min=1e-9).unsqueeze(1)
+
+
+def pool(hidden, mask, mode: str, normalize: bool = False) -> torch.Tensor:
+    """The pooled ``(b, d)`` float32 vectors of one batch of hidden states
+    (differentiable): ``mode`` is a pooling of :data:`POOLINGS` or a
+    sentence-transformers mode, ``mask`` the real tokens; ``normalize``:
+    each vector to unit length. The same values as :func:`encode` gives."""
+    how = mode if mode in POOLINGS else "mean"  # (sums)
+    values, counts = _pool(hidden, mask, how)
+    if mode == "cls":
+        counts = torch.ones_like(counts)
+    vectors = _finish(values, counts, mode)
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+    return vectors
+
+
+def padded(ids, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of several texts as one ``(b, longest)`` batch, padded with
+    ``pad``, and its mask of real tokens."""
+    longest = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.bool)
+    for row, tokens in enumerate(ids):
+        input_ids[row, : len(tokens)] = torch.as_tensor(tokens)
+        mask[row, : len(tokens)] = True
+    return input_ids, mask
+
+
+def token_ids(model, texts, max_length: int) -> list[list[int]]:
+    """The token ids of each text, truncated to ``max_length`` tokens."""
+    with model.lock:
+        ids, _, _ = _windows(model.tokenizer, list(texts), max_length, False)
+    return ids
 
 
 def encode(
@@ -196,12 +244,7 @@ def encode(
     with bar:
         while start < len(order):
             batch = order[start : start + size]
-            longest = len(ids[batch[0]])
-            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.bool)
-            for row, w in enumerate(batch):
-                input_ids[row, : len(ids[w])] = torch.as_tensor(ids[w])
-                mask[row, : len(ids[w])] = True
+            input_ids, mask = padded([ids[w] for w in batch], pad)
             try:
                 hidden = _forward(model.encoder, input_ids, mask, device, dtype)
             except Exception as exc:
