@@ -235,7 +235,7 @@ def test_int8_needs_the_cpu_and_the_extra(photos, monkeypatch):
     with pytest.raises(ValueError, match="int8.*CPU|CUDA is not available"):
         resnet18(precision="int8", device="cuda").fit(photos)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match=r"sktransfer\[int8\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[int8\]'"):
         resnet18(precision="int8").fit(photos)
 
 
