@@ -52,6 +52,19 @@ __all__ = [
 FORMATS = (".parquet", ".npy")
 
 
+def _checked_output(output) -> Path:
+    """The output path, refused unless it ends in a known format; Parquet's
+    extra is checked before the work, not after."""
+    output = Path(output)
+    if output.suffix not in FORMATS:
+        raise ValueError(
+            f"The output {str(output)!r} must end with {' or '.join(FORMATS)}."
+        )
+    if output.suffix == ".parquet":
+        require("pyarrow", "parquet", "Writing Parquet")
+    return output
+
+
 def paths_file(output) -> Path:
     """The paths file written beside a ``.npy`` output."""
     output = Path(output)
@@ -83,13 +96,7 @@ def embed_files(paths, output, extractor, *, chunk_size=1024, verbose=True):
         The images that could not be read (``on_error="nan"``): their rows
         are NaN (Parquet: an empty embedding and the error's text).
     """
-    output = Path(output)
-    if output.suffix not in FORMATS:
-        raise ValueError(
-            f"The output {str(output)!r} must end with {' or '.join(FORMATS)}."
-        )
-    if output.suffix == ".parquet":  # before the work, not after
-        require("pyarrow", "parquet", "Writing Parquet")
+    output = _checked_output(output)
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("No images to embed.")
@@ -140,13 +147,7 @@ def embed_texts(texts, output, extractor, *, chunk_size=1024, verbose=True):
     verbose : bool, default=True
         A progress bar on stderr.
     """
-    output = Path(output)
-    if output.suffix not in FORMATS:
-        raise ValueError(
-            f"The output {str(output)!r} must end with {' or '.join(FORMATS)}."
-        )
-    if output.suffix == ".parquet":  # before the work, not after
-        require("pyarrow", "parquet", "Writing Parquet")
+    output = _checked_output(output)
     texts = list(texts)
     if not texts:
         raise ValueError("No texts to embed.")

@@ -1,5 +1,5 @@
-"""What the commands share: the usage error, their two voices on stderr, and
-the options every command reads alike."""
+"""What the commands share: the usage error, their two voices on stderr, the
+options every command reads alike, and how a probe's ranking is printed."""
 
 from __future__ import annotations
 
@@ -38,3 +38,18 @@ def preprocessing(args):
     if args.size is None:
         return "auto"
     return {"resize_size": args.size, "crop_size": args.size}
+
+
+def print_ranking(args, result, say) -> None:
+    """A probe's table to stdout, or its JSON with ``--json -`` (the table
+    then goes to stderr); ``--json FILE`` writes the JSON there too."""
+    table = result.table()
+    if args.json == "-":
+        print(result.to_json())
+        say(table)
+        return
+    print(table)
+    if args.json is not None:
+        with open(args.json, "w") as f:
+            f.write(result.to_json() + "\n")
+        say(f"ranking written to {args.json}")

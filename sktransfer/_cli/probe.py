@@ -12,7 +12,14 @@ from collections import Counter
 
 import numpy as np
 
-from sktransfer._cli.common import UsageError, none_or, note, preprocessing, progress
+from sktransfer._cli.common import (
+    UsageError,
+    none_or,
+    note,
+    preprocessing,
+    print_ranking,
+    progress,
+)
 from sktransfer._common import require
 from sktransfer._images.folders import load_image_folder
 from sktransfer._probe import DEFAULT_MODELS, parse_model, probe
@@ -138,16 +145,7 @@ def _cache_argument(value):
 def _print_ranking(args, result, say) -> None:
     """The table to stdout (or the JSON, with ``--json -``), and where the
     time went."""
-    table = result.table()
-    if args.json == "-":
-        print(result.to_json())
-        say(table)
-    else:
-        print(table)
-        if args.json is not None:
-            with open(args.json, "w") as f:
-                f.write(result.to_json() + "\n")
-            say(f"ranking written to {args.json}")
+    print_ranking(args, result, say)
     networks = sum(run["seconds"] for run in result.runs)
     say(
         f"time: networks {networks:.1f} s (each image once per model: "

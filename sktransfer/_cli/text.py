@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sktransfer._cli.common import UsageError, note, progress
+from sktransfer._cli.common import UsageError, note, print_ranking, progress
 from sktransfer._common import require
 
 #: The table formats, by suffix.
@@ -119,15 +119,7 @@ def run_probe(args) -> int:
             verbose=not args.quiet,
             log=note,
         )
-    table = result.table()
-    if args.json == "-":
-        print(result.to_json())
-        say(table)
-    else:
-        print(table)
-        if args.json is not None:
-            Path(args.json).write_text(result.to_json() + "\n")
-            say(f"ranking written to {args.json}")
+    print_ranking(args, result, say)
     data = _data_code(args)
     if args.report is not None:
         path = result.write_report(args.report, data)
@@ -143,7 +135,7 @@ def run_probe(args) -> int:
 
             joblib.dump(pipeline, args.save)
         else:
-            save(pipeline, args.save, metrics=table)
+            save(pipeline, args.save, metrics=result.table())
         say(f"winning pipeline fitted on all {len(X)} texts and saved to {args.save}")
     return 0
 
