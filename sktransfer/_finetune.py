@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 from torch import nn
 
-from sktransfer import _cache, _dask, _device, _engine, _training
+from sktransfer import _cache, _dask, _device, _engine, _network, _training
 from sktransfer._base import (
     IMAGE_CONSTRAINTS,
     ImageEstimator,
@@ -33,8 +33,9 @@ from sktransfer._cache import EmbeddingCache
 from sktransfer._families import family_of
 from sktransfer._identity import digest, module_digest
 from sktransfer._images import decode as _decode
+from sktransfer._memo import Memo
 from sktransfer._runtime import layers as _layers
-from sktransfer._sources import Backbone, load_backbone
+from sktransfer._sources import Backbone, load_backbone, weights_identity
 from sktransfer._sources.checkpoints import last_linear, replace_head
 
 __all__ = [
@@ -69,6 +70,8 @@ _LATER_PARAMETERS = {
 #: The version of what a frozen-features row means (part of its cache key),
 #: and its name in the cache (the key's ``layer``: the cut is in the config).
 _FROZEN_ROWS, _FROZEN = "finetuned-frozen-rows-1", "frozen"
+#: The kept module's digest by the identity of its loaded weights.
+_KEPT_DIGESTS = Memo(size=256)
 
 
 class ClassifierNetwork(nn.Module):
@@ -515,10 +518,13 @@ class _FineTuned(ImageEstimator):
         """The kept backbone with the new layers, frozen as
         ``trainable_layers`` says."""
         hidden = self._hidden_layer_sizes()
-        backbone = load_backbone(self.model, self.weights, seed)
+        memo_id = weights_identity(self.model, self.weights, seed)
+        backbone, memo_id = _network.load_identified(
+            self.model, self.weights, seed, memo_id
+        )
         module = self._kept(backbone)
         prep = self._preprocessing_for(backbone, images, device)
-        self.cache_key_ = self._frozen_key(backbone, prep)  # (module: uncut)
+        self.cache_key_ = self._frozen_key(backbone, prep, memo_id)  # (uncut)
         row, probe = images.first(prep.geometry)
         width = self._cached_width(images, row, device)
         if width is None:
@@ -618,7 +624,7 @@ class _FineTuned(ImageEstimator):
     # (its code, settings, cut, pooling and tensors), the preprocessing and
     # the numerics, so a grid search over the new layers and the training
     # settings runs each image through the network once per cut point.
-    def _frozen_key(self, backbone: Backbone, prep) -> str | None:
+    def _frozen_key(self, backbone: Backbone, prep, memo_id) -> str | None:
         """``cache_key_``: a digest of the kept network (the whole module's
         code, settings and tensors, before the cut; the cut, the pooling),
         and the preprocessing; None where the features are not cached (a
@@ -626,9 +632,15 @@ class _FineTuned(ImageEstimator):
         frozen = self.trainable_layers == 0 and not self.augment
         if not frozen or _cache.resolve(self.cache) is None:
             return None
+        # The module's digest once per loaded weights (``memo_id``: their
+        # identity), not at every fit of a search: hashing reads every tensor.
+        module_key = _KEPT_DIGESTS.get(memo_id)
+        if module_key is None:
+            module_key = module_digest(backbone.module)
+            _KEPT_DIGESTS.put(memo_id, module_key)
         return digest(
             _FROZEN_ROWS,
-            module_digest(backbone.module),
+            module_key,
             f"layer={self.layer}|pooling={self.pooling}|nhwc={backbone.family.nhwc}",
             repr(prep),
         )

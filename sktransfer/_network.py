@@ -54,6 +54,21 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def load_identified(model, weights, seed, memo_id) -> tuple[Backbone, str | None]:
+    """Load the backbone whose identity (:func:`weights_identity`) was
+    ``memo_id``; return it and the identity under which what was loaded may
+    be shared: None where a file was replaced between the identification and
+    the loading. (Only names and paths bring files; a module is what it is.)"""
+    backbone = load_backbone(model, weights, seed)
+    if (
+        isinstance(model, str)
+        and memo_id is not None
+        and weights_identity(model, weights, seed) != memo_id
+    ):
+        memo_id = None
+    return backbone, memo_id
+
+
 def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Built:
     """Load (or reuse) the backbone and cut it at ``layer`` plus ``taps``.
 
@@ -63,16 +78,7 @@ def build(model, weights, seed, device, layer, taps, pooling, model_label) -> Bu
     memo_id = weights_identity(model, weights, seed)
     loaded = _BACKBONES.get(memo_id)
     if loaded is None:
-        backbone = load_backbone(model, weights, seed)
-        # Shared only under the identity of what was loaded: a file replaced
-        # between the identification and the loading is not shared at all.
-        # (Only names and paths bring files; a module is what it is.)
-        if (
-            isinstance(model, str)
-            and memo_id is not None
-            and weights_identity(model, weights, seed) != memo_id
-        ):
-            memo_id = None
+        backbone, memo_id = load_identified(model, weights, seed, memo_id)
         loaded = {"backbone": backbone, "digest": module_digest(backbone.module)}
         _BACKBONES.put(memo_id, loaded)
     backbone = loaded["backbone"]
