@@ -189,6 +189,17 @@ def freeze(module: nn.Module, family, trainable_layers) -> int:
     return trainable_layers
 
 
+def kept_stages(model, weights, layer, seed=None) -> int:
+    """How many stages ``trainable_layers`` can count when the network is cut
+    at ``layer`` (what ``fit`` would keep), without fitting: the most it
+    accepts, short of ``"all"``."""
+    estimator = FineTunedClassifier(model=model, weights=weights, layer=layer)
+    backbone = load_backbone(model, weights, seed)
+    module = estimator._kept(backbone)
+    body = module.body if isinstance(module, _layers.CutNet) else module
+    return len(trainable_groups(body, backbone.family))
+
+
 def fit_network(
     estimator,
     *,
@@ -482,7 +493,7 @@ class _FineTuned(ImageEstimator):
             )
         seed = int(rng.randint(2**31 - 1))
         generator = torch.Generator().manual_seed(seed)
-        net, prep = self._build(images, device, seed, generator)
+        net, prep = self._build(images, device, dtype, seed, generator)
         self.network_, self.preprocessing_ = net, prep
         self.device_ = device
         self.precision_ = _device.dtype_name(dtype)
@@ -514,34 +525,28 @@ class _FineTuned(ImageEstimator):
         _layers.resolve_layers(self.layer, names, self._model_label())
         return _layers.CutNet(module, self.layer, self.pooling, backbone.family.nhwc)
 
-    def _build(self, images, device, seed, generator):
-        """The kept backbone with the new layers, frozen as
+    def _build(self, images, device, dtype, seed, generator):
+        """The kept backbone with the new layers, on ``device``, frozen as
         ``trainable_layers`` says."""
         hidden = self._hidden_layer_sizes()
         memo_id = weights_identity(self.model, self.weights, seed)
         backbone, memo_id = _network.load_identified(
             self.model, self.weights, seed, memo_id
         )
-        module = self._kept(backbone)
+        module = _device.prepare_network(self._kept(backbone).to(device))
         prep = self._preprocessing_for(backbone, images, device)
         self.cache_key_ = self._frozen_key(backbone, prep, memo_id)  # (uncut)
-        row, probe = images.first(prep.geometry)
-        width = self._cached_width(images, row, device)
-        if width is None:
-            probe = probe.cpu()  # (CUDA tensors in X: the module is on the CPU)
-            with torch.inference_mode():
-                x = prep.finish(probe) if images.resizes else prep(probe)
-                width = module(x).reshape(1, -1).shape[1]
+        width = self._kept_width(module, images, prep, device, dtype)
         body = module.body if isinstance(module, _layers.CutNet) else module
         self.n_trainable_layers_ = freeze(body, backbone.family, self.trainable_layers)
         head = new_layers(
             width, hidden, self._n_outputs(), self.activation, self.dropout, generator
         )
-        net = ClassifierNetwork(module, head)
+        net = ClassifierNetwork(module, head.to(device))
         self.n_trainable_params_ = sum(
             p.numel() for p in net.parameters() if p.requires_grad
         )
-        return _device.prepare_network(net.to(device)), prep
+        return net, prep
 
     def _train_mode(self, net: nn.Module) -> None:
         """Train mode, except batch norms whose statistics are frozen."""
@@ -653,16 +658,35 @@ class _FineTuned(ImageEstimator):
             return None
         return digest(key, precision_numerics(device, precision))
 
-    def _cached_width(self, images, row, device) -> int | None:
-        """The width of the frozen features if the cache holds the first
-        image's (then no image runs to measure it), else None."""
-        precision = _device.dtype_name(compute_precision(self.precision, device))
-        config = self._frozen_config(device, precision)
+    def _kept_width(self, module, images, prep, device, dtype) -> int:
+        """The width of the kept network's rows (the new layers' input): read
+        from the cache where it holds the first image's frozen row, else
+        measured on that image, computed as :meth:`_embed` computes rows (on
+        ``device``, in ``dtype``, eval mode), and then cached with the others,
+        so that a search runs no image twice."""
+        row, image = images.first(prep.geometry)
+        config = self._frozen_config(device, _device.dtype_name(dtype))
         store = _cache.resolve(self.cache)
-        if config is None or store is None:
-            return None
-        found = _cache.vectors_of(store, config, [_FROZEN], images.decoded_digest(row))
-        return None if found is None else len(found[0])
+        key = None if config is None else images.decoded_digest(row)
+        if key is not None:
+            found = _cache.vectors_of(store, config, [_FROZEN], key)
+            if found is not None:
+                return len(found[0])
+        module.eval()
+        with _device.cudnn_settings(device, dtype):
+            features = _engine.run_batch(
+                lambda x: [module(x)],
+                prep,
+                image,
+                device,
+                dtype,
+                resized=images.resizes,
+            ).reshape(1, -1)
+        if key is not None:
+            _cache.store_vectors(
+                store, config, [_FROZEN], key, [features[0].cpu().numpy()]
+            )
+        return features.shape[1]
 
     def _frozen_features(self, images, width, config) -> np.ndarray:
         """The frozen part's rows of every image: from the cache where it

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from sktransfer._common import progress, progress_label, require
 from sktransfer._engine import counting_images
 from sktransfer._extractor import PretrainedFeatureExtractor
-from sktransfer._finetune import FineTunedClassifier
+from sktransfer._finetune import FineTunedClassifier, kept_stages
 from sktransfer._sources import check_model, weights_at_hand
 from sktransfer._sources.checkpoints import (
     ArchitectureMismatchError,
@@ -258,6 +258,7 @@ class ProbeRow:
     cv_scores: tuple[float, ...]
     images_per_s: float | None  # of the model's pass; None: the cache answered
     max_epochs: int | None = None  # (fine-tuned rows)
+    hidden_layer_sizes: tuple[int, ...] | None = None  # (fine-tuned rows)
 
     @classmethod
     def scored(cls, run: ModelRun, scores, timed=True, **fields) -> ProbeRow:
@@ -279,7 +280,7 @@ class ProbeRow:
 
     def to_dict(self) -> dict:
         """The row as a dict, keys in the order of the JSON ranking
-        (``max_epochs`` in fine-tuned rows only)."""
+        (``hidden_layer_sizes`` and ``max_epochs`` in fine-tuned rows only)."""
         row = {
             "model": self.model,
             "weights": self.weights,
@@ -290,6 +291,7 @@ class ProbeRow:
             "depth": self.depth,
         }
         if self.method == "fine-tuned":
+            row["hidden_layer_sizes"] = self.hidden_layer_sizes
             row["max_epochs"] = self.max_epochs
         return {
             **row,
@@ -367,8 +369,12 @@ def probe(
         Folds of the stratified cross-validation (shuffled, seeded by
         ``random_state``; the same folds for every row).
     finetune : bool, default=False
-        Also score :class:`~sktransfer.FineTunedClassifier` with
-        ``trainable_layers`` 0, 1 and 2 on the best model, on the same folds.
+        Also score the whole recipe with
+        :class:`~sktransfer.FineTunedClassifier` on the best model, on the
+        same folds: at each cut point, the kept layers frozen under a linear
+        head and under one hidden layer (``FINETUNE_HEADS``; their rows come
+        from the embedding cache, one pass per image and cut point), then,
+        at the best of these, its last one and two kept stages trainable.
     finetune_epochs : int, default=5
         ``max_epochs`` of those fine-tunings.
     preprocessing, batch_size, precision, device
@@ -615,44 +621,65 @@ def _linear_probe_rows(
     return rows
 
 
+#: The new layers that ``probe(finetune=True)`` tries on each cut point: a
+#: linear head, and one hidden layer.
+FINETUNE_HEADS: tuple[tuple[int, ...], ...] = ((), (256,))
+#: The kept stages it then trains, at the best frozen (cut point, head).
+FINETUNE_TRAINABLE = (1, 2)
+
+
 def _finetune_rows(
     rows, runs, X, kept, y, folds, settings, epochs, n_jobs
 ) -> list[ProbeRow]:
-    """FineTunedClassifier with 0, 1 and 2 trainable stages of the best
-    frozen model, on the same folds."""
+    """The recipe on the best frozen model, on the same folds: at each of
+    its cut points, the kept layers frozen under each head of
+    ``FINETUNE_HEADS`` (their rows from the embedding cache: one pass per
+    image and cut point); then, at the best of those, the last kept stages
+    trainable (``FINETUNE_TRAINABLE``, as far as the cut keeps them)."""
     best = max(rows, key=lambda row: row.cv_accuracy)
     run = next(r for r in runs if r.model == best.model)
+    depths = {row.layer: row.depth for row in rows if row.model == run.model}
     X_kept = _safe_indexing(X, kept)
-    out = []
-    for trainable in (0, 1, 2):
+
+    def scored(layer, head, trainable):
         classifier = FineTunedClassifier(
             model=run.model,
             weights=run.weights,
+            layer=layer,
+            hidden_layer_sizes=head,
             trainable_layers=trainable,
             max_epochs=epochs,
             preprocessing=settings["preprocessing"],
             precision=settings["precision"],
             device=settings["device"],
+            cache=settings["cache"],
             random_state=settings["random_state"],
             verbose=False,
         )
         scores, _ = _cv_scores(classifier, X_kept, y, folds, n_jobs)
-        out.append(
-            ProbeRow.scored(
-                run,
-                scores,
-                timed=False,
-                layer=None,
-                method="fine-tuned",
-                trainable_layers=trainable,
-                n_features=int(run.widths[run.layers.index(None)])
-                if None in run.layers
-                else None,
-                depth=1.0,
-                max_epochs=epochs,
-            )
+        width = run.widths[run.layers.index(layer)]
+        return ProbeRow.scored(
+            run,
+            scores,
+            timed=False,
+            layer=layer,
+            method="fine-tuned",
+            trainable_layers=trainable,
+            hidden_layer_sizes=head,
+            n_features=int(width),
+            depth=depths[layer],
+            max_epochs=epochs,
         )
-    return out
+
+    frozen = [scored(layer, head, 0) for layer in run.layers for head in FINETUNE_HEADS]
+    top = max(frozen, key=lambda row: row.cv_accuracy)
+    stages = kept_stages(run.model, run.weights, top.layer, settings["random_state"])
+    trained = [
+        scored(top.layer, top.hidden_layer_sizes, trainable)
+        for trainable in FINETUNE_TRAINABLE
+        if trainable <= stages
+    ]
+    return frozen + trained
 
 
 def rank(rows: list[dict]) -> list[dict]:
@@ -677,9 +704,12 @@ def _speed(row) -> str:
 
 
 def _layer_label(row) -> str:
-    if row["method"] == "fine-tuned":
-        return f"fine-tuned, trainable_layers={row['trainable_layers']}"
-    return "final embedding" if row["layer"] is None else str(row["layer"])
+    layer = "final embedding" if row["layer"] is None else str(row["layer"])
+    if row["method"] != "fine-tuned":
+        return layer
+    hidden = row["hidden_layer_sizes"]
+    head = f"+ hidden {','.join(map(str, hidden))}" if hidden else "+ linear"
+    return f"fine-tuned {layer} {head}, {row['trainable_layers']} trainable"
 
 
 @dataclasses.dataclass
@@ -736,14 +766,15 @@ class ProbeResult:
 
     def table(self) -> str:
         """The ranking as text, with the winner and the statistical caveat."""
+        width = max([34, *(len(_layer_label(row)) + 2 for row in self.rows)])
         header = (
-            f"{'rank':>4}  {'model':<18}{'layer':<34}{'features':>8}  "
+            f"{'rank':>4}  {'model':<18}{'layer':<{width}}{'features':>8}  "
             f"{'CV accuracy':<16}{'images/s':>9}"
         )
         lines = [header, "-" * len(header)]
         for row in self.rows:
             lines.append(
-                f"{row['rank']:>4}  {row['model']:<18}{_layer_label(row):<34}"
+                f"{row['rank']:>4}  {row['model']:<18}{_layer_label(row):<{width}}"
                 f"{row['n_features'] if row['n_features'] is not None else '-':>8}  "
                 f"{row['cv_accuracy']:.3f} +- {row['cv_std']:.3f}  "
                 f"{_speed(row):>9}"
@@ -790,6 +821,10 @@ class ProbeResult:
         if best["weights"] is None:
             params["random_state"] = self.random_state
         if best["method"] == "fine-tuned":
+            if best["layer"] is not None:
+                params["layer"] = best["layer"]
+            if best["hidden_layer_sizes"]:
+                params["hidden_layer_sizes"] = tuple(best["hidden_layer_sizes"])
             params["trainable_layers"] = best["trainable_layers"]
             params["max_epochs"] = best["max_epochs"]
             params["random_state"] = self.random_state
@@ -863,6 +898,7 @@ class ProbeResult:
                         fontsize=6,
                         color=line.get_color(),
                     )
+        self._plot_finetuned(ax)
         best = self.best
         ax.scatter(
             [best["depth"]],
@@ -877,11 +913,43 @@ class ProbeResult:
             if len(models) == 1
             else "depth of the cut point (1 = the final embedding; each point named)"
         )
-        ax.set_ylabel(f"linear probe, {self.cv}-fold CV accuracy")
+        ax.set_ylabel(f"{self.cv}-fold CV accuracy")
         ax.set_title("Which model, and which layer?")
         ax.grid(alpha=0.3)
         ax.legend()
         return ax
+
+    def _plot_finetuned(self, ax) -> None:
+        """The fine-tuned rows (``probe(finetune=True)``): a dashed line per
+        head over the frozen cut points, a point per trained variant."""
+        tuned = [row for row in self.rows if row["method"] == "fine-tuned"]
+        heads = dict.fromkeys(tuple(row["hidden_layer_sizes"] or ()) for row in tuned)
+        for head in heads:
+            rows = [r for r in tuned if tuple(r["hidden_layer_sizes"] or ()) == head]
+            name = f"hidden {','.join(map(str, head))}" if head else "linear"
+            frozen = sorted(
+                (r["depth"], r["cv_accuracy"])
+                for r in rows
+                if r["trainable_layers"] == 0
+            )
+            if frozen:
+                ax.plot(
+                    *zip(*frozen, strict=True),
+                    linestyle="--",
+                    marker="s",
+                    label=f"fine-tuned, {name} head, kept layers frozen",
+                )
+            for row in rows:
+                if row["trainable_layers"]:
+                    ax.scatter(
+                        [row["depth"]],
+                        [row["cv_accuracy"]],
+                        marker="^",
+                        s=60,
+                        zorder=3,
+                        label=f"fine-tuned, {name} head, "
+                        f"{row['trainable_layers']} kept stage(s) trainable",
+                    )
 
     def write_report(self, folder, data=None) -> Path:
         """Write ``probe.png`` (the plot), ``probe.json`` and ``report.md``

@@ -198,8 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finetune",
         action="store_true",
-        help="also score FineTunedClassifier (trainable_layers 0, 1, 2) on the "
-        "best model",
+        help="also rank the recipe on the best model: FineTunedClassifier cut at "
+        "each cut point (kept layers frozen) under a linear head and one hidden "
+        "layer, then the best of these with its last 1 and 2 kept stages "
+        "trainable",
     )
     p.add_argument(
         "--finetune-epochs",

@@ -308,18 +308,114 @@ def test_offline_models_without_weights_are_skipped_and_said_so(
 
 
 def test_finetuning_rows_for_the_best_model(folder, tmp_path, capsys):
+    """--finetune ranks the recipe: kept layers x head, frozen, at every cut
+    point, then the best of these with its last kept stages trainable."""
     ranking = tmp_path / "ranking.json"
     argv = ["probe", str(folder), "--models", "resnet18:none", *SMALL, "--quiet"]
-    argv += ["--layers", "layer1", "--finetune", "--finetune-epochs", "1"]
+    argv += ["--layers", "layer2", "layer3", "--finetune", "--finetune-epochs", "1"]
     assert main([*argv, "--json", str(ranking)]) == 0
     rows = json.loads(ranking.read_text())
-    tuned = sorted(
-        (r["trainable_layers"], len(r["cv_scores"]))
-        for r in rows
-        if r["method"] == "fine-tuned"
+    tuned = [r for r in rows if r["method"] == "fine-tuned"]
+    assert all(len(r["cv_scores"]) == 3 for r in tuned)
+    frozen = sorted(
+        (r["layer"], tuple(r["hidden_layer_sizes"]))
+        for r in tuned
+        if r["trainable_layers"] == 0
     )
-    assert tuned == [(0, 3), (1, 3), (2, 3)]
-    assert "fine-tuned, trainable_layers=2" in capsys.readouterr().out
+    assert frozen == [
+        ("layer2", ()),
+        ("layer2", (256,)),
+        ("layer3", ()),
+        ("layer3", (256,)),
+    ]
+    best = max(
+        (r for r in tuned if r["trainable_layers"] == 0),
+        key=lambda r: (r["cv_accuracy"], -r["cv_std"]),
+    )
+    trained = [r for r in tuned if r["trainable_layers"]]
+    assert sorted(r["trainable_layers"] for r in trained) == [1, 2]
+    assert {(r["layer"], tuple(r["hidden_layer_sizes"])) for r in trained} == {
+        (best["layer"], tuple(best["hidden_layer_sizes"]))
+    }
+    out = capsys.readouterr().out
+    assert "fine-tuned layer3 + hidden 256, 0 trainable" in out
+    assert "fine-tuned layer2 + linear, 0 trainable" in out
+
+
+def test_finetuning_a_shallow_cut_trains_only_the_stages_it_keeps():
+    """At a cut that keeps one stage, only one kept stage can train: the
+    probe tries no more (and the count comes without fitting)."""
+    from sktransfer._finetune import kept_stages
+
+    # (ResNet's stages: layer1 to layer4; the stem is not one)
+    assert kept_stages("resnet18", None, "conv1", 0) == 0
+    assert kept_stages("resnet18", None, "layer1", 0) == 1
+    assert kept_stages("resnet18", None, "layer3", 0) == 3
+    assert kept_stages("resnet18", None, None, 0) == 4
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    y = np.repeat([0, 1], 6)
+    result = probe(
+        X, y, models=["resnet18:none"], layers=["layer1"], cv=2, finetune=True,
+        finetune_epochs=1, preprocessing={"resize_size": 32, "crop_size": 32},
+        verbose=False,
+    )  # fmt: skip
+    trained = [r["trainable_layers"] for r in result.rows if r["trainable_layers"]]
+    assert trained == [1]
+
+
+def test_finetuning_the_frozen_recipe_runs_each_image_once_per_cut_point(
+    monkeypatch,
+):
+    """The frozen rows of every cut point, head and fold come from one pass
+    per image and cut point (the embedding cache), beside the linear
+    probe's own pass."""
+    from sktransfer import _probe
+    from sktransfer._engine import counting_images
+
+    monkeypatch.setattr(_probe, "FINETUNE_TRAINABLE", ())  # (frozen rows only)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    y = np.repeat([0, 1], 6)
+    common = dict(
+        models=["resnet18:none"], layers=["layer1", "layer2"], cv=2,
+        preprocessing={"resize_size": 32, "crop_size": 32}, verbose=False,
+    )  # fmt: skip
+    with counting_images() as plain:
+        probe(X, y, cache=sktransfer.EmbeddingCache(), **common)
+    with counting_images() as tuned:
+        result = probe(
+            X, y, finetune=True, finetune_epochs=2,
+            cache=sktransfer.EmbeddingCache(), **common,
+        )  # fmt: skip
+    tuned_rows = [r for r in result.rows if r["method"] == "fine-tuned"]
+    assert len(tuned_rows) == 4  # 2 cut points x 2 heads, on 2 folds each
+    assert tuned.images == plain.images + 2 * len(X)
+
+
+def test_the_probe_plot_shows_the_recipe_by_kept_layers():
+    """The report's plot gives the fine-tuned rows: a dashed line per head
+    over the cut points, a point per trained variant."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (12, 32, 32, 3), np.uint8)
+    y = np.repeat([0, 1], 6)
+    result = probe(
+        X, y, models=["resnet18:none"], layers=["layer2", "layer3"], cv=2,
+        finetune=True, finetune_epochs=1,
+        preprocessing={"resize_size": 32, "crop_size": 32}, verbose=False,
+    )  # fmt: skip
+    ax = result.plot()
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "fine-tuned, linear head, kept layers frozen" in labels
+    assert "fine-tuned, hidden 256 head, kept layers frozen" in labels
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert all(len(line.get_xdata()) == 2 for line in dashed)  # two cut points
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sum("trainable" in text for text in legend) == 2
 
 
 def test_the_code_of_a_fine_tuned_winner_builds_that_classifier():
