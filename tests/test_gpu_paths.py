@@ -147,10 +147,12 @@ def test_cuda_fitted_extractor_passed_through_a_cpu_client_runs_on_cuda(
 
 
 def test_explicit_reduced_precision_is_kept_on_the_cpu_fallback(
-    images, tiny_cnn, monkeypatch
+    images, tiny_cnn, monkeypatch, bf16_cpu
 ):
     """Only 'auto' becomes float32 on the CPU fallback: an explicit
-    precision is the user's choice."""
+    precision is the user's choice. (On a CPU with bf16 instructions, or
+    this one with them simulated: without them, fit itself falls back to
+    float32.)"""
     extractor = make(tiny_cnn, device="cpu", precision="bfloat16").fit(images)
     extractor.device_ = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
