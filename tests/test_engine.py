@@ -211,6 +211,22 @@ def test_gpu_batches_agree_and_tensors_on_gpu_are_accepted(images):
 
 @pytest.mark.gpu
 @cuda
+def test_gpu_rows_come_in_ordinary_memory(images):
+    """The rows of a CUDA transform are an ordinary array, not a view of
+    pinned memory (which PyTorch keeps cached, rounded up to a power of two,
+    for the rest of the process); they come through the staging buffers in
+    their places, whatever the batches."""
+    extractor = make(
+        "resnet18", weights=None, random_state=0, device="cuda", precision="float32"
+    )
+    whole = extractor.set_params(batch_size=6).fit_transform(images)
+    rows = extractor.set_params(batch_size=1).transform(images)  # 6 > 3 buffers
+    assert not torch.from_numpy(rows).is_pinned()
+    assert_allclose(rows, whole, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
 def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
     extractor = make(tiny_cnn, device="cuda").fit(images)

@@ -704,3 +704,59 @@ def test_images_on_a_gpu_come_to_the_host_in_chunks_for_their_digests(monkeypatc
     images.data = pixels.as_subclass(OnGpu)
     assert images.digests() == expected
     assert OnGpu.copies == [256, 256, 88]
+
+
+# -- 11. the output rows in ordinary memory, through pinned staging buffers ------
+
+
+def test_rows_from_the_gpu_land_through_a_ring_of_staging_buffers():
+    """Each batch is copied into the next of a few small pinned buffers and
+    an event recorded after the copy; a buffer is reused only after its
+    event is waited for and its rows copied into the (ordinary) output, in
+    the order written. (The pinning and the events are faked; the output
+    is checked at each wait.)"""
+    from sktransfer._engine import StagedRows
+
+    out = torch.full((11, 2), float("nan"))
+    log: list = []
+
+    def landed():  # the rows of out written so far
+        return int(torch.isfinite(out).all(1).sum())
+
+    class Event:
+        def __init__(self):
+            self.id = sum(entry[0] == "event" for entry in log)
+            log.append(("event", self.id))
+
+        def record(self, stream):
+            log.append(("record", self.id, stream))
+
+        def synchronize(self):
+            log.append(("wait", self.id, landed()))
+
+    def pinned(shape):
+        log.append(("pin", shape))
+        return torch.empty(shape)
+
+    staged = StagedRows(out, "compute", 2, pinned=pinned, new_event=Event)
+    feats = torch.arange(22.0).reshape(11, 2)
+    for start, stop in [(0, 4), (4, 8), (8, 10), (10, 11)]:
+        staged.write(slice(start, stop), feats[start:stop])
+    assert landed() == 8  # the first two batches, landed to free their buffers
+    staged.finish()
+    torch.testing.assert_close(out, feats)
+    assert log == [
+        ("pin", (4, 2)), ("event", 0), ("record", 0, "compute"),
+        ("pin", (4, 2)), ("event", 1), ("record", 1, "compute"),
+        ("wait", 0, 0), ("record", 0, "compute"),  # rows 0:4 land, then reuse
+        ("wait", 1, 4), ("record", 1, "compute"),  # rows 4:8 land, then reuse
+        ("wait", 0, 8), ("wait", 1, 10),  # finish: 8:10, then 10:11
+    ]  # fmt: skip
+    log.clear()
+    grow = StagedRows(torch.zeros(9, 2), "compute", 2, pinned=pinned, new_event=Event)
+    grow.write(slice(0, 1), feats[:1])
+    grow.write(slice(1, 2), feats[1:2])
+    grow.write(slice(2, 9), feats[2:9])  # a larger batch: a larger buffer
+    grow.finish()
+    torch.testing.assert_close(grow.out, feats[:9])
+    assert [entry[1] for entry in log if entry[0] == "pin"] == [(1, 2), (1, 2), (7, 2)]
