@@ -27,6 +27,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "fitted_runtime",
+    "own_stream",
     "restore_runtime",
 ]
 
@@ -152,6 +153,21 @@ def restore_runtime(state: dict, what: str) -> None:
         state["device_"] = here
         return
     state["device_"] = fitted
+
+
+_STREAMS = threading.local()
+
+
+def own_stream(device: torch.device, purpose: str):
+    """A CUDA stream on ``device`` of this thread's own, one per ``purpose``
+    (``"decode"``, ``"copy"``): made at the first call, then reused. Each
+    thread has its own, so that threads (Dask workers) never wait for each
+    other's work."""
+    streams = vars(_STREAMS).setdefault("streams", {})
+    key = (purpose, device.type, device.index)
+    if key not in streams:
+        streams[key] = torch.cuda.Stream(device)
+    return streams[key]
 
 
 def cuda_index(device: torch.device) -> int:

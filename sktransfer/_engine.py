@@ -3,13 +3,13 @@
 :func:`batches` and :func:`device_input` are the one input path of
 inference, validation and training (``_training`` builds on them): batches
 from the input adapter (nvJPEG decoding of JPEG files on CUDA), copied to the
-device (pinned, non-blocking on CUDA), resized and normalised there,
-channels_last. :func:`extract` runs any module that maps such a batch to a
-list of ``(n, d_i)`` tensors over all the images, and writes the
-concatenated rows, in input order, into one preallocated float32 array
-(an ordinary one: on CUDA the rows come through a few small pinned staging
-buffers, :class:`StagedRows`). The device and precision are chosen
-elsewhere (``_device``); the engine knows nothing of sklearn.
+device (on CUDA: pinned, non-blocking, on a copy stream), resized and
+normalised there, channels_last. :func:`extract` runs any module that maps
+such a batch to a list of ``(n, d_i)`` tensors over all the images, and
+writes the concatenated rows, in input order, into one preallocated
+float32 array (an ordinary one: on CUDA the rows come through a few small
+pinned staging buffers, :class:`StagedRows`). The device and precision are
+chosen elsewhere (``_device``); the engine knows nothing of sklearn.
 
 Speed, in order of value: large batches; uint8 batches to the device,
 resized and normalised there; reduced precision (autocast) where the
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sktransfer._common import progress
-from sktransfer._device import autocast, cudnn_settings
+from sktransfer._device import autocast, cudnn_settings, own_stream
 from sktransfer.exceptions import NumericsWarning, warn
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "is_oom",
     "oom_error",
     "run_batch",
+    "to_gpu",
 ]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
@@ -149,17 +150,36 @@ def batches(images, preprocessing, batch_size, device, indices=None):
 
 
 def device_input(preprocessing, batch, device, resized) -> torch.Tensor:
-    """A batch from :func:`batches`, on ``device`` (a pinned, non-blocking
-    copy from the host to a GPU), resized, cropped and normalised there,
-    channels_last: what the network takes. ``resized``: the adapter has
-    applied ``preprocessing.geometry`` already."""
+    """A batch from :func:`batches`, on ``device`` (from the host to a GPU:
+    :func:`to_gpu`), resized, cropped and normalised there, channels_last:
+    what the network takes. ``resized``: the adapter has applied
+    ``preprocessing.geometry`` already."""
     if device.type == "cuda" and batch.device.type == "cpu":
-        batch = batch.pin_memory()
-    # Non-blocking only towards a GPU, whose stream orders the reads: a
-    # non-blocking copy from a GPU to the CPU returns before the rows arrive.
-    batch = batch.to(device, non_blocking=device.type == "cuda")
+        batch = to_gpu(batch, device)
+    else:
+        # Non-blocking only towards a GPU, whose stream orders the reads: a
+        # non-blocking copy from a GPU to the CPU returns before the rows arrive.
+        batch = batch.to(device, non_blocking=device.type == "cuda")
     x = preprocessing.finish(batch) if resized else preprocessing(batch)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def to_gpu(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch copied to a GPU, pinned and non-blocking, on a copy
+    stream of this thread's own (:func:`~sktransfer._device.own_stream`):
+    the copy overlaps the kernels queued on the compute stream (the current
+    one: the previous batch's), which waits for it before anything reads
+    it. The copy is recorded on the compute stream, so that its memory is
+    not reused for the next copy before the kernels that read it have run.
+    """
+    compute = torch.cuda.current_stream(device)
+    copier = own_stream(device, "copy")
+    pinned = batch.pin_memory()
+    with torch.cuda.stream(copier):
+        on_device = pinned.to(device, non_blocking=True)
+    compute.wait_stream(copier)
+    on_device.record_stream(compute)
+    return on_device
 
 
 def _forward(net, preprocessing, batch, device, dtype, resized) -> list:

@@ -227,6 +227,35 @@ def test_gpu_rows_come_in_ordinary_memory(images):
 
 @pytest.mark.gpu
 @cuda
+def test_gpu_copies_on_their_stream_arrive_whole_before_they_are_read(images):
+    """Host batches go to the GPU on a copy stream: the compute stream waits
+    for each copy before reading it (checked by reading large batches right
+    away), and a copy's memory is not reused by the next copy while kernels
+    queued before (a sleep) have yet to read it. Rows of uint8 arrays, which
+    take this path, equal the CPU's where nothing is resized."""
+    from sktransfer._engine import device_input
+    from sktransfer._preprocess import Preprocessing
+
+    prep = Preprocessing(None, None, None, None)
+    device = torch.device("cuda")
+    inputs = []
+    for value in range(1, 13):
+        if value % 2:  # kernels still queued when the next copy is made
+            torch.cuda._sleep(50_000_000)
+        batch = torch.full((16, 3, 512, 512), value, dtype=torch.uint8)
+        inputs.append(device_input(prep, batch, device, resized=False))
+    torch.cuda.synchronize()
+    for value, x in enumerate(inputs, start=1):
+        assert x.min().item() == x.max().item() == pytest.approx(value / 255)
+    small = images[:, :32, :32]  # (resize_size=32, crop_size=32: no resize)
+    params = dict(weights=None, random_state=0, precision="float32", batch_size=2)
+    gpu = make("resnet18", device="cuda", **params).fit_transform(small)
+    cpu = make("resnet18", device="cpu", **params).fit_transform(small)
+    assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
 def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
     extractor = make(tiny_cnn, device="cuda").fit(images)

@@ -57,18 +57,13 @@ class _Decoded:
         self.log.append(("record_stream", stream.name))
 
 
-def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
-    """The decoder writes from a private stream that waits for nothing: it
-    runs under a stream of ours, synchronised first (no earlier decode still
-    writing), and the caller's stream waits for it and records the outputs
-    (their memory is not reused before the caller's kernels read them)."""
-    import torchvision.io
+def _fake_streams(monkeypatch, log: list, caller: str, made: str) -> list:
+    """Fake CUDA streams: ``caller`` is current, ``torch.cuda.Stream``
+    makes one named ``made``, ``torch.cuda.stream`` makes one current
+    while its block runs (logged); returns the stack of current streams."""
+    from sktransfer import _device
 
-    from sktransfer._images import decode as _decode
-
-    log: list = []
-    caller = _Stream("caller", log)
-    current = [caller]
+    current = [_Stream(caller, log)]
 
     class _StreamContext:
         def __init__(self, stream):
@@ -82,14 +77,29 @@ def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
             current.pop()
             log.append(("exit", self.stream.name))
 
+    monkeypatch.setattr(_device, "_STREAMS", threading.local())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream(made, log))
+    monkeypatch.setattr(torch.cuda, "stream", _StreamContext)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    return current
+
+
+def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
+    """The decoder writes from a private stream that waits for nothing: it
+    runs under a stream of ours, synchronised first (no earlier decode still
+    writing), and the caller's stream waits for it and records the outputs
+    (their memory is not reused before the caller's kernels read them)."""
+    import torchvision.io
+
+    from sktransfer._images import decode as _decode
+
+    log: list = []
+    current = _fake_streams(monkeypatch, log, "caller", "decode")
+
     def decode_jpeg(tensors, mode, device):
         log.append(("decode on", current[-1].name))
         return [_Decoded(log) for _ in tensors]
 
-    monkeypatch.setattr(_decode, "_STREAMS", threading.local())
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream("decode", log))
-    monkeypatch.setattr(torch.cuda, "stream", _StreamContext)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
     monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
     images = _decode.decode_jpegs_on([b"\xff\xd8a", b"\xff\xd8b"], CUDA)
     assert len(images) == 2
@@ -105,6 +115,64 @@ def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
     log.clear()
     _decode.decode_jpegs_on([b"\xff\xd8c"], CUDA)  # the same stream, reused
     assert log[0] == ("synchronize", "decode") and ("decode on", "decode") in log
+
+
+# -- 22. host-to-device copies on a copy stream ---------------------------------
+
+
+def test_host_batches_go_to_the_gpu_on_a_copy_stream(monkeypatch):
+    """A host batch is pinned and copied on a copy stream of our own, not
+    on the compute stream: the copy overlaps the previous batch's kernels.
+    The compute stream then waits for the copy stream before reading it,
+    and the copy is recorded on the compute stream (its memory is not
+    reused for the next copy while the kernels that read it are queued).
+    The same stream serves the next batch; a batch already on the device is
+    not copied."""
+    from sktransfer import _device
+    from sktransfer._engine import device_input
+    from sktransfer._preprocess import Preprocessing
+
+    log: list = []
+    current = _fake_streams(monkeypatch, log, "compute", "copy")
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+
+    class OnGpu(torch.Tensor):
+        def record_stream(self, stream):
+            log.append(("record_stream", stream.name))
+
+    class HostBatch:
+        device = torch.device("cpu")
+
+        def pin_memory(self):
+            log.append(("pin",))
+            return self
+
+        def to(self, device, non_blocking=False):
+            log.append(("copy on", current[-1].name, device.type, non_blocking))
+            return pixels.clone().as_subclass(OnGpu)
+
+    prep = Preprocessing(None, None, None, None)
+    x = device_input(prep, HostBatch(), CUDA, resized=False)
+    torch.testing.assert_close(x.as_subclass(torch.Tensor), pixels / 255.0)
+    assert log == [
+        ("pin",),
+        ("enter", "copy"),
+        ("copy on", "copy", "cuda", True),
+        ("exit", "copy"),
+        ("wait", "compute", "copy"),
+        ("record_stream", "compute"),
+    ]
+    log.clear()
+    device_input(prep, HostBatch(), CUDA, resized=False)
+    assert ("copy on", "copy", "cuda", True) in log
+    assert len(vars(_device._STREAMS)["streams"]) == 1  # the same stream, reused
+    log.clear()
+
+    class DeviceBatch(HostBatch):
+        device = CUDA
+
+    device_input(prep, DeviceBatch(), CUDA, resized=False)
+    assert log == [("copy on", "compute", "cuda", True)]  # (.to: nothing to do)
 
 
 # -- 2 and 19. The Dask GPU recipe: fitted on CUDA, through a CPU client ------

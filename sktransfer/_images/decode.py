@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import threading
 import warnings
 
 import numpy as np
@@ -53,6 +52,7 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format)
 )
 
 from sktransfer._common import read_regular_file
+from sktransfer._device import own_stream
 from sktransfer._identity import digest
 
 __all__ = [
@@ -229,13 +229,10 @@ warnings.filterwarnings(
 )
 
 
-_STREAMS = threading.local()
-
-
 @contextlib.contextmanager
 def _decode_stream(device):
-    """Make a stream of this thread's own, for decoding on ``device``, the
-    current one, and yield it.
+    """Make a stream of this thread's own for decoding on ``device``
+    (:func:`~sktransfer._device.own_stream`) the current one, and yield it.
 
     torchvision's nvJPEG decoder allocates its outputs on the current stream
     but writes them from a private stream that waits for nothing queued
@@ -246,12 +243,7 @@ def _decode_stream(device):
     once the caller's kernels that read it ended, :func:`_ordered`), and the
     stream is synchronised first, so no earlier decode still writes there.
     """
-    device = torch.device(device)
-    streams = vars(_STREAMS).setdefault("streams", {})
-    key = (device.type, device.index)
-    if key not in streams:
-        streams[key] = torch.cuda.Stream(device)
-    stream = streams[key]
+    stream = own_stream(torch.device(device), "decode")
     stream.synchronize()
     with torch.cuda.stream(stream):
         yield stream
