@@ -828,3 +828,77 @@ def test_rows_from_the_gpu_land_through_a_ring_of_staging_buffers():
     grow.finish()
     torch.testing.assert_close(grow.out, feats[:9])
     assert [entry[1] for entry in log if entry[0] == "pin"] == [(1, 2), (1, 2), (7, 2)]
+
+
+# -- 13. the device decoder's calls: bounded in pixels, backed off out of memory --
+
+
+def _jpegs(tmp_path, n, size=(48, 40)):
+    """``n`` small JPEG files of distinct pixels (48x40 = 1920 pixels)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(paths[-1], quality=95)
+    return paths
+
+
+def test_device_decoding_is_split_by_pixels_and_halved_out_of_memory(
+    tmp_path, monkeypatch
+):
+    """One decoder call decodes at most DEVICE_DECODE_PIXELS pixels; a call
+    out of device memory is halved and retried (memory freed after the
+    except block), not handed to Pillow; the rows and their order are those
+    of one call. (torchvision's decoder on the CPU stands in for nvJPEG.)"""
+    from sktransfer._images import decode as _decode
+    from sktransfer._images import inputs as _inputs
+    from sktransfer.exceptions import PerformanceWarning
+
+    paths = _jpegs(tmp_path, 6)
+    cpu = torch.device("cpu")
+    expected = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    calls: list = []
+    real = _decode.decode_jpegs_on
+
+    def decoder(fits):
+        def decode(datas, device):
+            calls.append(len(datas))
+            if len(datas) > fits:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+            return real(datas, device)
+
+        return decode
+
+    freed: list = []
+    monkeypatch.setattr(
+        _inputs._engine, "free_after_oom", lambda device: freed.append(sys.exc_info())
+    )
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=6))
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 2 * 1920)
+    split = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    assert calls == [2, 2, 2]
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 2 * 1920 - 1)
+    calls.clear()
+    list(_inputs.as_images(paths[:3]).batches(6, decode_device=cpu))
+    assert calls == [1, 1, 1]  # (a file larger than the cap: a call of its own)
+
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 1 << 28)
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=2))
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)  # (no fallback)
+        backed_off = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    assert calls == [6, 3, 1, 2, 3, 1, 2]
+    assert freed == [(None, None, None)] * 3
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=0))
+    monkeypatch.setattr(_inputs, "_DEVICE_DECODING_FAILED", set())
+    with pytest.warns(PerformanceWarning, match="out of memory"):
+        by_pillow = list(_inputs.as_images(paths[:2]).batches(6, decode_device=cpu))
+    assert calls[-3:] == [2, 1, 1]  # one file out of memory: Pillow decodes it
+    for batches in (split, backed_off):
+        assert [(s, b.shape) for s, b in batches] == [(0, (6, 3, 40, 48))]
+        assert torch.equal(batches[0][1], expected[0][1])
+    assert torch.equal(by_pillow[0][1], expected[0][1][:2])

@@ -180,22 +180,24 @@ def decode(data: bytes, max_pixels: int | None, min_side: int | None = None):
         return to_array(image, max_pixels)
 
 
-def device_decodable(data: bytes, max_pixels: int | None) -> bool:
-    """Whether an accelerator's JPEG decoder gives these bytes the pixels that
-    :func:`decode` would: a plain JPEG (not MPO), RGB or grayscale (not CMYK),
-    upright (no EXIF rotation to apply), within ``max_pixels``. Only the
-    header is read; anything else is left to :func:`decode`."""
+def device_decodable(data: bytes, max_pixels: int | None) -> int:
+    """The image's pixel count if an accelerator's JPEG decoder gives these
+    bytes the pixels that :func:`decode` would, else 0: a plain JPEG (not
+    MPO), RGB or grayscale (not CMYK), upright (no EXIF rotation to apply),
+    within ``max_pixels``. Only the header is read; anything else is left to
+    :func:`decode`."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
             width, height = image.size
-            return (
+            decodable = (
                 image.format == "JPEG"
                 and image.mode in ("RGB", "L")
                 and image.getexif().get(_ORIENTATION, 1) == 1
                 and (max_pixels is None or width * height <= max_pixels)
             )
+            return width * height if decodable else 0
     except Exception:  # not a JPEG, or a broken one: decode() says why
-        return False
+        return 0
 
 
 def decode_jpegs_on(datas: list[bytes], device) -> list:
@@ -203,7 +205,8 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
     in one call (nvJPEG on CUDA), as ``(3, H, W)`` uint8 tensors there.
 
     Raises RuntimeError if any of them fails: the caller decodes them again
-    with :func:`decode`, which says which and why.
+    with :func:`decode`, which says which and why; or, out of device memory
+    (the outputs take 3 bytes a pixel), in smaller calls.
     """
     try:
         from torchvision.io import ImageReadMode, decode_jpeg

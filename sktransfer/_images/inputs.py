@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sktransfer import _engine
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
 from sktransfer.exceptions import ImageReadError, PerformanceWarning, warn
@@ -405,12 +406,69 @@ def _drop_frames(exc: BaseException | None) -> None:
 
 
 class _Encoded:
-    """A JPEG left undecoded for the device's decoder: its row and bytes."""
+    """A JPEG left undecoded for the device's decoder: its row, bytes and
+    pixel count."""
 
-    __slots__ = ("data", "row")
+    __slots__ = ("data", "pixels", "row")
 
-    def __init__(self, row: int, data: bytes):
-        self.row, self.data = row, data
+    def __init__(self, row: int, data: bytes, pixels: int):
+        self.row, self.data, self.pixels = row, data, pixels
+
+
+#: The most pixels one call of the device's JPEG decoder decodes (its
+#: outputs take 3 bytes a pixel: 0.8 GB): a batch of large photos takes
+#: several calls rather than all its memory at once (256 12-MP photos:
+#: 9.2 GB).
+DEVICE_DECODE_PIXELS = 1 << 28
+
+
+def _device_decoded(device, pending: list) -> tuple[list, RuntimeError | None]:
+    """The images of ``pending`` ((position, _Encoded) pairs) decoded on
+    ``device``, in order, None where the decoder failed; and its last
+    failure.
+
+    Consecutive files go to the decoder in calls of at most
+    :data:`DEVICE_DECODE_PIXELS` pixels (a larger file: a call of its own).
+    A call out of device memory is halved and retried, its memory freed
+    first, down to one file, as the engine's batches are; a single file
+    out of memory, or any other failure, leaves that call's files to
+    Pillow.
+    """
+    calls = deque(_by_pixels(pending, DEVICE_DECODE_PIXELS))
+    images: list = []
+    failure = None
+    while calls:
+        call = calls.popleft()
+        try:
+            decoded = _decode.decode_jpegs_on([e.data for _, e in call], device)
+        except RuntimeError as exc:
+            if _engine.is_oom(exc) and len(call) > 1:
+                decoded = None  # (halved once the except block has ended)
+            else:
+                _drop_frames(exc)
+                decoded, failure = [None] * len(call), exc
+        if decoded is None:
+            _engine.free_after_oom(device)
+            half = len(call) // 2
+            calls.extendleft([call[half:], call[:half]])  # (first half first)
+            continue
+        images += decoded
+    return images, failure
+
+
+def _by_pixels(pending: list, cap: int) -> Iterator[list]:
+    """Runs of consecutive ``(position, _Encoded)`` pairs of at most ``cap``
+    pixels in all (a file larger than ``cap``: a run of its own)."""
+    run: list = []
+    total = 0
+    for pair in pending:
+        if run and total + pair[1].pixels > cap:
+            yield run
+            run, total = [], 0
+        run.append(pair)
+        total += pair[1].pixels
+    if run:
+        yield run
 
 
 #: Devices whose JPEG decoder failed on files that Pillow decodes (warned once).
@@ -616,9 +674,10 @@ class ListImages:
         try:
             if on_device and self._kinds[i] in ("path", "bytes"):
                 data = self._read(i)
-                if _decode.device_decodable(data, self.max_pixels):
+                pixels = _decode.device_decodable(data, self.max_pixels)
+                if pixels:
                     self._decoded[i] = _decode.encoded_digest(data, None)
-                    return _Encoded(i, data)
+                    return _Encoded(i, data, pixels)
             image = self._load(i, data)
             # (inside the try: a size that cannot be resized is a row error)
             return image if geometry is None else geometry(image[None])[0]
@@ -630,19 +689,17 @@ class ListImages:
 
     def _decoded_on(self, device, pending: list, geometry: Callable | None):
         """Decode the JPEGs of ``pending`` ((position, _Encoded) pairs) on
-        ``device`` in one call and yield ``(position, image or None)``.
+        ``device`` (:func:`_device_decoded`) and yield ``(position, image or
+        None)``.
 
-        If the device's decoder fails on any of them, each is decoded again
-        by Pillow, which raises or records the error of a bad file.
+        The files of a call that the device's decoder fails on are decoded
+        again by Pillow, which raises or records the error of a bad file.
         """
-        failure = None
-        try:
-            decoded = _decode.decode_jpegs_on([e.data for _, e in pending], device)
-        except RuntimeError as exc:
-            decoded, failure = [None] * len(pending), exc
-        by_pillow = 0
+        decoded, failure = _device_decoded(device, pending)
+        failed = by_pillow = 0
         for (position, encoded), image in zip(pending, decoded, strict=True):
             if image is None:
+                failed += 1
                 image = self._prepared(encoded.row, geometry, encoded.data)
                 by_pillow += image is not None
             elif geometry is not None:
@@ -652,7 +709,7 @@ class ListImages:
                     self._fail(encoded.row, exc)
                     image = None
             yield position, image
-        if failure is not None and by_pillow == len(pending):
+        if failure is not None and by_pillow == failed:
             _device_decoding_failed(device, failure)
 
     def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
