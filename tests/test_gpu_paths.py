@@ -9,6 +9,7 @@ import pickle
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -837,7 +838,8 @@ def _jpegs(tmp_path, n, size=(48, 40)):
     """``n`` small JPEG files of distinct pixels (48x40 = 1920 pixels)."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(size)
+    tmp_path.mkdir(exist_ok=True)
     paths = []
     for i in range(n):
         paths.append(str(tmp_path / f"{i}.jpg"))
@@ -902,3 +904,56 @@ def test_device_decoding_is_split_by_pixels_and_halved_out_of_memory(
         assert [(s, b.shape) for s, b in batches] == [(0, (6, 3, 40, 48))]
         assert torch.equal(batches[0][1], expected[0][1])
     assert torch.equal(by_pillow[0][1], expected[0][1][:2])
+
+
+# -- 23. images decoded on the device are resized by size, a batch at a time ------
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_device_decoded_images_are_resized_together_by_size(
+    tmp_path, monkeypatch, interpolation
+):
+    """After the device's decoder, images of one size are resized in one
+    call (a few kernels a call rather than per image), in calls of at most
+    RESIZE_PIXELS pixels; the pixels equal those of a resize image by image
+    (the resize is per image, on the CPU as on CUDA), in input order."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    from sktransfer._images import inputs as _inputs
+    from sktransfer._preprocess import Preprocessing
+
+    small, large = (
+        _jpegs(tmp_path / "s", 3, (48, 40)),
+        _jpegs(tmp_path / "l", 2, (60, 44)),
+    )
+    paths = [small[0], large[0], small[1], large[1], small[2]]
+    prep = Preprocessing(36, 32, None, None, interpolation=interpolation)
+    calls: list = []
+
+    def geometry(batch):
+        calls.append(tuple(batch.shape))
+        return prep.geometry(batch)
+
+    encoded = [
+        torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)
+        for p in paths
+    ]
+    each = [prep.geometry(decode_jpeg(data)[None])[0] for data in encoded]
+    cpu = torch.device("cpu")
+    batches = list(_inputs.as_images(paths).batches(8, None, geometry, cpu))
+    assert calls == [(3, 3, 40, 48), (2, 3, 44, 60)]
+    assert [(s, len(b)) for s, b in batches] == [(0, 5)]
+    assert torch.equal(batches[0][1], torch.stack(each))
+    monkeypatch.setattr(_inputs, "RESIZE_PIXELS", 2 * 48 * 40)
+    calls.clear()
+    again = list(_inputs.as_images(paths).batches(8, None, geometry, cpu))
+    assert calls == [(2, 3, 40, 48), (1, 3, 40, 48), (1, 3, 44, 60), (1, 3, 44, 60)]
+    assert torch.equal(again[0][1], batches[0][1])
+    thin = tmp_path / "thin.jpg"  # (resized, it would be 26 M pixels: refused)
+    Image.new("RGB", (20000, 1), (90, 120, 200)).save(thin)
+    lenient = _inputs.as_images([paths[0], str(thin), paths[2]], on_error="nan")
+    rows = list(lenient.batches(8, None, geometry, cpu))
+    assert [(s, len(b)) for s, b in rows] == [(0, 1), (2, 1)]
+    assert list(lenient.errors) == [1] and "aspect ratio" in str(lenient.errors[1])
+    assert torch.equal(torch.cat([b for _, b in rows]), torch.stack(each)[[0, 2]])

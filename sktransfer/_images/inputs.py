@@ -456,6 +456,35 @@ def _device_decoded(device, pending: list) -> tuple[list, RuntimeError | None]:
     return images, failure
 
 
+#: The most pixels of decoded images resized in one call (on CUDA a uint8
+#: batch is resized in float: 12 bytes a pixel).
+RESIZE_PIXELS = 1 << 26
+
+
+def _resized_alike(images: list, geometry: Callable) -> list:
+    """``geometry`` (the resize and crop) applied to each of ``images``
+    (``(C, H, W)`` tensors, or None), images of one size together, in calls
+    of at most :data:`RESIZE_PIXELS` pixels: a few kernels a call, not a few
+    per image. In order; None stays None; an image whose size cannot be
+    resized gets the ValueError in its place."""
+    out = list(images)
+    alike: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        if image is not None:
+            alike.setdefault(tuple(image.shape), []).append(i)
+    for shape, rows in alike.items():
+        per_call = max(1, RESIZE_PIXELS // (shape[-2] * shape[-1]))
+        for start in range(0, len(rows), per_call):
+            part = rows[start : start + per_call]
+            try:
+                resized = list(geometry(torch.stack([images[i] for i in part])))
+            except ValueError as exc:
+                resized = [exc] * len(part)
+            for i, image in zip(part, resized, strict=True):
+                out[i] = image
+    return out
+
+
 def _by_pixels(pending: list, cap: int) -> Iterator[list]:
     """Runs of consecutive ``(position, _Encoded)`` pairs of at most ``cap``
     pixels in all (a file larger than ``cap``: a run of its own)."""
@@ -694,20 +723,20 @@ class ListImages:
 
         The files of a call that the device's decoder fails on are decoded
         again by Pillow, which raises or records the error of a bad file.
+        The decoded images are resized by size (:func:`_resized_alike`).
         """
         decoded, failure = _device_decoded(device, pending)
+        if geometry is not None:
+            decoded = _resized_alike(decoded, geometry)
         failed = by_pillow = 0
         for (position, encoded), image in zip(pending, decoded, strict=True):
             if image is None:
                 failed += 1
                 image = self._prepared(encoded.row, geometry, encoded.data)
                 by_pillow += image is not None
-            elif geometry is not None:
-                try:
-                    image = geometry(image[None])[0]
-                except ValueError as exc:  # a size that cannot be resized
-                    self._fail(encoded.row, exc)
-                    image = None
+            elif isinstance(image, ValueError):  # a size that cannot be resized
+                self._fail(encoded.row, image)
+                image = None
             yield position, image
         if failure is not None and by_pillow == failed:
             _device_decoding_failed(device, failure)
