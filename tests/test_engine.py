@@ -269,7 +269,8 @@ def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
 @cuda
 def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
     """On CUDA, JPEG files are decoded by nvJPEG in batches; the rows stay
-    those of the CPU's decoding (decoders differ by a level or so)."""
+    those of the CPU's decoding (decoders differ by a level or so). A PNG
+    among them (decoded by Pillow) joins their batch on the GPU."""
     from PIL import Image
 
     from sktransfer._images import decode as _decode
@@ -280,6 +281,8 @@ def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
         image = rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)
         paths.append(str(tmp_path / f"{i}.jpg"))
         Image.fromarray(image).save(paths[-1], quality=95)
+    paths.insert(3, str(tmp_path / "png.png"))
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[3])
     calls = []
     original = _decode.decode_jpegs_on
     monkeypatch.setattr(

@@ -957,3 +957,39 @@ def test_device_decoded_images_are_resized_together_by_size(
     assert [(s, len(b)) for s, b in rows] == [(0, 1), (2, 1)]
     assert list(lenient.errors) == [1] and "aspect ratio" in str(lenient.errors[1])
     assert torch.equal(torch.cat([b for _, b in rows]), torch.stack(each)[[0, 2]])
+
+
+# -- 14. runs of a mixed folder; autotuning only for inputs of one size -----------
+
+
+def test_a_mixed_folder_is_batched_whole_on_the_device(tmp_path, monkeypatch):
+    """JPEGs decoded on the device and PNGs decoded by Pillow on the host
+    share runs: the host's images are moved to the device and stacked with
+    the others, so a change of decoder ends no run (it gave batches of
+    random sizes, each a new shape for cuDNN's autotuning, and in training
+    an error). ('meta' stands in for the GPU; its decoder is faked.) On the
+    host alone, runs are as before."""
+    from PIL import Image
+
+    from sktransfer._images import decode as _decode
+    from sktransfer._images import inputs as _inputs
+
+    jpegs = _jpegs(tmp_path, 3)
+    pngs = []
+    for i in range(2):
+        pngs.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (48, 40), (30 * i, 60, 90)).save(pngs[-1])
+    paths = [jpegs[0], pngs[0], jpegs[1], jpegs[2], pngs[1]]
+    meta = torch.device("meta")
+
+    def decode(datas, device):
+        return [torch.empty((3, 40, 48), dtype=torch.uint8, device=device)] * len(datas)
+
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decode)
+    batches = list(_inputs.as_images(paths).batches(4, decode_device=meta))
+    assert [(s, len(b), b.device.type) for s, b in batches] == [
+        (0, 4, "meta"),
+        (4, 1, "cpu"),
+    ]
+    on_host = list(_inputs.as_images(paths).batches(4))
+    assert [(s, len(b)) for s, b in on_host] == [(0, 4), (4, 1)]

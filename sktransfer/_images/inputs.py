@@ -519,28 +519,53 @@ def _device_decoding_failed(device, error: RuntimeError) -> None:
     )
 
 
-def _stacked_runs(images: Iterable, batch_size: int) -> Iterator:
+def _stacked_runs(images: Iterable, batch_size: int, device=None) -> Iterator:
     """Stack consecutive ``(position, image)`` pairs of equal shape, dtype
     and device into batches of at most ``batch_size``; an image of None
     (unreadable) ends a run and is never yielded. Yields ``(start, batch)``.
+
+    ``device``: where the device's decoder puts its images. Images there
+    and on the host (decoded by Pillow: PNGs, CMYK JPEGs) share a run,
+    stacked on ``device`` (:func:`_stacked`): in a folder that mixes them,
+    a change of decoder ends no run, which gave batches of random sizes
+    (each a new shape for cuDNN's autotuning; in training, an error).
     """
+
+    def where(image):
+        return None if device is not None else image.device
+
     run: list[torch.Tensor] = []
     start = 0
     for position, image in images:
         if run and (
             image is None
             or len(run) == batch_size
-            or (image.dtype, image.shape, image.device)
-            != (run[0].dtype, run[0].shape, run[0].device)
+            or (image.dtype, image.shape, where(image))
+            != (run[0].dtype, run[0].shape, where(run[0]))
         ):
-            yield start, torch.stack(run)
+            yield start, _stacked(run, device)
             run = []
         if image is not None:
             if not run:
                 start = position
             run.append(image)
     if run:
-        yield start, torch.stack(run)
+        yield start, _stacked(run, device)
+
+
+def _stacked(run: list[torch.Tensor], device) -> torch.Tensor:
+    """The images of ``run`` as one batch: on ``device`` if some of them
+    are there (the others copied there: from the host, on the copy stream,
+    :func:`~sktransfer._engine.to_gpu`), else where they are."""
+    if device is not None and any(image.device != run[0].device for image in run):
+        run = [_to_device(image, device) for image in run]
+    return torch.stack(run)
+
+
+def _to_device(image: torch.Tensor, device) -> torch.Tensor:
+    if image.device.type == "cpu" and device.type == "cuda":
+        return _engine.to_gpu(image, device)
+    return image.to(device)
 
 
 class ListImages:
@@ -813,7 +838,7 @@ class ListImages:
             if pending:
                 yield from self._decoded_on(decode_device, pending, geometry)
 
-        yield from _stacked_runs(images(), batch_size)
+        yield from _stacked_runs(images(), batch_size, decode_device)
 
     def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
         """The image part of each cache key (None for unreadable images).
