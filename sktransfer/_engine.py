@@ -247,8 +247,11 @@ def extract(
     size = batch_size
     resized = images.resizes
     computed = np.zeros(n, dtype=bool)  # (skipped rows stay NaN, by design)
+    # cuDNN autotunes each new input shape: worth it where every batch has
+    # one (an array's images share a size), not for files of many sizes.
+    tune = preprocessing.fixed_size or not images.resizes
     with (
-        cudnn_settings(device, dtype),
+        cudnn_settings(device, dtype, tune),
         progress(total=n, desc=desc, unit="img", verbose=verbose, leave=False) as bar,
     ):
         for start, batch in batches(images, preprocessing, batch_size, device, indices):

@@ -391,6 +391,51 @@ def test_overlapping_cudnn_settings_share_the_flags_and_restore_them(cudnn_flags
     assert (cudnn.benchmark, cudnn.allow_tf32) == (False, True)
 
 
+def test_autotuning_only_for_inputs_of_one_size(
+    cudnn_flags, images, tiny_cnn, tmp_path, monkeypatch
+):
+    """cuDNN tunes each new input shape again: transform turns autotuning on
+    for arrays and for files cropped (or squashed) to one size, not for
+    files of many sizes (no crop), where the user's setting holds; while
+    any call that tunes runs, it is on."""
+    from PIL import Image
+
+    from sktransfer import _engine
+
+    cudnn = cudnn_flags
+    cudnn.benchmark = False
+    with cudnn_settings(CUDA, torch.float32, tune=False):
+        assert not cudnn.benchmark
+        with cudnn_settings(CUDA, torch.bfloat16):
+            assert cudnn.benchmark
+        assert not cudnn.benchmark
+    cudnn.benchmark = True  # the user's
+    with cudnn_settings(CUDA, torch.float32, tune=False):
+        assert cudnn.benchmark
+
+    tuned = []
+    original = _engine.cudnn_settings
+
+    def settings(device, dtype, tune=True):
+        tuned.append(tune)
+        return original(device, dtype, tune)
+
+    monkeypatch.setattr(_engine, "cudnn_settings", settings)
+    paths = []
+    for i, size in enumerate([(40, 32), (32, 48)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(images[i][: size[0], : size[1]]).save(paths[-1])
+    for preprocessing, X, tune in [
+        ({"resize_size": 32, "crop_size": 32}, paths, True),
+        ({"resize_size": 32, "crop_size": None}, paths, False),
+        ({"resize_size": 32, "crop_size": None}, images, True),
+        ({"resize_size": 32, "crop_size": None, "squash": True}, paths, True),
+    ]:
+        tuned.clear()
+        make(tiny_cnn, device="cpu", preprocessing=preprocessing).fit(X).transform(X)
+        assert tuned and set(tuned) == {tune}, preprocessing
+
+
 # -- 6. a CUDA tensor given to a device="cpu" extractor ------------------------
 
 
@@ -470,9 +515,9 @@ def test_the_probe_row_runs_under_the_cudnn_settings_of_transform(
     entered = []
     original, original_settings = _engine.run_batch, _device.cudnn_settings
 
-    def settings(device, dtype):
+    def settings(device, dtype, tune=True):
         entered.append(dtype)
-        return original_settings(device, dtype)
+        return original_settings(device, dtype, tune)
 
     def run_batch(*args, **kwargs):
         inside.append(len(entered))
