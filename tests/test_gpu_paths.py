@@ -1038,3 +1038,47 @@ def test_a_mixed_folder_is_batched_whole_on_the_device(tmp_path, monkeypatch):
     ]
     on_host = list(_inputs.as_images(paths).batches(4))
     assert [(s, len(b)) for s, b in on_host] == [(0, 4), (4, 1)]
+
+
+# -- 29. arrays of other libraries (CuPy) through DLPack ---------------------------
+
+
+class _DLPackArray:
+    """An array of another library (as CuPy's on a GPU): DLPack and the
+    shape only; ``np.asarray`` fails on it, as on CuPy's."""
+
+    def __init__(self, array):
+        self._array, self.shape = array, array.shape
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed.")
+
+
+def test_arrays_exporting_dlpack_are_taken_without_numpy(images, tiny_cnn):
+    """A CuPy array (a dask-cuda array's blocks) cannot go through
+    np.asarray: it is taken through DLPack, sharing its memory, in numpy's
+    layout (n, H, W, C), and gives the rows of the same numpy array; a
+    dtype that is not an image's is refused as for numpy."""
+    from sktransfer._images.inputs import as_images
+
+    X = _DLPackArray(images)
+    adapted = as_images(X)
+    assert isinstance(adapted.data, torch.Tensor)
+    assert adapted.data.data_ptr() == images.__array_interface__["data"][0]
+    extractor = make(tiny_cnn, device="cpu").fit(images)
+    np.testing.assert_array_equal(extractor.transform(X), extractor.transform(images))
+    np.testing.assert_array_equal(
+        make(tiny_cnn, device="cpu").fit_transform(X), extractor.transform(images)
+    )
+    gray = images[..., 0].astype(np.float32) / 255  # (n, H, W) floats
+    np.testing.assert_array_equal(
+        extractor.transform(_DLPackArray(gray)), extractor.transform(gray)
+    )
+    with pytest.raises(TypeError, match="dtype"):
+        as_images(_DLPackArray(images.astype(np.int32)))

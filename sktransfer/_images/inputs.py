@@ -8,7 +8,9 @@ an ``(n, C, H, W)`` tensor, C in {1, 3}, of dtype uint8, uint16 or float32
 nothing of models.
 
 - :class:`ArrayImages`: one array or tensor of equal-sized images; batches
-  are slices of it, resized later on the device, batch by batch.
+  are slices of it, resized later on the device, batch by batch. Arrays of
+  other libraries that export DLPack or the CUDA array interface (CuPy)
+  are taken as tensors where they are, numpy's layout.
 - :class:`ListImages`: a sequence of paths, encoded bytes, PIL images or
   arrays of any sizes. Images are read and resized one by one (the resize
   and crop of the preprocessing, ``geometry``) in a pool of worker threads
@@ -19,8 +21,9 @@ nothing of models.
   ``on_error="nan"``, is recorded in ``errors`` and skipped: its row is never
   yielded, and the rows around it keep their positions.
 
-Layout rule, never guessed from the values: numpy arrays are channels-last
-``(n, H, W, C)`` or grayscale ``(n, H, W)``; torch tensors are channels-first
+Layout rule, never guessed from the values: numpy arrays (and CuPy's, and
+other libraries' arrays) are channels-last ``(n, H, W, C)`` or grayscale
+``(n, H, W)``; torch tensors are channels-first
 ``(n, C, H, W)`` or grayscale ``(n, H, W)``. In a sequence, each numpy array
 is one ``(H, W, C)`` or ``(H, W)`` image, each tensor one ``(C, H, W)`` or
 ``(H, W)`` image.
@@ -122,6 +125,13 @@ def as_images(
         return ListImages(
             items, num_workers=num_workers, max_pixels=max_pixels, on_error=on_error
         )
+    if not isinstance(X, np.ndarray) and (
+        hasattr(X, "__dlpack__") or hasattr(X, "__cuda_array_interface__")
+    ):
+        # CuPy (the blocks of a dask-cuda array), JAX...: taken where they
+        # are, a GPU's memory included, which np.asarray refuses; numpy's
+        # layout, channels last
+        return ArrayImages(_shared_tensor(X), channels_last=True)
     try:
         array = np.asarray(X)
     except (ValueError, TypeError) as exc:
@@ -129,6 +139,19 @@ def as_images(
             f"Could not read {_describe(X)} as an array of images: {exc}"
         ) from exc
     return ArrayImages(array, channels_last=True)
+
+
+def _shared_tensor(X) -> torch.Tensor:
+    """A tensor that shares the memory of an array of another library,
+    through DLPack or the CUDA array interface, without a copy."""
+    try:
+        if hasattr(X, "__dlpack__"):
+            return torch.from_dlpack(X)
+        return torch.as_tensor(X)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise TypeError(
+            f"Could not read {_describe(X)} as an array of images: {exc}"
+        ) from exc
 
 
 def _is_pandas_index(X) -> bool:
@@ -357,6 +380,8 @@ class ArrayImages:
             batch = chunk.detach()
             if batch.ndim == 3:
                 batch = batch.unsqueeze(1)
+            elif self.channels_last:  # (another library's array, as a tensor)
+                batch = batch.permute(0, 3, 1, 2)
             if batch.dtype.is_floating_point and batch.dtype != torch.float32:
                 batch = batch.float()
             return batch
