@@ -256,6 +256,20 @@ def test_gpu_copies_on_their_stream_arrive_whole_before_they_are_read(images):
 
 @pytest.mark.gpu
 @cuda
+def test_gpu_arrays_of_other_libraries_stay_on_the_gpu(images):
+    """An array on the GPU that exports DLPack (as CuPy's, whose
+    np.asarray fails) is read there, channels last, without a copy to the
+    host: the rows of the same images as a numpy array."""
+    from .test_gpu_paths import _DLPackArray
+
+    extractor = make("resnet18", weights=None, random_state=0, device="cuda")
+    expected = extractor.fit_transform(images)
+    on_gpu = _DLPackArray(torch.from_numpy(images).cuda())
+    assert_allclose(extractor.transform(on_gpu), expected, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@cuda
 def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
     extractor = make(tiny_cnn, device="cuda").fit(images)
