@@ -42,6 +42,7 @@ from sktransfer.exceptions import NumericsWarning, warn
 __all__ = [
     "StagedRows",
     "batches",
+    "check_finite",
     "count_inputs",
     "counting_images",
     "device_input",
@@ -300,7 +301,7 @@ def extract(
         bar.update(n - bar.n)
     if staged is not None:
         staged.finish()
-    _check_finite(out, computed, indices, dtype)
+    check_finite(out, computed, indices, dtype)
     return out, size
 
 
@@ -376,11 +377,15 @@ class _Slot:
     rows: slice | None = None
 
 
-def _check_finite(rows: np.ndarray, computed: np.ndarray, indices, dtype) -> None:
+def check_finite(rows: np.ndarray, computed, indices, dtype) -> None:
     """Warn if computed rows hold inf or NaN (float16 overflows above 65504;
-    a network may compute them too): never a silent non-finite row. Rows of
-    unreadable images are NaN by design and not counted."""
-    bad = np.flatnonzero(computed & ~np.isfinite(rows).all(axis=1))
+    a network may compute them too): never a silent non-finite row.
+    ``computed``: a mask of the rows computed (None: all); the others (those
+    of unreadable images) are NaN by design and not counted. ``indices``:
+    the input rows that ``rows`` are (None: in order from 0), which the
+    warning names."""
+    finite = np.isfinite(rows).all(axis=1)
+    bad = np.flatnonzero(~finite if computed is None else computed & ~finite)
     if not len(bad):
         return
     where = bad if indices is None else np.asarray(indices)[bad]
