@@ -346,7 +346,7 @@ class StagedRows:
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         self._land(slot)
-        if slot.buffer is None or len(slot.buffer) < len(feats):
+        if len(slot.buffer) < len(feats):
             slot.buffer = self._pinned(tuple(feats.shape))
         if slot.event is None:
             slot.event = self._new_event()
@@ -372,7 +372,7 @@ class _Slot:
     """A staging buffer of :class:`StagedRows`, the event recorded after
     its last copy, and the rows of the output it holds (None: none)."""
 
-    buffer: torch.Tensor | None = None
+    buffer: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
     event: Any = None
     rows: slice | None = None
 
