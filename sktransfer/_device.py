@@ -27,6 +27,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "fitted_runtime",
+    "own_stream",
     "restore_runtime",
 ]
 
@@ -154,6 +155,21 @@ def restore_runtime(state: dict, what: str) -> None:
     state["device_"] = fitted
 
 
+_STREAMS = threading.local()
+
+
+def own_stream(device: torch.device, purpose: str):
+    """A CUDA stream on ``device`` of this thread's own, one per ``purpose``
+    (``"decode"``, ``"copy"``): made at the first call, then reused. Each
+    thread has its own, so that threads (Dask workers) never wait for each
+    other's work."""
+    streams = vars(_STREAMS).setdefault("streams", {})
+    key = (purpose, device.type, device.index)
+    if key not in streams:
+        streams[key] = torch.cuda.Stream(device)
+    return streams[key]
+
+
 def cuda_index(device: torch.device) -> int:
     """The index of a CUDA device; ``"cuda"`` alone is the current one (not
     always 0: ``torch.cuda.set_device`` moves it)."""
@@ -195,11 +211,12 @@ class _CudnnFlags:
     """cuDNN's process-wide flags, shared by the calls that run at once.
 
     The first call to enter saves the flags, the last to leave restores
-    them, and while any runs: autotuning (unless the user asked for
-    deterministic kernels), and no TF32 in convolutions while a float32 call
-    runs. (TF32 changes only float32 convolutions: under bf16/fp16 autocast
-    they do not run in float32, so a reduced-precision call sharing these
-    flags computes what it would alone.) Threads (Dask workers, the threaded
+    them, and in between: autotuning while a call that asks for it runs
+    (unless the user asked for deterministic kernels), else the user's
+    setting; and no TF32 in convolutions while a float32 call runs. (TF32
+    changes only float32 convolutions: under bf16/fp16 autocast they do not
+    run in float32, so a reduced-precision call sharing these flags
+    computes what it would alone.) Threads (Dask workers, the threaded
     scheduler, joblib) enter and leave in any order under one lock.
 
     TF32 is read and written without mixing PyTorch's two APIs: the legacy
@@ -213,6 +230,7 @@ class _CudnnFlags:
         self._lock = threading.Lock()
         self._calls = 0
         self._float32_calls = 0
+        self._tuned_calls = 0
         self._saved: tuple | None = None
 
     @staticmethod
@@ -256,7 +274,7 @@ class _CudnnFlags:
         assert self._saved is not None
         benchmark, (legacy, new) = self._saved
         cudnn: Any = torch.backends.cudnn
-        cudnn.benchmark = benchmark if self._calls == 0 else not cudnn.deterministic
+        cudnn.benchmark = not cudnn.deterministic if self._tuned_calls else benchmark
         if self._float32_calls and self._calls:
             if legacy is not None:
                 cudnn.allow_tf32 = False
@@ -266,13 +284,14 @@ class _CudnnFlags:
             self._write_tf32(legacy, new)
 
     @contextlib.contextmanager
-    def __call__(self, dtype: torch.dtype):
+    def __call__(self, dtype: torch.dtype, tune: bool):
         float32 = dtype == torch.float32
         with self._lock:
             if self._calls == 0:
                 self._saved = (torch.backends.cudnn.benchmark, self._read_tf32())
             self._calls += 1
             self._float32_calls += float32
+            self._tuned_calls += tune
             self._apply()
         try:
             yield
@@ -280,6 +299,7 @@ class _CudnnFlags:
             with self._lock:
                 self._calls -= 1
                 self._float32_calls -= float32
+                self._tuned_calls -= tune
                 self._apply()
                 if self._calls == 0:
                     self._saved = None
@@ -288,17 +308,19 @@ class _CudnnFlags:
 _CUDNN_FLAGS = _CudnnFlags()
 
 
-def cudnn_settings(device: torch.device, dtype: torch.dtype):
+def cudnn_settings(device: torch.device, dtype: torch.dtype, tune: bool = True):
     """cuDNN while a call runs: autotuned kernels, and for float32 no TF32
     (10-bit mantissas in convolutions, which PyTorch allows by default and
     which move rows by about 1e-3): ``precision="float32"`` means float32.
-    The flags are process-wide: overlapping calls (threads) share them, and
-    the last to leave restores the user's (:class:`_CudnnFlags`). Matrix
-    products follow the user's TF32 setting for them
-    (``torch.backends.cuda.matmul``; off unless the user set it)."""
+    ``tune=False`` for inputs of many sizes (files without a crop): each
+    new shape would be tuned again, at a cost of many batches; the user's
+    setting then holds. The flags are process-wide: overlapping calls
+    (threads) share them, and the last to leave restores the user's
+    (:class:`_CudnnFlags`). Matrix products follow the user's TF32 setting
+    for them (``torch.backends.cuda.matmul``; off unless the user set it)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    return _CUDNN_FLAGS(dtype)
+    return _CUDNN_FLAGS(dtype, tune)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -3,12 +3,13 @@
 :func:`batches` and :func:`device_input` are the one input path of
 inference, validation and training (``_training`` builds on them): batches
 from the input adapter (nvJPEG decoding of JPEG files on CUDA), copied to the
-device (pinned, non-blocking on CUDA), resized and normalised there,
-channels_last. :func:`extract` runs any module that maps such a batch to a
-list of ``(n, d_i)`` tensors over all the images, and writes the
-concatenated rows, in input order, into one preallocated float32 array.
-The device and precision are chosen elsewhere (``_device``); the engine
-knows nothing of sklearn.
+device (on CUDA: pinned, non-blocking, on a copy stream), resized and
+normalised there, channels_last. :func:`extract` runs any module that maps
+such a batch to a list of ``(n, d_i)`` tensors over all the images, and
+writes the concatenated rows, in input order, into one preallocated
+float32 array (an ordinary one: on CUDA the rows come through a few small
+pinned staging buffers, :class:`StagedRows`). The device and precision are
+chosen elsewhere (``_device``); the engine knows nothing of sklearn.
 
 Speed, in order of value: large batches; uint8 batches to the device,
 resized and normalised there; reduced precision (autocast) where the
@@ -29,16 +30,19 @@ import contextvars
 import dataclasses
 import gc
 import traceback
+from typing import Any
 
 import numpy as np
 import torch
 
 from sktransfer._common import progress
-from sktransfer._device import autocast, cudnn_settings
+from sktransfer._device import autocast, cudnn_settings, own_stream
 from sktransfer.exceptions import NumericsWarning, warn
 
 __all__ = [
+    "StagedRows",
     "batches",
+    "check_finite",
     "count_inputs",
     "counting_images",
     "device_input",
@@ -47,6 +51,7 @@ __all__ = [
     "is_oom",
     "oom_error",
     "run_batch",
+    "to_gpu",
 ]
 
 # On the CPU, the network runs on blocks of about this many 224x224 images
@@ -146,17 +151,36 @@ def batches(images, preprocessing, batch_size, device, indices=None):
 
 
 def device_input(preprocessing, batch, device, resized) -> torch.Tensor:
-    """A batch from :func:`batches`, on ``device`` (a pinned, non-blocking
-    copy from the host to a GPU), resized, cropped and normalised there,
-    channels_last: what the network takes. ``resized``: the adapter has
-    applied ``preprocessing.geometry`` already."""
+    """A batch from :func:`batches`, on ``device`` (from the host to a GPU:
+    :func:`to_gpu`), resized, cropped and normalised there, channels_last:
+    what the network takes. ``resized``: the adapter has applied
+    ``preprocessing.geometry`` already."""
     if device.type == "cuda" and batch.device.type == "cpu":
-        batch = batch.pin_memory()
-    # Non-blocking only towards a GPU, whose stream orders the reads: a
-    # non-blocking copy from a GPU to the CPU returns before the rows arrive.
-    batch = batch.to(device, non_blocking=device.type == "cuda")
+        batch = to_gpu(batch, device)
+    else:
+        # Non-blocking only towards a GPU, whose stream orders the reads: a
+        # non-blocking copy from a GPU to the CPU returns before the rows arrive.
+        batch = batch.to(device, non_blocking=device.type == "cuda")
     x = preprocessing.finish(batch) if resized else preprocessing(batch)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def to_gpu(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch copied to a GPU, pinned and non-blocking, on a copy
+    stream of this thread's own (:func:`~sktransfer._device.own_stream`):
+    the copy overlaps the kernels queued on the compute stream (the current
+    one: the previous batch's), which waits for it before anything reads
+    it. The copy is recorded on the compute stream, so that its memory is
+    not reused for the next copy before the kernels that read it have run.
+    """
+    compute = torch.cuda.current_stream(device)
+    copier = own_stream(device, "copy")
+    pinned = batch.pin_memory()
+    with torch.cuda.stream(copier):
+        on_device = pinned.to(device, non_blocking=True)
+    compute.wait_stream(copier)
+    on_device.record_stream(compute)
+    return on_device
 
 
 def _forward(net, preprocessing, batch, device, dtype, resized) -> list:
@@ -216,15 +240,19 @@ def extract(
     Rows the adapter skips (unreadable images, ``on_error="nan"``) are NaN.
     """
     n = len(images) if indices is None else len(indices)
-    on_cuda = device.type == "cuda"
-    out = torch.full(
-        (n, n_features), float("nan"), dtype=torch.float32, pin_memory=on_cuda
-    )
+    out = np.full((n, n_features), np.nan, dtype=np.float32)
+    host = torch.from_numpy(out)
+    staged = None
+    if device.type == "cuda":
+        staged = StagedRows(host, torch.cuda.current_stream(device))
     size = batch_size
     resized = images.resizes
     computed = np.zeros(n, dtype=bool)  # (skipped rows stay NaN, by design)
+    # cuDNN autotunes each new input shape: worth it where every batch has
+    # one (an array's images share a size), not for files of many sizes.
+    tune = preprocessing.fixed_size or not images.resizes
     with (
-        cudnn_settings(device, dtype),
+        cudnn_settings(device, dtype, tune),
         progress(total=n, desc=desc, unit="img", verbose=verbose, leave=False) as bar,
     ):
         for start, batch in batches(images, preprocessing, batch_size, device, indices):
@@ -263,23 +291,101 @@ def extract(
                         "to make them equal."
                     )
                 rows = slice(start + offset, start + offset + len(chunk))
-                out[rows].copy_(feats, non_blocking=on_cuda)
+                if staged is None:
+                    host[rows].copy_(feats)
+                else:
+                    staged.write(rows, feats)
                 computed[rows] = True
                 offset += len(chunk)
                 bar.update(rows.stop - bar.n)  # skipped rows count as done
         bar.update(n - bar.n)
-    if on_cuda:
-        torch.cuda.synchronize(device)
-    result = out.numpy()
-    _check_finite(result, computed, indices, dtype)
-    return result, size
+    if staged is not None:
+        staged.finish()
+    check_finite(out, computed, indices, dtype)
+    return out, size
 
 
-def _check_finite(rows: np.ndarray, computed: np.ndarray, indices, dtype) -> None:
+def _pinned(shape: tuple[int, int]) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float32, pin_memory=True)
+
+
+class StagedRows:
+    """Rows computed on a GPU, copied into an ordinary host array ``out``
+    (a CPU tensor) through a ring of ``slots`` small pinned buffers.
+
+    A copy from the GPU runs asynchronously only into pinned memory, but
+    PyTorch's pinned allocator rounds each block up to a power of two and
+    keeps it for the rest of the process: the whole output there (a million
+    rows of 2048 floats: 8.2 GB) held 16 GiB of pinned memory for good. So
+    :meth:`write` copies a batch's rows from the device into the next
+    buffer of the ring (one batch in size) and records ``new_event()`` on
+    ``stream`` (the stream the rows were computed on) after the copy. A
+    buffer is reused only once its rows have landed: its event waited for
+    and its rows copied into ``out`` on the host. The host thus runs at most
+    ``slots`` batches ahead of the GPU, and never waits for the batch it
+    has just queued. :meth:`finish` lands what remains, oldest first.
+    ``pinned(shape)`` makes a buffer.
+    """
+
+    def __init__(
+        self,
+        out: torch.Tensor,
+        stream,
+        slots: int = 3,
+        *,
+        pinned=_pinned,
+        new_event=torch.cuda.Event,
+    ):
+        self.out, self.stream = out, stream
+        self._pinned, self._new_event = pinned, new_event
+        self._slots = [_Slot() for _ in range(slots)]
+        self._next = 0
+
+    def write(self, rows: slice, feats: torch.Tensor) -> None:
+        """Queue the copy of ``feats`` (on the device) to ``out[rows]``."""
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % len(self._slots)
+        self._land(slot)
+        if len(slot.buffer) < len(feats):
+            slot.buffer = self._pinned(tuple(feats.shape))
+        if slot.event is None:
+            slot.event = self._new_event()
+        slot.buffer[: len(feats)].copy_(feats, non_blocking=True)
+        slot.event.record(self.stream)
+        slot.rows = rows
+
+    def finish(self) -> None:
+        """Land every row still in a buffer, in the order written."""
+        for i in range(len(self._slots)):
+            self._land(self._slots[(self._next + i) % len(self._slots)])
+
+    def _land(self, slot: _Slot) -> None:
+        if slot.rows is None:
+            return
+        slot.event.synchronize()
+        self.out[slot.rows].copy_(slot.buffer[: slot.rows.stop - slot.rows.start])
+        slot.rows = None
+
+
+@dataclasses.dataclass
+class _Slot:
+    """A staging buffer of :class:`StagedRows`, the event recorded after
+    its last copy, and the rows of the output it holds (None: none)."""
+
+    buffer: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+    event: Any = None
+    rows: slice | None = None
+
+
+def check_finite(rows: np.ndarray, computed, indices, dtype) -> None:
     """Warn if computed rows hold inf or NaN (float16 overflows above 65504;
-    a network may compute them too): never a silent non-finite row. Rows of
-    unreadable images are NaN by design and not counted."""
-    bad = np.flatnonzero(computed & ~np.isfinite(rows).all(axis=1))
+    a network may compute them too): never a silent non-finite row.
+    ``computed``: a mask of the rows computed (None: all); the others (those
+    of unreadable images) are NaN by design and not counted. ``indices``:
+    the input rows that ``rows`` are (None: in order from 0), which the
+    warning names."""
+    finite = np.isfinite(rows).all(axis=1)
+    bad = np.flatnonzero(~finite if computed is None else computed & ~finite)
     if not len(bad):
         return
     where = bad if indices is None else np.asarray(indices)[bad]

@@ -126,6 +126,14 @@ class Preprocessing:
                 "less extreme shape first"
             )
 
+    @property
+    def fixed_size(self) -> bool:
+        """Whether images of any size become network inputs of one size (a
+        crop, or a squash to a square)."""
+        return self.crop_size is not None or (
+            self.squash and self.resize_size is not None
+        )
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the network input for an image of this size."""
         height, width = self.resized_size(height, width)

@@ -562,6 +562,7 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
             device=self.device_,
             dtype=self._dtype(),
             verbose=self.verbose,
+            indices=indices,
         )
         return out
 

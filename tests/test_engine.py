@@ -211,6 +211,65 @@ def test_gpu_batches_agree_and_tensors_on_gpu_are_accepted(images):
 
 @pytest.mark.gpu
 @cuda
+def test_gpu_rows_come_in_ordinary_memory(images):
+    """The rows of a CUDA transform are an ordinary array, not a view of
+    pinned memory (which PyTorch keeps cached, rounded up to a power of two,
+    for the rest of the process); they come through the staging buffers in
+    their places, whatever the batches."""
+    extractor = make(
+        "resnet18", weights=None, random_state=0, device="cuda", precision="float32"
+    )
+    whole = extractor.set_params(batch_size=6).fit_transform(images)
+    rows = extractor.set_params(batch_size=1).transform(images)  # 6 > 3 buffers
+    assert not torch.from_numpy(rows).is_pinned()
+    assert_allclose(rows, whole, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_copies_on_their_stream_arrive_whole_before_they_are_read(images):
+    """Host batches go to the GPU on a copy stream: the compute stream waits
+    for each copy before reading it (checked by reading large batches right
+    away), and a copy's memory is not reused by the next copy while kernels
+    queued before (a sleep) have yet to read it. Rows of uint8 arrays, which
+    take this path, equal the CPU's where nothing is resized."""
+    from sktransfer._engine import device_input
+    from sktransfer._preprocess import Preprocessing
+
+    prep = Preprocessing(None, None, None, None)
+    device = torch.device("cuda")
+    inputs = []
+    for value in range(1, 13):
+        if value % 2:  # kernels still queued when the next copy is made
+            torch.cuda._sleep(50_000_000)
+        batch = torch.full((16, 3, 512, 512), value, dtype=torch.uint8)
+        inputs.append(device_input(prep, batch, device, resized=False))
+    torch.cuda.synchronize()
+    for value, x in enumerate(inputs, start=1):
+        assert x.min().item() == x.max().item() == pytest.approx(value / 255)
+    small = images[:, :32, :32]  # (resize_size=32, crop_size=32: no resize)
+    params = dict(weights=None, random_state=0, precision="float32", batch_size=2)
+    gpu = make("resnet18", device="cuda", **params).fit_transform(small)
+    cpu = make("resnet18", device="cpu", **params).fit_transform(small)
+    assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_arrays_of_other_libraries_stay_on_the_gpu(images):
+    """An array on the GPU that exports DLPack (as CuPy's, whose
+    np.asarray fails) is read there, channels last, without a copy to the
+    host: the rows of the same images as a numpy array."""
+    from .test_gpu_paths import _DLPackArray
+
+    extractor = make("resnet18", weights=None, random_state=0, device="cuda")
+    expected = extractor.fit_transform(images)
+    on_gpu = _DLPackArray(torch.from_numpy(images).cuda())
+    assert_allclose(extractor.transform(on_gpu), expected, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@cuda
 def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
     """A CUDA-fitted extractor pickles CPU tensors and reloads equal."""
     extractor = make(tiny_cnn, device="cuda").fit(images)
@@ -224,7 +283,8 @@ def test_gpu_pickle_holds_cpu_tensors(tiny_cnn, images):
 @cuda
 def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
     """On CUDA, JPEG files are decoded by nvJPEG in batches; the rows stay
-    those of the CPU's decoding (decoders differ by a level or so)."""
+    those of the CPU's decoding (decoders differ by a level or so). A PNG
+    among them (decoded by Pillow) joins their batch on the GPU."""
     from PIL import Image
 
     from sktransfer._images import decode as _decode
@@ -235,6 +295,8 @@ def test_gpu_decodes_jpeg_files_with_the_cpus_rows(tmp_path, monkeypatch):
         image = rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)
         paths.append(str(tmp_path / f"{i}.jpg"))
         Image.fromarray(image).save(paths[-1], quality=95)
+    paths.insert(3, str(tmp_path / "png.png"))
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[3])
     calls = []
     original = _decode.decode_jpegs_on
     monkeypatch.setattr(

@@ -9,6 +9,7 @@ import pickle
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,18 +58,13 @@ class _Decoded:
         self.log.append(("record_stream", stream.name))
 
 
-def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
-    """The decoder writes from a private stream that waits for nothing: it
-    runs under a stream of ours, synchronised first (no earlier decode still
-    writing), and the caller's stream waits for it and records the outputs
-    (their memory is not reused before the caller's kernels read them)."""
-    import torchvision.io
+def _fake_streams(monkeypatch, log: list, caller: str, made: str) -> list:
+    """Fake CUDA streams: ``caller`` is current, ``torch.cuda.Stream``
+    makes one named ``made``, ``torch.cuda.stream`` makes one current
+    while its block runs (logged); returns the stack of current streams."""
+    from sktransfer import _device
 
-    from sktransfer._images import decode as _decode
-
-    log: list = []
-    caller = _Stream("caller", log)
-    current = [caller]
+    current = [_Stream(caller, log)]
 
     class _StreamContext:
         def __init__(self, stream):
@@ -82,14 +78,29 @@ def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
             current.pop()
             log.append(("exit", self.stream.name))
 
+    monkeypatch.setattr(_device, "_STREAMS", threading.local())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream(made, log))
+    monkeypatch.setattr(torch.cuda, "stream", _StreamContext)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    return current
+
+
+def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
+    """The decoder writes from a private stream that waits for nothing: it
+    runs under a stream of ours, synchronised first (no earlier decode still
+    writing), and the caller's stream waits for it and records the outputs
+    (their memory is not reused before the caller's kernels read them)."""
+    import torchvision.io
+
+    from sktransfer._images import decode as _decode
+
+    log: list = []
+    current = _fake_streams(monkeypatch, log, "caller", "decode")
+
     def decode_jpeg(tensors, mode, device):
         log.append(("decode on", current[-1].name))
         return [_Decoded(log) for _ in tensors]
 
-    monkeypatch.setattr(_decode, "_STREAMS", threading.local())
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _Stream("decode", log))
-    monkeypatch.setattr(torch.cuda, "stream", _StreamContext)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
     monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
     images = _decode.decode_jpegs_on([b"\xff\xd8a", b"\xff\xd8b"], CUDA)
     assert len(images) == 2
@@ -105,6 +116,64 @@ def test_nvjpeg_decodes_on_its_own_stream_ordered_for_the_caller(monkeypatch):
     log.clear()
     _decode.decode_jpegs_on([b"\xff\xd8c"], CUDA)  # the same stream, reused
     assert log[0] == ("synchronize", "decode") and ("decode on", "decode") in log
+
+
+# -- 22. host-to-device copies on a copy stream ---------------------------------
+
+
+def test_host_batches_go_to_the_gpu_on_a_copy_stream(monkeypatch):
+    """A host batch is pinned and copied on a copy stream of our own, not
+    on the compute stream: the copy overlaps the previous batch's kernels.
+    The compute stream then waits for the copy stream before reading it,
+    and the copy is recorded on the compute stream (its memory is not
+    reused for the next copy while the kernels that read it are queued).
+    The same stream serves the next batch; a batch already on the device is
+    not copied."""
+    from sktransfer import _device
+    from sktransfer._engine import device_input
+    from sktransfer._preprocess import Preprocessing
+
+    log: list = []
+    current = _fake_streams(monkeypatch, log, "compute", "copy")
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+
+    class OnGpu(torch.Tensor):
+        def record_stream(self, stream):
+            log.append(("record_stream", stream.name))
+
+    class HostBatch:
+        device = torch.device("cpu")
+
+        def pin_memory(self):
+            log.append(("pin",))
+            return self
+
+        def to(self, device, non_blocking=False):
+            log.append(("copy on", current[-1].name, device.type, non_blocking))
+            return pixels.clone().as_subclass(OnGpu)
+
+    prep = Preprocessing(None, None, None, None)
+    x = device_input(prep, HostBatch(), CUDA, resized=False)
+    torch.testing.assert_close(x.as_subclass(torch.Tensor), pixels / 255.0)
+    assert log == [
+        ("pin",),
+        ("enter", "copy"),
+        ("copy on", "copy", "cuda", True),
+        ("exit", "copy"),
+        ("wait", "compute", "copy"),
+        ("record_stream", "compute"),
+    ]
+    log.clear()
+    device_input(prep, HostBatch(), CUDA, resized=False)
+    assert ("copy on", "copy", "cuda", True) in log
+    assert len(vars(_device._STREAMS)["streams"]) == 1  # the same stream, reused
+    log.clear()
+
+    class DeviceBatch(HostBatch):
+        device = CUDA
+
+    device_input(prep, DeviceBatch(), CUDA, resized=False)
+    assert log == [("copy on", "compute", "cuda", True)]  # (.to: nothing to do)
 
 
 # -- 2 and 19. The Dask GPU recipe: fitted on CUDA, through a CPU client ------
@@ -147,10 +216,12 @@ def test_cuda_fitted_extractor_passed_through_a_cpu_client_runs_on_cuda(
 
 
 def test_explicit_reduced_precision_is_kept_on_the_cpu_fallback(
-    images, tiny_cnn, monkeypatch
+    images, tiny_cnn, monkeypatch, bf16_cpu
 ):
     """Only 'auto' becomes float32 on the CPU fallback: an explicit
-    precision is the user's choice."""
+    precision is the user's choice. (On a CPU with bf16 instructions, or
+    this one with them simulated: without them, fit itself falls back to
+    float32.)"""
     extractor = make(tiny_cnn, device="cpu", precision="bfloat16").fit(images)
     extractor.device_ = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -320,6 +391,51 @@ def test_overlapping_cudnn_settings_share_the_flags_and_restore_them(cudnn_flags
     assert (cudnn.benchmark, cudnn.allow_tf32) == (False, True)
 
 
+def test_autotuning_only_for_inputs_of_one_size(
+    cudnn_flags, images, tiny_cnn, tmp_path, monkeypatch
+):
+    """cuDNN tunes each new input shape again: transform turns autotuning on
+    for arrays and for files cropped (or squashed) to one size, not for
+    files of many sizes (no crop), where the user's setting holds; while
+    any call that tunes runs, it is on."""
+    from PIL import Image
+
+    from sktransfer import _engine
+
+    cudnn = cudnn_flags
+    cudnn.benchmark = False
+    with cudnn_settings(CUDA, torch.float32, tune=False):
+        assert not cudnn.benchmark
+        with cudnn_settings(CUDA, torch.bfloat16):
+            assert cudnn.benchmark
+        assert not cudnn.benchmark
+    cudnn.benchmark = True  # the user's
+    with cudnn_settings(CUDA, torch.float32, tune=False):
+        assert cudnn.benchmark
+
+    tuned = []
+    original = _engine.cudnn_settings
+
+    def settings(device, dtype, tune=True):
+        tuned.append(tune)
+        return original(device, dtype, tune)
+
+    monkeypatch.setattr(_engine, "cudnn_settings", settings)
+    paths = []
+    for i, size in enumerate([(40, 32), (32, 48)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(images[i][: size[0], : size[1]]).save(paths[-1])
+    for preprocessing, X, tune in [
+        ({"resize_size": 32, "crop_size": 32}, paths, True),
+        ({"resize_size": 32, "crop_size": None}, paths, False),
+        ({"resize_size": 32, "crop_size": None}, images, True),
+        ({"resize_size": 32, "crop_size": None, "squash": True}, paths, True),
+    ]:
+        tuned.clear()
+        make(tiny_cnn, device="cpu", preprocessing=preprocessing).fit(X).transform(X)
+        assert tuned and set(tuned) == {tune}, preprocessing
+
+
 # -- 6. a CUDA tensor given to a device="cpu" extractor ------------------------
 
 
@@ -399,9 +515,9 @@ def test_the_probe_row_runs_under_the_cudnn_settings_of_transform(
     entered = []
     original, original_settings = _engine.run_batch, _device.cudnn_settings
 
-    def settings(device, dtype):
+    def settings(device, dtype, tune=True):
         entered.append(dtype)
-        return original_settings(device, dtype)
+        return original_settings(device, dtype, tune)
 
     def run_batch(*args, **kwargs):
         inside.append(len(entered))
@@ -702,3 +818,267 @@ def test_images_on_a_gpu_come_to_the_host_in_chunks_for_their_digests(monkeypatc
     images.data = pixels.as_subclass(OnGpu)
     assert images.digests() == expected
     assert OnGpu.copies == [256, 256, 88]
+
+
+# -- 11. the output rows in ordinary memory, through pinned staging buffers ------
+
+
+def test_rows_from_the_gpu_land_through_a_ring_of_staging_buffers():
+    """Each batch is copied into the next of a few small pinned buffers and
+    an event recorded after the copy; a buffer is reused only after its
+    event is waited for and its rows copied into the (ordinary) output, in
+    the order written. (The pinning and the events are faked; the output
+    is checked at each wait.)"""
+    from sktransfer._engine import StagedRows
+
+    out = torch.full((11, 2), float("nan"))
+    log: list = []
+
+    def landed():  # the rows of out written so far
+        return int(torch.isfinite(out).all(1).sum())
+
+    class Event:
+        def __init__(self):
+            self.id = sum(entry[0] == "event" for entry in log)
+            log.append(("event", self.id))
+
+        def record(self, stream):
+            log.append(("record", self.id, stream))
+
+        def synchronize(self):
+            log.append(("wait", self.id, landed()))
+
+    def pinned(shape):
+        log.append(("pin", shape))
+        return torch.empty(shape)
+
+    staged = StagedRows(out, "compute", 2, pinned=pinned, new_event=Event)
+    feats = torch.arange(22.0).reshape(11, 2)
+    for start, stop in [(0, 4), (4, 8), (8, 10), (10, 11)]:
+        staged.write(slice(start, stop), feats[start:stop])
+    assert landed() == 8  # the first two batches, landed to free their buffers
+    staged.finish()
+    torch.testing.assert_close(out, feats)
+    assert log == [
+        ("pin", (4, 2)), ("event", 0), ("record", 0, "compute"),
+        ("pin", (4, 2)), ("event", 1), ("record", 1, "compute"),
+        ("wait", 0, 0), ("record", 0, "compute"),  # rows 0:4 land, then reuse
+        ("wait", 1, 4), ("record", 1, "compute"),  # rows 4:8 land, then reuse
+        ("wait", 0, 8), ("wait", 1, 10),  # finish: 8:10, then 10:11
+    ]  # fmt: skip
+    log.clear()
+    grow = StagedRows(torch.zeros(9, 2), "compute", 2, pinned=pinned, new_event=Event)
+    grow.write(slice(0, 1), feats[:1])
+    grow.write(slice(1, 2), feats[1:2])
+    grow.write(slice(2, 9), feats[2:9])  # a larger batch: a larger buffer
+    grow.finish()
+    torch.testing.assert_close(grow.out, feats[:9])
+    assert [entry[1] for entry in log if entry[0] == "pin"] == [(1, 2), (1, 2), (7, 2)]
+
+
+# -- 13. the device decoder's calls: bounded in pixels, backed off out of memory --
+
+
+def _jpegs(tmp_path, n, size=(48, 40)):
+    """``n`` small JPEG files of distinct pixels (48x40 = 1920 pixels)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(size)
+    tmp_path.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(paths[-1], quality=95)
+    return paths
+
+
+def test_device_decoding_is_split_by_pixels_and_halved_out_of_memory(
+    tmp_path, monkeypatch
+):
+    """One decoder call decodes at most DEVICE_DECODE_PIXELS pixels; a call
+    out of device memory is halved and retried (memory freed after the
+    except block), not handed to Pillow; the rows and their order are those
+    of one call. (torchvision's decoder on the CPU stands in for nvJPEG.)"""
+    from sktransfer._images import decode as _decode
+    from sktransfer._images import inputs as _inputs
+    from sktransfer.exceptions import PerformanceWarning
+
+    paths = _jpegs(tmp_path, 6)
+    cpu = torch.device("cpu")
+    expected = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    calls: list = []
+    real = _decode.decode_jpegs_on
+
+    def decoder(fits):
+        def decode(datas, device):
+            calls.append(len(datas))
+            if len(datas) > fits:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+            return real(datas, device)
+
+        return decode
+
+    freed: list = []
+    monkeypatch.setattr(
+        _inputs._engine, "free_after_oom", lambda device: freed.append(sys.exc_info())
+    )
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=6))
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 2 * 1920)
+    split = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    assert calls == [2, 2, 2]
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 2 * 1920 - 1)
+    calls.clear()
+    list(_inputs.as_images(paths[:3]).batches(6, decode_device=cpu))
+    assert calls == [1, 1, 1]  # (a file larger than the cap: a call of its own)
+
+    monkeypatch.setattr(_inputs, "DEVICE_DECODE_PIXELS", 1 << 28)
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=2))
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)  # (no fallback)
+        backed_off = list(_inputs.as_images(paths).batches(6, decode_device=cpu))
+    assert calls == [6, 3, 1, 2, 3, 1, 2]
+    assert freed == [(None, None, None)] * 3
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decoder(fits=0))
+    monkeypatch.setattr(_inputs, "_DEVICE_DECODING_FAILED", set())
+    with pytest.warns(PerformanceWarning, match="out of memory"):
+        by_pillow = list(_inputs.as_images(paths[:2]).batches(6, decode_device=cpu))
+    assert calls[-3:] == [2, 1, 1]  # one file out of memory: Pillow decodes it
+    for batches in (split, backed_off):
+        assert [(s, b.shape) for s, b in batches] == [(0, (6, 3, 40, 48))]
+        assert torch.equal(batches[0][1], expected[0][1])
+    assert torch.equal(by_pillow[0][1], expected[0][1][:2])
+
+
+# -- 23. images decoded on the device are resized by size, a batch at a time ------
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_device_decoded_images_are_resized_together_by_size(
+    tmp_path, monkeypatch, interpolation
+):
+    """After the device's decoder, images of one size are resized in one
+    call (a few kernels a call rather than per image), in calls of at most
+    RESIZE_PIXELS pixels; the pixels equal those of a resize image by image
+    (the resize is per image, on the CPU as on CUDA), in input order."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    from sktransfer._images import inputs as _inputs
+    from sktransfer._preprocess import Preprocessing
+
+    small, large = (
+        _jpegs(tmp_path / "s", 3, (48, 40)),
+        _jpegs(tmp_path / "l", 2, (60, 44)),
+    )
+    paths = [small[0], large[0], small[1], large[1], small[2]]
+    prep = Preprocessing(36, 32, None, None, interpolation=interpolation)
+    calls: list = []
+
+    def geometry(batch):
+        calls.append(tuple(batch.shape))
+        return prep.geometry(batch)
+
+    encoded = [
+        torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)
+        for p in paths
+    ]
+    each = [prep.geometry(decode_jpeg(data)[None])[0] for data in encoded]
+    cpu = torch.device("cpu")
+    batches = list(_inputs.as_images(paths).batches(8, None, geometry, cpu))
+    assert calls == [(3, 3, 40, 48), (2, 3, 44, 60)]
+    assert [(s, len(b)) for s, b in batches] == [(0, 5)]
+    assert torch.equal(batches[0][1], torch.stack(each))
+    monkeypatch.setattr(_inputs, "RESIZE_PIXELS", 2 * 48 * 40)
+    calls.clear()
+    again = list(_inputs.as_images(paths).batches(8, None, geometry, cpu))
+    assert calls == [(2, 3, 40, 48), (1, 3, 40, 48), (1, 3, 44, 60), (1, 3, 44, 60)]
+    assert torch.equal(again[0][1], batches[0][1])
+    thin = tmp_path / "thin.jpg"  # (resized, it would be 26 M pixels: refused)
+    Image.new("RGB", (20000, 1), (90, 120, 200)).save(thin)
+    lenient = _inputs.as_images([paths[0], str(thin), paths[2]], on_error="nan")
+    rows = list(lenient.batches(8, None, geometry, cpu))
+    assert [(s, len(b)) for s, b in rows] == [(0, 1), (2, 1)]
+    assert list(lenient.errors) == [1] and "aspect ratio" in str(lenient.errors[1])
+    assert torch.equal(torch.cat([b for _, b in rows]), torch.stack(each)[[0, 2]])
+
+
+# -- 14. runs of a mixed folder; autotuning only for inputs of one size -----------
+
+
+def test_a_mixed_folder_is_batched_whole_on_the_device(tmp_path, monkeypatch):
+    """JPEGs decoded on the device and PNGs decoded by Pillow on the host
+    share runs: the host's images are moved to the device and stacked with
+    the others, so a change of decoder ends no run (it gave batches of
+    random sizes, each a new shape for cuDNN's autotuning, and in training
+    an error). ('meta' stands in for the GPU; its decoder is faked.) On the
+    host alone, runs are as before."""
+    from PIL import Image
+
+    from sktransfer._images import decode as _decode
+    from sktransfer._images import inputs as _inputs
+
+    jpegs = _jpegs(tmp_path, 3)
+    pngs = []
+    for i in range(2):
+        pngs.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (48, 40), (30 * i, 60, 90)).save(pngs[-1])
+    paths = [jpegs[0], pngs[0], jpegs[1], jpegs[2], pngs[1]]
+    meta = torch.device("meta")
+
+    def decode(datas, device):
+        return [torch.empty((3, 40, 48), dtype=torch.uint8, device=device)] * len(datas)
+
+    monkeypatch.setattr(_decode, "decode_jpegs_on", decode)
+    batches = list(_inputs.as_images(paths).batches(4, decode_device=meta))
+    assert [(s, len(b), b.device.type) for s, b in batches] == [
+        (0, 4, "meta"),
+        (4, 1, "cpu"),
+    ]
+    on_host = list(_inputs.as_images(paths).batches(4))
+    assert [(s, len(b)) for s, b in on_host] == [(0, 4), (4, 1)]
+
+
+# -- 29. arrays of other libraries (CuPy) through DLPack ---------------------------
+
+
+class _DLPackArray:
+    """An array of another library (as CuPy's on a GPU): DLPack and the
+    shape only; ``np.asarray`` fails on it, as on CuPy's."""
+
+    def __init__(self, array):
+        self._array, self.shape = array, array.shape
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed.")
+
+
+def test_arrays_exporting_dlpack_are_taken_without_numpy(images, tiny_cnn):
+    """A CuPy array (a dask-cuda array's blocks) cannot go through
+    np.asarray: it is taken through DLPack, sharing its memory, in numpy's
+    layout (n, H, W, C), and gives the rows of the same numpy array; a
+    dtype that is not an image's is refused as for numpy."""
+    from sktransfer._images.inputs import as_images
+
+    X = _DLPackArray(images)
+    adapted = as_images(X)
+    assert isinstance(adapted.data, torch.Tensor)
+    assert adapted.data.data_ptr() == images.__array_interface__["data"][0]
+    extractor = make(tiny_cnn, device="cpu").fit(images)
+    np.testing.assert_array_equal(extractor.transform(X), extractor.transform(images))
+    np.testing.assert_array_equal(
+        make(tiny_cnn, device="cpu").fit_transform(X), extractor.transform(images)
+    )
+    gray = images[..., 0].astype(np.float32) / 255  # (n, H, W) floats
+    np.testing.assert_array_equal(
+        extractor.transform(_DLPackArray(gray)), extractor.transform(gray)
+    )
+    with pytest.raises(TypeError, match="dtype"):
+        as_images(_DLPackArray(images.astype(np.int32)))

@@ -163,7 +163,7 @@ def test_non_finite_rows_warn_at_transform(four):
     """A network whose rows overflow to inf (as float16 does above 65504):
     a warning at transform naming the rows, not a silent inf row; float16's
     warning names the fix."""
-    from sktransfer._engine import _check_finite
+    from sktransfer._engine import check_finite
 
     net = TinyCNN()
     with torch.no_grad():
@@ -177,11 +177,39 @@ def test_non_finite_rows_warn_at_transform(four):
     finite = np.zeros((3, 2), dtype=np.float32)
     finite[1, 0] = np.inf
     with pytest.warns(NumericsWarning, match=r"rows 7\).*precision='bfloat16'"):
-        _check_finite(finite, np.ones(3, bool), [5, 7, 9], torch.float16)
+        check_finite(finite, np.ones(3, bool), [5, 7, 9], torch.float16)
     finite[1, 0] = np.nan  # an unreadable image's row: NaN by design
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _check_finite(finite, np.array([True, False, True]), None, torch.float16)
+        check_finite(finite, np.array([True, False, True]), None, torch.float16)
+
+
+@triggers(NumericsWarning)
+def test_non_finite_text_rows_warn_at_transform(tiny_text_model):
+    """A text encoder whose hidden states overflow to inf for one text (as
+    float16 does above 65504): a warning at transform naming its row, as
+    for images, not a silent inf row."""
+    extractor = PretrainedTextExtractor(
+        model=str(tiny_text_model), verbose=False, cache=None
+    ).fit(["a"])
+    texts = ["a cat", "the cat sat on the mat", "a dog", "a cat"]
+
+    def overflow(module, args, output):  # the longest text runs first
+        output[0] = float("inf")
+        return output
+
+    embeddings = extractor._network().encoder.embeddings
+    with (
+        embeddings.register_forward_hook(overflow),
+        pytest.warns(NumericsWarning, match=r"1 of 4 rows.*\(rows 1\)") as record,
+    ):
+        line = next_line()
+        rows = extractor.transform(texts)
+    assert_points_here(record, NumericsWarning, line)
+    assert not np.isfinite(rows[1]).all() and np.isfinite(rows[[0, 2, 3]]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericsWarning)
+        assert np.isfinite(extractor.transform(texts)).all()
 
 
 @triggers(NumericsWarning)

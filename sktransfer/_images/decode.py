@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import threading
 import warnings
 
 import numpy as np
@@ -53,6 +52,7 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format)
 )
 
 from sktransfer._common import read_regular_file
+from sktransfer._device import own_stream
 from sktransfer._identity import digest
 
 __all__ = [
@@ -180,22 +180,24 @@ def decode(data: bytes, max_pixels: int | None, min_side: int | None = None):
         return to_array(image, max_pixels)
 
 
-def device_decodable(data: bytes, max_pixels: int | None) -> bool:
-    """Whether an accelerator's JPEG decoder gives these bytes the pixels that
-    :func:`decode` would: a plain JPEG (not MPO), RGB or grayscale (not CMYK),
-    upright (no EXIF rotation to apply), within ``max_pixels``. Only the
-    header is read; anything else is left to :func:`decode`."""
+def device_decodable(data: bytes, max_pixels: int | None) -> int:
+    """The image's pixel count if an accelerator's JPEG decoder gives these
+    bytes the pixels that :func:`decode` would, else 0: a plain JPEG (not
+    MPO), RGB or grayscale (not CMYK), upright (no EXIF rotation to apply),
+    within ``max_pixels``. Only the header is read; anything else is left to
+    :func:`decode`."""
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
             width, height = image.size
-            return (
+            decodable = (
                 image.format == "JPEG"
                 and image.mode in ("RGB", "L")
                 and image.getexif().get(_ORIENTATION, 1) == 1
                 and (max_pixels is None or width * height <= max_pixels)
             )
+            return width * height if decodable else 0
     except Exception:  # not a JPEG, or a broken one: decode() says why
-        return False
+        return 0
 
 
 def decode_jpegs_on(datas: list[bytes], device) -> list:
@@ -203,7 +205,8 @@ def decode_jpegs_on(datas: list[bytes], device) -> list:
     in one call (nvJPEG on CUDA), as ``(3, H, W)`` uint8 tensors there.
 
     Raises RuntimeError if any of them fails: the caller decodes them again
-    with :func:`decode`, which says which and why.
+    with :func:`decode`, which says which and why; or, out of device memory
+    (the outputs take 3 bytes a pixel), in smaller calls.
     """
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -229,13 +232,10 @@ warnings.filterwarnings(
 )
 
 
-_STREAMS = threading.local()
-
-
 @contextlib.contextmanager
 def _decode_stream(device):
-    """Make a stream of this thread's own, for decoding on ``device``, the
-    current one, and yield it.
+    """Make a stream of this thread's own for decoding on ``device``
+    (:func:`~sktransfer._device.own_stream`) the current one, and yield it.
 
     torchvision's nvJPEG decoder allocates its outputs on the current stream
     but writes them from a private stream that waits for nothing queued
@@ -246,12 +246,7 @@ def _decode_stream(device):
     once the caller's kernels that read it ended, :func:`_ordered`), and the
     stream is synchronised first, so no earlier decode still writes there.
     """
-    device = torch.device(device)
-    streams = vars(_STREAMS).setdefault("streams", {})
-    key = (device.type, device.index)
-    if key not in streams:
-        streams[key] = torch.cuda.Stream(device)
-    stream = streams[key]
+    stream = own_stream(torch.device(device), "decode")
     stream.synchronize()
     with torch.cuda.stream(stream):
         yield stream

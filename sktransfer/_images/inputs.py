@@ -8,7 +8,9 @@ an ``(n, C, H, W)`` tensor, C in {1, 3}, of dtype uint8, uint16 or float32
 nothing of models.
 
 - :class:`ArrayImages`: one array or tensor of equal-sized images; batches
-  are slices of it, resized later on the device, batch by batch.
+  are slices of it, resized later on the device, batch by batch. Arrays of
+  other libraries that export DLPack or the CUDA array interface (CuPy)
+  are taken as tensors where they are, numpy's layout.
 - :class:`ListImages`: a sequence of paths, encoded bytes, PIL images or
   arrays of any sizes. Images are read and resized one by one (the resize
   and crop of the preprocessing, ``geometry``) in a pool of worker threads
@@ -19,8 +21,9 @@ nothing of models.
   ``on_error="nan"``, is recorded in ``errors`` and skipped: its row is never
   yielded, and the rows around it keep their positions.
 
-Layout rule, never guessed from the values: numpy arrays are channels-last
-``(n, H, W, C)`` or grayscale ``(n, H, W)``; torch tensors are channels-first
+Layout rule, never guessed from the values: numpy arrays (and CuPy's, and
+other libraries' arrays) are channels-last ``(n, H, W, C)`` or grayscale
+``(n, H, W)``; torch tensors are channels-first
 ``(n, C, H, W)`` or grayscale ``(n, H, W)``. In a sequence, each numpy array
 is one ``(H, W, C)`` or ``(H, W)`` image, each tensor one ``(C, H, W)`` or
 ``(H, W)`` image.
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sktransfer import _engine
 from sktransfer._identity import digest
 from sktransfer._images import decode as _decode
 from sktransfer.exceptions import ImageReadError, PerformanceWarning, warn
@@ -121,6 +125,13 @@ def as_images(
         return ListImages(
             items, num_workers=num_workers, max_pixels=max_pixels, on_error=on_error
         )
+    if not isinstance(X, np.ndarray) and (
+        hasattr(X, "__dlpack__") or hasattr(X, "__cuda_array_interface__")
+    ):
+        # CuPy (the blocks of a dask-cuda array), JAX...: taken where they
+        # are, a GPU's memory included, which np.asarray refuses; numpy's
+        # layout, channels last
+        return ArrayImages(_shared_tensor(X), channels_last=True)
     try:
         array = np.asarray(X)
     except (ValueError, TypeError) as exc:
@@ -128,6 +139,19 @@ def as_images(
             f"Could not read {_describe(X)} as an array of images: {exc}"
         ) from exc
     return ArrayImages(array, channels_last=True)
+
+
+def _shared_tensor(X) -> torch.Tensor:
+    """A tensor that shares the memory of an array of another library,
+    through DLPack or the CUDA array interface, without a copy."""
+    try:
+        if hasattr(X, "__dlpack__"):
+            return torch.from_dlpack(X)
+        return torch.as_tensor(X)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise TypeError(
+            f"Could not read {_describe(X)} as an array of images: {exc}"
+        ) from exc
 
 
 def _is_pandas_index(X) -> bool:
@@ -356,6 +380,8 @@ class ArrayImages:
             batch = chunk.detach()
             if batch.ndim == 3:
                 batch = batch.unsqueeze(1)
+            elif self.channels_last:  # (another library's array, as a tensor)
+                batch = batch.permute(0, 3, 1, 2)
             if batch.dtype.is_floating_point and batch.dtype != torch.float32:
                 batch = batch.float()
             return batch
@@ -405,12 +431,98 @@ def _drop_frames(exc: BaseException | None) -> None:
 
 
 class _Encoded:
-    """A JPEG left undecoded for the device's decoder: its row and bytes."""
+    """A JPEG left undecoded for the device's decoder: its row, bytes and
+    pixel count."""
 
-    __slots__ = ("data", "row")
+    __slots__ = ("data", "pixels", "row")
 
-    def __init__(self, row: int, data: bytes):
-        self.row, self.data = row, data
+    def __init__(self, row: int, data: bytes, pixels: int):
+        self.row, self.data, self.pixels = row, data, pixels
+
+
+#: The most pixels one call of the device's JPEG decoder decodes (its
+#: outputs take 3 bytes a pixel: 0.8 GB): a batch of large photos takes
+#: several calls rather than all its memory at once (256 12-MP photos:
+#: 9.2 GB).
+DEVICE_DECODE_PIXELS = 1 << 28
+
+
+def _device_decoded(device, pending: list) -> tuple[list, RuntimeError | None]:
+    """The images of ``pending`` ((position, _Encoded) pairs) decoded on
+    ``device``, in order, None where the decoder failed; and its last
+    failure.
+
+    Consecutive files go to the decoder in calls of at most
+    :data:`DEVICE_DECODE_PIXELS` pixels (a larger file: a call of its own).
+    A call out of device memory is halved and retried, its memory freed
+    first, down to one file, as the engine's batches are; a single file
+    out of memory, or any other failure, leaves that call's files to
+    Pillow.
+    """
+    calls = deque(_by_pixels(pending, DEVICE_DECODE_PIXELS))
+    images: list = []
+    failure = None
+    while calls:
+        call = calls.popleft()
+        try:
+            decoded = _decode.decode_jpegs_on([e.data for _, e in call], device)
+        except RuntimeError as exc:
+            if _engine.is_oom(exc) and len(call) > 1:
+                decoded = None  # (halved once the except block has ended)
+            else:
+                _drop_frames(exc)
+                decoded, failure = [None] * len(call), exc
+        if decoded is None:
+            _engine.free_after_oom(device)
+            half = len(call) // 2
+            calls.extendleft([call[half:], call[:half]])  # (first half first)
+            continue
+        images += decoded
+    return images, failure
+
+
+#: The most pixels of decoded images resized in one call (on CUDA a uint8
+#: batch is resized in float: 12 bytes a pixel).
+RESIZE_PIXELS = 1 << 26
+
+
+def _resized_alike(images: list, geometry: Callable) -> list:
+    """``geometry`` (the resize and crop) applied to each of ``images``
+    (``(C, H, W)`` tensors, or None), images of one size together, in calls
+    of at most :data:`RESIZE_PIXELS` pixels: a few kernels a call, not a few
+    per image. In order; None stays None; an image whose size cannot be
+    resized gets the ValueError in its place."""
+    out = list(images)
+    alike: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        if image is not None:
+            alike.setdefault(tuple(image.shape), []).append(i)
+    for shape, rows in alike.items():
+        per_call = max(1, RESIZE_PIXELS // (shape[-2] * shape[-1]))
+        for start in range(0, len(rows), per_call):
+            part = rows[start : start + per_call]
+            try:
+                resized = list(geometry(torch.stack([images[i] for i in part])))
+            except ValueError as exc:
+                resized = [exc] * len(part)
+            for i, image in zip(part, resized, strict=True):
+                out[i] = image
+    return out
+
+
+def _by_pixels(pending: list, cap: int) -> Iterator[list]:
+    """Runs of consecutive ``(position, _Encoded)`` pairs of at most ``cap``
+    pixels in all (a file larger than ``cap``: a run of its own)."""
+    run: list = []
+    total = 0
+    for pair in pending:
+        if run and total + pair[1].pixels > cap:
+            yield run
+            run, total = [], 0
+        run.append(pair)
+        total += pair[1].pixels
+    if run:
+        yield run
 
 
 #: Devices whose JPEG decoder failed on files that Pillow decodes (warned once).
@@ -432,28 +544,53 @@ def _device_decoding_failed(device, error: RuntimeError) -> None:
     )
 
 
-def _stacked_runs(images: Iterable, batch_size: int) -> Iterator:
+def _stacked_runs(images: Iterable, batch_size: int, device=None) -> Iterator:
     """Stack consecutive ``(position, image)`` pairs of equal shape, dtype
     and device into batches of at most ``batch_size``; an image of None
     (unreadable) ends a run and is never yielded. Yields ``(start, batch)``.
+
+    ``device``: where the device's decoder puts its images. Images there
+    and on the host (decoded by Pillow: PNGs, CMYK JPEGs) share a run,
+    stacked on ``device`` (:func:`_stacked`): in a folder that mixes them,
+    a change of decoder ends no run, which gave batches of random sizes
+    (each a new shape for cuDNN's autotuning; in training, an error).
     """
+
+    def where(image):
+        return None if device is not None else image.device
+
     run: list[torch.Tensor] = []
     start = 0
     for position, image in images:
         if run and (
             image is None
             or len(run) == batch_size
-            or (image.dtype, image.shape, image.device)
-            != (run[0].dtype, run[0].shape, run[0].device)
+            or (image.dtype, image.shape, where(image))
+            != (run[0].dtype, run[0].shape, where(run[0]))
         ):
-            yield start, torch.stack(run)
+            yield start, _stacked(run, device)
             run = []
         if image is not None:
             if not run:
                 start = position
             run.append(image)
     if run:
-        yield start, torch.stack(run)
+        yield start, _stacked(run, device)
+
+
+def _stacked(run: list[torch.Tensor], device) -> torch.Tensor:
+    """The images of ``run`` as one batch: on ``device`` if some of them
+    are there (the others copied there: from the host, on the copy stream,
+    :func:`~sktransfer._engine.to_gpu`), else where they are."""
+    if device is not None and any(image.device != run[0].device for image in run):
+        run = [_to_device(image, device) for image in run]
+    return torch.stack(run)
+
+
+def _to_device(image: torch.Tensor, device) -> torch.Tensor:
+    if image.device.type == "cpu" and device.type == "cuda":
+        return _engine.to_gpu(image, device)
+    return image.to(device)
 
 
 class ListImages:
@@ -616,9 +753,10 @@ class ListImages:
         try:
             if on_device and self._kinds[i] in ("path", "bytes"):
                 data = self._read(i)
-                if _decode.device_decodable(data, self.max_pixels):
+                pixels = _decode.device_decodable(data, self.max_pixels)
+                if pixels:
                     self._decoded[i] = _decode.encoded_digest(data, None)
-                    return _Encoded(i, data)
+                    return _Encoded(i, data, pixels)
             image = self._load(i, data)
             # (inside the try: a size that cannot be resized is a row error)
             return image if geometry is None else geometry(image[None])[0]
@@ -630,29 +768,27 @@ class ListImages:
 
     def _decoded_on(self, device, pending: list, geometry: Callable | None):
         """Decode the JPEGs of ``pending`` ((position, _Encoded) pairs) on
-        ``device`` in one call and yield ``(position, image or None)``.
+        ``device`` (:func:`_device_decoded`) and yield ``(position, image or
+        None)``.
 
-        If the device's decoder fails on any of them, each is decoded again
-        by Pillow, which raises or records the error of a bad file.
+        The files of a call that the device's decoder fails on are decoded
+        again by Pillow, which raises or records the error of a bad file.
+        The decoded images are resized by size (:func:`_resized_alike`).
         """
-        failure = None
-        try:
-            decoded = _decode.decode_jpegs_on([e.data for _, e in pending], device)
-        except RuntimeError as exc:
-            decoded, failure = [None] * len(pending), exc
-        by_pillow = 0
+        decoded, failure = _device_decoded(device, pending)
+        if geometry is not None:
+            decoded = _resized_alike(decoded, geometry)
+        failed = by_pillow = 0
         for (position, encoded), image in zip(pending, decoded, strict=True):
             if image is None:
+                failed += 1
                 image = self._prepared(encoded.row, geometry, encoded.data)
                 by_pillow += image is not None
-            elif geometry is not None:
-                try:
-                    image = geometry(image[None])[0]
-                except ValueError as exc:  # a size that cannot be resized
-                    self._fail(encoded.row, exc)
-                    image = None
+            elif isinstance(image, ValueError):  # a size that cannot be resized
+                self._fail(encoded.row, image)
+                image = None
             yield position, image
-        if failure is not None and by_pillow == len(pending):
+        if failure is not None and by_pillow == failed:
             _device_decoding_failed(device, failure)
 
     def _map(self, fn: Callable, rows: Iterable[int], ahead: int = 1) -> Iterator:
@@ -727,7 +863,7 @@ class ListImages:
             if pending:
                 yield from self._decoded_on(decode_device, pending, geometry)
 
-        yield from _stacked_runs(images(), batch_size)
+        yield from _stacked_runs(images(), batch_size, decode_device)
 
     def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
         """The image part of each cache key (None for unreadable images).

@@ -26,7 +26,7 @@ import torch
 
 from sktransfer._common import progress
 from sktransfer._device import autocast
-from sktransfer._engine import count_inputs, free_after_oom, is_oom
+from sktransfer._engine import check_finite, count_inputs, free_after_oom, is_oom
 from sktransfer._memo import Memo
 from sktransfer._text.inputs import text_digest
 
@@ -205,13 +205,16 @@ def encode(
     device,
     dtype,
     verbose=True,
+    indices=None,
 ):
     """Embed ``texts`` (a sequence of str): the ``(n, sum of widths)``
     float32 columns of every slot in order, and the number of texts longer
     than ``max_length`` tokens (truncated unless ``chunk``).
 
     Identical texts are embedded once. ``model`` is a ``TextModel`` whose
-    encoder is on ``device``.
+    encoder is on ``device``. Rows holding inf or NaN (float16 overflows)
+    give a NumericsWarning naming them: their positions in ``texts``, or
+    the input rows ``indices`` that the texts are.
     """
     sentence = model.sentence
     keys = list(texts)
@@ -271,8 +274,9 @@ def encode(
         if slot.layer is None and sentence.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         columns.append(vectors)
-    out = torch.cat(columns, dim=1).numpy()
-    return out[rows], n_long
+    out = torch.cat(columns, dim=1).numpy()[rows]
+    check_finite(out, None, indices, dtype)
+    return out, n_long
 
 
 def _forward(encoder, input_ids, mask, device, dtype):
