@@ -668,7 +668,7 @@ class _FineTuned(ImageEstimator):
         config = self._frozen_config(device, _device.dtype_name(dtype))
         store = _cache.resolve(self.cache)
         key = None if config is None else images.decoded_digest(row)
-        if key is not None:
+        if store is not None and config is not None and key is not None:
             found = _cache.vectors_of(store, config, [_FROZEN], key)
             if found is not None:
                 return len(found[0])
@@ -682,7 +682,7 @@ class _FineTuned(ImageEstimator):
                 dtype,
                 resized=images.resizes,
             ).reshape(1, -1)
-        if key is not None:
+        if store is not None and config is not None and key is not None:
             _cache.store_vectors(
                 store, config, [_FROZEN], key, [features[0].cpu().numpy()]
             )

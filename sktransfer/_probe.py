@@ -281,7 +281,7 @@ class ProbeRow:
     def to_dict(self) -> dict:
         """The row as a dict, keys in the order of the JSON ranking
         (``hidden_layer_sizes`` and ``max_epochs`` in fine-tuned rows only)."""
-        row = {
+        row: dict[str, object] = {
             "model": self.model,
             "weights": self.weights,
             "layer": self.layer,
