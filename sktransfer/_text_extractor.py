@@ -176,8 +176,11 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         them, ``"cls"`` the mean of the windows' first tokens.
 
     batch_size : int, default=32
-        Texts per forward pass. Texts are sorted by length into batches, so
-        each batch pads to little more than its own longest text.
+        The most texts per forward pass (which bounds memory). Texts are
+        sorted by length and cut into the batches that run the fewest
+        padded tokens: a few long texts run apart instead of padding many
+        short ones to their length. Out of memory, a batch is halved and
+        retried.
 
     on_error : {"raise", "nan"}, default="raise"
         What a missing text (None, NaN, ``pd.NA``) does: ``"raise"`` raises

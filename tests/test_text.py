@@ -458,3 +458,79 @@ def test_truncation_is_counted_alike_from_the_cache(tiny_text_model):
     for _ in range(2):
         with pytest.warns(TruncationWarning, match="1 of 2 texts"):
             extractor.transform(texts)
+
+
+# -- batching ----------------------------------------------------------------------
+
+
+def _tokens_run(lengths, ends, overhead):
+    """Tokens a plan runs (each batch pads to its first, longest, window)
+    plus ``overhead`` per batch."""
+    starts = [0, *ends[:-1]]
+    return sum(
+        lengths[s] * (e - s) + overhead for s, e in zip(starts, ends, strict=True)
+    )
+
+
+def _every_plan(n, most):
+    """Every way to cut n windows into contiguous batches of at most most."""
+    if n == 0:
+        yield []
+        return
+    for first in range(1, min(most, n) + 1):
+        for rest in _every_plan(n - first, most):
+            yield [first, *(first + e for e in rest)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batches_run_the_fewest_padded_tokens(seed):
+    """The plan of batches is the cheapest of all plans: no plan of batches
+    of at most ``most`` windows runs fewer padded tokens plus overhead."""
+    from sktransfer._text.encode import batch_ends
+
+    rng = np.random.default_rng(seed)
+    n, most, overhead = int(rng.integers(1, 11)), int(rng.integers(1, 5)), 8
+    lengths = sorted(rng.integers(1, 40, n).tolist(), reverse=True)
+    ends = batch_ends(lengths, most, overhead)
+    assert ends[-1] == n and ends == sorted(set(ends))
+    assert max(e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)) <= most
+    best = min(_tokens_run(lengths, p, overhead) for p in _every_plan(n, most))
+    assert _tokens_run(lengths, ends, overhead) == best
+
+
+def test_batches_part_where_lengths_drop():
+    """A few long texts among many short ones run apart: they no longer pad
+    the short ones to their length; equal lengths fill whole batches."""
+    from sktransfer._text.encode import batch_ends
+
+    assert batch_ends([200, 200] + [10] * 30, 32, 64) == [2, 32]
+    ends = batch_ends([10] * 70, 32, 64)
+    assert len(ends) == 3 and ends[-1] == 70
+
+
+def test_an_out_of_memory_batch_is_split_and_the_rows_stay_equal(
+    tiny_text_model, monkeypatch
+):
+    """A forward pass that runs out of memory is retried in halves, each
+    text still runs once, and the rows equal those of one pass."""
+    import sktransfer._text.encode as encode_module
+
+    texts = [f"text number {i}" for i in range(10, 34)]  # (of one length)
+    expected = make(tiny_text_model, batch_size=32).fit(texts).transform(texts)
+    forward = encode_module._forward
+    sizes = []
+
+    def forward_out_of_memory_above_5(encoder, input_ids, *args):
+        sizes.append(len(input_ids))
+        if len(input_ids) > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(encoder, input_ids, *args)
+
+    monkeypatch.setattr(encode_module, "_forward", forward_out_of_memory_above_5)
+    extractor = make(tiny_text_model, batch_size=32).fit(texts)
+    with counting_images() as count:
+        rows = extractor.transform(texts)
+    assert count.images == len(texts)
+    assert sizes[:4] == [24, 12, 6, 3]  # (halved until it fitted)
+    assert max(sizes[4:]) <= 3
+    assert_same_rows(rows, expected)

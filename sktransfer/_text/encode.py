@@ -4,8 +4,9 @@
 :class:`~sktransfer._sources.transformers.TextModel`. Each distinct text is
 tokenized once by the model's own (fast) tokenizer; texts longer than
 ``max_length`` tokens are truncated (and counted) or split into overlapping
-windows. Windows are sorted by length and batched, so that a batch pads to
-little more than its own texts. The encoder runs once per batch with every
+windows. Windows are sorted by length and cut into the batches that run the
+fewest padded tokens (:func:`batch_ends`), so that a batch pads to little
+more than its own texts. The encoder runs once per batch with every
 hidden state (``output_hidden_states``), and each requested *slot* (a hidden
 state and a pooling, or the model's own sentence embedding) is pooled from
 that one pass over the real tokens only (the attention mask): a grid over
@@ -35,6 +36,7 @@ __all__ = [
     "Slot",
     "count_long",
     "encode",
+    "batch_ends",
     "padded",
     "pool",
     "stride_of",
@@ -187,6 +189,39 @@ def padded(ids, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, mask
 
 
+#: The fixed cost of one forward pass, in padded tokens, on a CPU and on a
+#: GPU (kernel launches and Python; small matrix products run slower):
+#: what a batch must save in padding to be worth running apart.
+BATCH_OVERHEAD = (64, 1024)
+
+
+def batch_ends(lengths, most: int, overhead: int) -> list[int]:
+    """Where to cut windows sorted longest first into batches of at most
+    ``most``: the end of each batch, minimising the tokens run (each batch
+    pads to its first, longest, window) plus ``overhead`` tokens per batch.
+
+    An exact dynamic programme over the cuts: ``cost[j]``, the least cost of
+    the first ``j`` windows, is the least over the start ``i`` of the last
+    batch of ``cost[i] + lengths[i] * (j - i) + overhead``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    cost = np.zeros(n + 1, dtype=np.int64)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        i = np.arange(max(0, j - most), j)
+        candidates = cost[i] + lengths[i] * (j - i)
+        best = int(np.argmin(candidates))  # (the first: the largest batch)
+        cost[j] = candidates[best] + overhead
+        start[j] = i[best]
+    ends = []
+    j = n
+    while j > 0:
+        ends.append(j)
+        j = int(start[j])
+    return ends[::-1]
+
+
 def token_ids(model, texts, max_length: int) -> list[list[int]]:
     """The token ids of each text, truncated to ``max_length`` tokens."""
     with model.lock:
@@ -233,9 +268,12 @@ def encode(
         mode = sentence.mode if slot.layer is None else slot.pooling
         pooled[slot] = _Pooled(n, model.width, mode)
     order = sorted(range(len(ids)), key=lambda w: -len(ids[w]))  # longest first
+    lengths = [len(ids[w]) for w in order]
     pad = model.tokenizer.pad_token_id or 0
     last = model.n_hidden_states - 1
     size = batch_size
+    overhead = BATCH_OVERHEAD[device.type == "cuda"]
+    ends = iter(batch_ends(lengths, size, overhead))
     start = 0
     bar = progress(
         total=len(order),
@@ -246,17 +284,19 @@ def encode(
     )
     with bar:
         while start < len(order):
-            batch = order[start : start + size]
+            batch = order[start : next(ends)]
             input_ids, mask = padded([ids[w] for w in batch], pad)
             try:
                 hidden = _forward(model.encoder, input_ids, mask, device, dtype)
             except Exception as exc:
-                if not is_oom(exc) or size == 1:
+                if not is_oom(exc) or len(batch) == 1:
                     raise
-                size = max(1, size // 2)
                 hidden = None
             if hidden is None:  # (out of memory: the except block has ended)
                 free_after_oom(device)
+                size = max(1, min(size, len(batch)) // 2)
+                rest = batch_ends(lengths[start:], size, overhead)
+                ends = iter([start + end for end in rest])
                 continue
             count_inputs(len(batch))
             where = torch.as_tensor(owner[batch])
