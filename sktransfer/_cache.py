@@ -251,6 +251,23 @@ class EmbeddingCache:
             self.misses += 1
         return None
 
+    def get_memory_rows(self, keys: list, widths: list) -> list:
+        """For each of ``keys`` (a list of a row's ``(config, layer, image)``
+        keys, one per layer of length ``widths``): its vectors if memory
+        holds them all, else None; counted as hits only when found. One
+        lock for all: a grid search looks up every row of every fold."""
+        n = len(widths)
+        values = self._memory.get_many([key for row in keys for key in row])
+        fits = [v is not None and len(v) == widths[k % n] for k, v in enumerate(values)]
+        rows = [
+            values[start : start + n] if all(fits[start : start + n]) else None
+            for start in range(0, len(values), n)
+        ]
+        found = n * sum(row is not None for row in rows)
+        with self._lock:
+            self.hits += found
+        return rows
+
     def _read(self, key: tuple, width: int | None) -> np.ndarray | None:
         path = self._path(key)
         try:
@@ -497,10 +514,17 @@ def cached_rows(store, config, images, layers, widths, computed, compute):
     since. Unreadable images (``on_error="nan"``) stay NaN.
     """
     out = np.full((len(images), int(sum(widths))), np.nan, dtype=np.float32)
+    digests = images.digests()
+    present = [i for i, image in enumerate(digests) if image is not None]
+    in_memory = store.get_memory_rows(
+        [[(config, layer, digests[i]) for layer in layers] for i in present], widths
+    )
     missing = []
-    for i, image in enumerate(images.digests()):
-        if image is None:
+    for i, parts in zip(present, in_memory, strict=True):
+        if parts is not None:
+            out[i] = np.concatenate(parts) if len(parts) > 1 else parts[0]
             continue
+        image = digests[i]
         parts = []
         for layer, width in zip(layers, widths, strict=True):
             part = store.get((config, layer, image), width)

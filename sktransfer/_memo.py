@@ -163,6 +163,18 @@ class Memo:
                     self._budget._touch(self._token, key)
             return value
 
+    def get_many(self, keys) -> list:
+        """The value under each of ``keys`` (None where absent), as
+        :meth:`get` gives them, under one lock."""
+        with self._lock:
+            values = [self._entries.get(key) for key in keys]
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    self._entries.move_to_end(key)
+                    if self._budget is not None:
+                        self._budget._touch(self._token, key)
+        return values
+
     def put(self, key, value) -> None:
         """Keep ``value`` under ``key``, dropping the least recently used
         entries past the bound (None keys are never kept)."""

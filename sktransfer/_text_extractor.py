@@ -92,11 +92,14 @@ def resolve_max_length(max_length, text_model: TextModel) -> int:
     return int(max_length)
 
 
-def warn_truncated(model: TextModel, texts, max_length: int, chunk: bool) -> None:
+def warn_truncated(
+    model: TextModel, texts, max_length: int, chunk: bool, digests=None
+) -> None:
     """One :class:`~sktransfer.TruncationWarning` giving how many ``texts``
     are longer than ``max_length`` tokens (``chunk``: say that
-    ``long_text='chunk'`` keeps them whole)."""
-    n_long = count_long(model, texts, max_length)
+    ``long_text='chunk'`` keeps them whole; ``digests``: the texts'
+    digests, if known)."""
+    n_long = count_long(model, texts, max_length, digests)
     if n_long:
         fix = (
             " Pass long_text='chunk' to embed them whole (overlapping windows "
@@ -505,7 +508,13 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
         present = texts.present()
         if self.long_text == "truncate" and present:
             texts_present = [texts.texts[i] for i in present]
-            warn_truncated(model, texts_present, self.max_length_, chunk=True)
+            warn_truncated(
+                model,
+                texts_present,
+                self.max_length_,
+                chunk=True,
+                digests=texts.digests(present),
+            )
         store = _cache.resolve(self.cache)
         names = [s.name for s in self._requested()]
         if store is None:

@@ -333,3 +333,30 @@ def test_networks_on_a_device_live_only_as_long_as_their_estimators(tiny_cnn):
     gc.collect()
     assert len(_network._ON_DEVICE) == 0
     assert build("cpu").net is cpu  # the CPU network stays in the bounded memo
+
+
+def test_memory_rows_are_looked_up_together_as_one_by_one():
+    """A batch lookup of rows answers as per-key lookups would: a row is
+    found only if every layer is held at its width, and only found rows
+    count as hits; what it finds becomes the most recently used."""
+    from sktransfer._memo import Memo
+
+    cache = EmbeddingCache()
+    a, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    cache.put(("c", "x", "1"), a)
+    cache.put(("c", "y", "1"), b)
+    cache.put(("c", "x", "2"), a)
+    cache.put(("c", "y", "3"), np.zeros(5, np.float32))  # (another width)
+    keys = [[("c", layer, image) for layer in "xy"] for image in "1234"]
+    rows = cache.get_memory_rows(keys, [3, 3])
+    assert [r is not None for r in rows] == [True, False, False, False]
+    assert_array_equal(rows[0][0], a)
+    assert_array_equal(rows[0][1], b)
+    assert (cache.hits, cache.misses) == (2, 0)
+
+    memo = Memo(size=2)
+    memo.put("old", 1)
+    memo.put("new", 2)
+    assert memo.get_many(["old", "absent"]) == [1, None]
+    memo.put("newest", 3)  # (evicts the least recently used: "new")
+    assert memo.get_many(["old", "new", "newest"]) == [1, None, 3]

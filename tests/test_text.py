@@ -534,3 +534,26 @@ def test_an_out_of_memory_batch_is_split_and_the_rows_stay_equal(
     assert sizes[:4] == [24, 12, 6, 3]  # (halved until it fitted)
     assert max(sizes[4:]) <= 3
     assert_same_rows(rows, expected)
+
+
+def test_a_cached_transform_hashes_each_text_once(tiny_text_model, monkeypatch):
+    """Served by the cache, a transform computes one digest per text (for
+    its rows and for the truncation count alike)."""
+    import sktransfer._text.inputs as inputs_module
+
+    texts = [f"text {i}" for i in range(20)]
+    extractor = make(tiny_text_model, cache=EmbeddingCache()).fit(texts)
+    extractor.transform(texts)
+    hashed = []
+    digest = inputs_module.text_digest
+
+    def counted(text):
+        hashed.append(text)
+        return digest(text)
+
+    import sktransfer._text.encode as encode_module
+
+    monkeypatch.setattr(inputs_module, "text_digest", counted)
+    monkeypatch.setattr(encode_module, "text_digest", counted)
+    extractor.transform(texts)
+    assert sorted(hashed) == sorted(texts)

@@ -97,23 +97,27 @@ def _windows(tokenizer, texts, max_length, chunk):
 _LONG = Memo(size=1 << 18)
 
 
-def count_long(model, texts, max_length: int) -> int:
-    """How many of ``texts`` are longer than ``max_length`` tokens."""
-    keys = [(model.identity, max_length, text_digest(t)) for t in texts]
-    known = [_LONG.get(key) for key in keys]
-    todo = list(
-        {keys[i][2]: texts[i] for i, k in enumerate(known) if k is None}.items()
-    )
+def count_long(model, texts, max_length: int, digests=None) -> int:
+    """How many of ``texts`` are longer than ``max_length`` tokens
+    (``digests``: their :func:`text_digest`, if known)."""
+    if digests is None:
+        digests = [text_digest(t) for t in texts]
+    keys = [(model.identity, max_length, d) for d in digests]
+    known = _LONG.get_many(keys)
+    todo = {keys[i]: texts[i] for i, k in enumerate(known) if k is None}
     if todo:
         with model.lock:
             _, owner, _ = _windows(
-                model.tokenizer, [t for _, t in todo], max_length, True
+                model.tokenizer, list(todo.values()), max_length, True
             )
         windows = np.bincount(owner, minlength=len(todo))
-        for (digest, _), n in zip(todo, windows, strict=True):
-            _LONG.put((model.identity, max_length, digest), bool(n > 1))
-        known = [_LONG.get(key) for key in keys]
-    return sum(bool(k) for k in known)
+        found = {key: bool(n > 1) for key, n in zip(todo, windows, strict=True)}
+        for key, long in found.items():
+            _LONG.put(key, long)
+        known = [
+            found[key] if k is None else k for key, k in zip(keys, known, strict=True)
+        ]
+    return sum(known)
 
 
 def _pool(hidden, mask, pooling):

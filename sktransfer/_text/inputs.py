@@ -94,6 +94,7 @@ class Texts:
     def __init__(self, texts: list, errors: dict):
         self.texts = texts
         self.errors = errors
+        self._digests: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -103,17 +104,20 @@ class Texts:
         return [i for i, text in enumerate(self.texts) if text is not None]
 
     def digests(self, rows: Iterable[int] | None = None) -> list[str | None]:
-        """:func:`text_digest` of each row (None for a missing text)."""
-        rows = range(len(self)) if rows is None else rows
-        return [
-            None if self.texts[i] is None else text_digest(self.texts[i]) for i in rows
-        ]
+        """:func:`text_digest` of each row (None for a missing text),
+        computed once."""
+        if self._digests is None:
+            self._digests = [
+                None if text is None else text_digest(text) for text in self.texts
+            ]
+        if rows is None:
+            return list(self._digests)
+        return [self._digests[i] for i in rows]
 
     def decoded_digest(self, row: int) -> str | None:
         """The digest a row's vectors are stored under (the cache's
         protocol; for a text, :func:`text_digest`)."""
-        text = self.texts[row]
-        return None if text is None else text_digest(text)
+        return self.digests([row])[0]
 
 
 def as_texts(X, *, on_error: str = "raise") -> Texts:
