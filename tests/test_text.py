@@ -557,3 +557,30 @@ def test_a_cached_transform_hashes_each_text_once(tiny_text_model, monkeypatch):
     monkeypatch.setattr(encode_module, "text_digest", counted)
     extractor.transform(texts)
     assert sorted(hashed) == sorted(texts)
+
+
+def test_chunk_max_pools_over_every_window_of_a_text(tiny_text_model):
+    """long_text='chunk', pooling='max': a long text's row is the maximum
+    over the tokens of all its windows, which share batches."""
+    long_text = " ".join(["the cat sat on the mat", "i loved it"] * 4)
+    rows = make(
+        tiny_text_model, layer=2, pooling="max", max_length=10, long_text="chunk"
+    ).fit_transform([long_text, "a good movie"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_text_model)
+    model = transformers.AutoModel.from_pretrained(tiny_text_model).eval()
+    windows = tokenizer(
+        [long_text],
+        truncation=True,
+        max_length=10,
+        stride=2,
+        return_overflowing_tokens=True,
+    )["input_ids"]
+    with torch.no_grad():
+        maxima = [
+            model(torch.tensor([ids]), output_hidden_states=True)
+            .hidden_states[2][0]
+            .amax(0)
+            for ids in windows
+        ]
+    assert_same_rows(rows[0], torch.stack(maxima).amax(0).numpy())
+    assert_same_rows(rows[1], hand_pooled(tiny_text_model, ["a good movie"], 2, "max"))

@@ -144,8 +144,8 @@ class _Pooled:
 
     def add(self, owner: torch.Tensor, values, counts):
         if self.mode == "max":  # (a text's windows may share a batch)
-            for row, text in enumerate(owner.tolist()):
-                torch.maximum(self.values[text], values[row], out=self.values[text])
+            where = owner.unsqueeze(1).expand_as(values)
+            self.values.scatter_reduce_(0, where, values, "amax")
         else:
             self.values.index_add_(0, owner, values)
         if self.mode == "cls":  # (the mean of the windows' first tokens)
