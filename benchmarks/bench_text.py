@@ -9,12 +9,26 @@ What is compared, in one process, on the same texts and model
    row difference relative to the row norm (the rows must be equal);
 2. the extractor with 7 layers (every hidden state, mean pooling,
    concatenated) against one layer (``layer=-1``): both one forward pass;
-3. a ``GridSearchCV`` of extractor + ``StandardScaler`` +
-   ``LogisticRegression``, 7 layers x 3 C x 5 folds (106 fits with the
-   refit) with ``cache_layers`` = the 7 layers and a fresh cache, against one
-   embedding pass of the same texts. The classifier's own cost (the same
-   search on the 7 layers' precomputed features) is measured too and
-   subtracted: what remains is what the extractor costs the search.
+3. a ``GridSearchCV`` of extractor + ``StandardScaler`` + a linear
+   classifier, 7 layers x 3 regularisation strengths x 5 folds (106 fits
+   with the refit) with ``cache_layers`` = the 7 layers and a fresh cache,
+   against one embedding pass of the same texts; twice: with
+   ``LogisticRegression`` (lbfgs, whose 106 fits cost about as much as the
+   pass here) and with ``RidgeClassifier`` (closed form, cheap). The
+   classifier's own cost (the same search on the 7 layers' precomputed
+   features) is measured too and subtracted: what remains is what the
+   extractor costs the search; that share is also timed directly (the
+   wall time inside the extractor's ``fit`` and ``transform`` calls).
+   Each search runs with the default BLAS threads and with the
+   classifier's BLAS limited to one thread (``threadpool_limits``, as
+   ``docs/speed.md`` advises for small data and as ``sktransfer.probe``
+   does): on a 2-core CPU, idle OpenBLAS threads that spin between the
+   classifier's calls slow the whole search, the extractor's calls too.
+
+The hardware's limit is measured in the same run: a 2048 x 2048 float32
+matrix product, against the rate at which the extractor runs the model's
+linear layers (their multiply-adds on the padded tokens it ran, per
+second).
 
 Each timing is the best of ``--repeat`` runs (after a warm-up call).
 
@@ -36,6 +50,8 @@ import os
 import platform
 import time
 import warnings
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,14 +59,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import sklearn
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from sktransfer import EmbeddingCache, PretrainedTextExtractor, TruncationWarning
 from sktransfer._engine import counting_images
 from sktransfer._identity import _cpuinfo, cpu_model
+from sktransfer._text.encode import BATCH_OVERHEAD, batch_ends, token_ids
 
 FOLDER = Path(__file__).resolve().parents[2] / "shared/weights/text/all-MiniLM-L6-v2"
 MODULES = [
@@ -92,8 +110,8 @@ def docstring_texts():
 
 
 def best_of(repeat, fn):
-    """(best wall time, the result) of ``repeat`` runs."""
-    return interleaved(repeat, fn)[0]
+    """The best wall time of ``repeat`` runs."""
+    return interleaved(repeat, fn)[0][0]
 
 
 def interleaved(repeat, *fns):
@@ -111,6 +129,57 @@ def interleaved(repeat, *fns):
             walls[i].append(time.perf_counter() - start)
             cpus[i].append(time.process_time() - cpu)
     return [(min(w), r, min(c)) for w, r, c in zip(walls, results, cpus, strict=True)]
+
+
+def matmul_rate(repeat, size=2048):
+    """GFLOP/s of a ``size``-square float32 matrix product (best of runs)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = best_of(repeat, lambda: [a @ b for _ in range(10)])
+    return 10 * 2 * size**3 / seconds / 1e9
+
+
+def linear_flops(fitted, texts, batch_size=32):
+    """Multiply-adds x 2 of the encoder's linear layers on the padded tokens
+    the extractor runs for ``texts`` (its batches, as planned)."""
+    model = fitted.network_
+    lengths = sorted(map(len, token_ids(model, texts, fitted.max_length_)))[::-1]
+    starts, tokens = 0, 0
+    for end in batch_ends(lengths, batch_size, BATCH_OVERHEAD[0]):
+        tokens += lengths[starts] * (end - starts)
+        starts = end
+    per_token = sum(
+        m.in_features * m.out_features
+        for name, m in model.encoder.named_modules()
+        if isinstance(m, torch.nn.Linear) and "pooler" not in name
+    )
+    return 2 * per_token * tokens, tokens, sum(lengths)
+
+
+class ExtractorClock:
+    """Wall time spent inside ``PretrainedTextExtractor.fit`` and
+    ``transform`` while in use: the extractor's own share of a search,
+    measured directly rather than as a difference of two noisy totals."""
+
+    def __enter__(self):
+        self.seconds = 0.0
+        self._saved = {}
+        for name in ("fit", "transform"):
+            method = self._saved[name] = getattr(PretrainedTextExtractor, name)
+
+            def timed(estimator, *args, _method=method, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _method(estimator, *args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - start
+
+            setattr(PretrainedTextExtractor, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for name, method in self._saved.items():
+            setattr(PretrainedTextExtractor, name, method)
 
 
 def extractor(**params):
@@ -163,6 +232,14 @@ def main():
         f"   speed-up {t_st / t_ours:.2f}x (CPU time: {c_st / c_ours:.2f}x); "
         f"max row difference {error.max():.1e}"
     )
+    flops, padded_tokens, real_tokens = linear_flops(ours, texts)
+    peak = matmul_rate(args.repeat)
+    print(
+        f"   the extractor ran {padded_tokens} tokens ({real_tokens} real); its "
+        f"linear layers at {flops / t_ours / 1e9:.0f} GFLOP/s, "
+        f"{flops / t_ours / 1e9 / peak:.0%} of a 2048^2 float32 matmul here "
+        f"({peak:.0f} GFLOP/s)"
+    )
 
     # 2. seven layers in one pass against one layer
     one = extractor(layer=-1).fit(texts[:8])
@@ -184,58 +261,93 @@ def main():
         texts, labels, test_size=0.25, random_state=0, stratify=labels
     )
     ((t_pass, _, c_pass),) = interleaved(
-        1, lambda: extractor(layer=-1).fit_transform(X_train)
+        args.repeat, lambda: extractor(layer=-1).fit_transform(X_train)
     )
     layers = list(range(7))
-    pipe = make_pipeline(
-        extractor(cache=EmbeddingCache(), cache_layers=[*layers, None]),
-        StandardScaler(),
-        LogisticRegression(max_iter=2000),
-    )
-    grid = {
-        "pretrainedtextextractor__layer": layers,
-        "logisticregression__C": [0.1, 1.0, 10.0],
-    }
-    search = GridSearchCV(pipe, grid, cv=5)
-    with counting_images() as count:
-        ((t_grid, _, c_grid),) = interleaved(1, lambda: search.fit(X_train, y_train))
-    # the classifier's own share: the same search on precomputed features
     features = extractor(layer=layers).fit(X_train).transform(X_train)
     width = features.shape[1] // len(layers)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    c_grid_only = {"logisticregression__C": grid["logisticregression__C"]}
+    searches = {}
+    for name, classifier, strengths, blas in [
+        ("LogisticRegression", LogisticRegression(max_iter=2000), [0.1, 1, 10], None),
+        ("LogisticRegression", LogisticRegression(max_iter=2000), [0.1, 1, 10], 1),
+        ("RidgeClassifier", RidgeClassifier(), [0.1, 1.0, 10.0], None),
+        ("RidgeClassifier", RidgeClassifier(), [0.1, 1.0, 10.0], 1),
+    ]:
+        threads = (
+            nullcontext
+            if blas is None
+            else partial(threadpool_limits, limits=blas, user_api="blas")
+        )
+        step = name.lower()
+        strength = f"{step}__{'C' if 'Logistic' in name else 'alpha'}"
+        grid = {"pretrainedtextextractor__layer": layers, strength: strengths}
 
-    def classifier_only():
-        for k in layers:
-            columns = features[:, k * width : (k + 1) * width]
-            GridSearchCV(classifier, c_grid_only, cv=5).fit(columns, y_train)
+        inside: list[float] = []
 
-    ((t_clf, _, c_clf),) = interleaved(1, classifier_only)
-    print(
-        f"\n3. GridSearchCV 7 layers x 3 C x 5 folds: {t_grid:.2f} s (CPU "
-        f"{c_grid:.2f} s), texts run {count.images} (of {len(set(X_train))})"
-    )
-    print(
-        f"   one embedding pass:                    {t_pass:.2f} s (CPU "
-        f"{c_pass:.2f} s); ratio {t_grid / t_pass:.2f}x (CPU {c_grid / c_pass:.2f}x)"
-    )
-    print(
-        f"   the classifier alone (same search, precomputed features): {t_clf:.2f} s "
-        f"(CPU {c_clf:.2f} s); search minus classifier: "
-        f"{(t_grid - t_clf) / t_pass:.2f}x one pass (CPU "
-        f"{(c_grid - c_clf) / c_pass:.2f}x)"
-    )
-    best = search.best_params_
+        def fresh_search(
+            classifier=classifier, grid=grid, inside=inside, threads=threads
+        ):
+            """The search, with a fresh (empty) cache."""
+            pipe = make_pipeline(
+                extractor(cache=EmbeddingCache(), cache_layers=[*layers, None]),
+                StandardScaler(),
+                classifier,
+            )
+            with ExtractorClock() as clock, threads():
+                search = GridSearchCV(pipe, grid, cv=5).fit(X_train, y_train)
+            inside.append(clock.seconds)
+            return search
+
+        with counting_images() as count:
+            ((t_grid, search, c_grid),) = interleaved(args.repeat, fresh_search)
+        # the classifier's own share: the same search on precomputed features
+        alone = make_pipeline(StandardScaler(), classifier)
+
+        def classifier_only(
+            alone=alone, strength=strength, strengths=strengths, threads=threads
+        ):
+            with threads():
+                for k in layers:
+                    columns = features[:, k * width : (k + 1) * width]
+                    search = GridSearchCV(alone, {strength: strengths}, cv=5)
+                    search.fit(columns, y_train)
+
+        ((t_clf, _, c_clf),) = interleaved(args.repeat, classifier_only)
+        if blas is None:
+            searches[name] = search
+        print(
+            f"\n3. GridSearchCV 7 layers x 3 {strength.split('__')[1]} x 5 folds, "
+            f"{name}, BLAS threads: {blas or 'default'}: {t_grid:.2f} s "
+            f"(CPU {c_grid:.2f} s), texts run "
+            f"{count.images // args.repeat} per search (of {len(set(X_train))})"
+        )
+        print(
+            f"   one embedding pass: {t_pass:.2f} s (CPU {c_pass:.2f} s); ratio "
+            f"{t_grid / t_pass:.2f}x (CPU {c_grid / c_pass:.2f}x)"
+        )
+        print(
+            f"   the classifier alone (same search, precomputed features): "
+            f"{t_clf:.2f} s (CPU {c_clf:.2f} s) = {t_clf / t_pass:.2f} passes; "
+            f"search minus classifier: {(t_grid - t_clf) / t_pass:.2f}x one pass "
+            f"(CPU {(c_grid - c_clf) / c_pass:.2f}x)"
+        )
+        print(
+            f"   inside the extractor's fit and transform (timed directly): "
+            f"{min(inside):.2f} s = {min(inside) / t_pass:.2f}x one pass"
+        )
     default = make_pipeline(
         extractor(), StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)
     )
     default.fit(X_train, y_train)
-    print(f"   chosen {best}, CV accuracy {search.best_score_:.3f}")
     print(
-        f"   held-out accuracy: chosen layer {search.score(X_test, y_test):.3f}, "
-        f"default embedding (layer=None, C=1) {default.score(X_test, y_test):.3f}"
-        f" ({len(X_test)} texts)"
+        f"\nHeld-out accuracy ({len(X_test)} texts): default embedding "
+        f"(layer=None, LogisticRegression C=1) {default.score(X_test, y_test):.3f}"
     )
+    for name, search in searches.items():
+        print(
+            f"   {name} search: chose {search.best_params_}, CV accuracy "
+            f"{search.best_score_:.3f}, held-out {search.score(X_test, y_test):.3f}"
+        )
 
 
 if __name__ == "__main__":
