@@ -34,9 +34,9 @@ from sktransfer._text.inputs import text_digest
 __all__ = [
     "POOLINGS",
     "Slot",
+    "batch_ends",
     "count_long",
     "encode",
-    "batch_ends",
     "padded",
     "pool",
     "stride_of",
