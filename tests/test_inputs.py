@@ -166,8 +166,9 @@ def test_reversed_arrays_work(extractor, images):
     """Negative strides (a reversed array, a flipped image), down to a batch
     of one image, which numpy calls contiguous and torch refuses."""
     expected = extractor.transform(images)
-    assert_array_equal(extractor.transform(images[::-1]), expected[::-1])
-    # (one image alone: float32 kernels picked by batch size, see conftest)
+    # (to float32 rounding: on some CPUs, an image's row depends by an ulp on
+    # its place in the batch, and on the batch size: see conftest)
+    assert_same_rows(extractor.transform(images[::-1]), expected[::-1])
     assert_same_rows(extractor.transform(images[::-1][:1]), expected[-1:])
     flipped = images[:, :, ::-1]
     assert_array_equal(
