@@ -70,6 +70,19 @@ def hand_pooled(folder, texts, layer, pooling, max_length=None):
     return torch.stack(rows).numpy()
 
 
+def overlapping_windows(folder, text, max_length):
+    """The token ids of each window of ``text`` with long_text='chunk'
+    (consecutive windows share a quarter of ``max_length``)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    return tokenizer(
+        [text],
+        truncation=True,
+        max_length=max_length,
+        stride=max_length // 4,
+        return_overflowing_tokens=True,
+    )["input_ids"]
+
+
 # -- rows ------------------------------------------------------------------------
 
 
@@ -256,15 +269,8 @@ def test_chunk_pools_overlapping_windows_into_one_row(tiny_text_model):
         rows = make(
             tiny_text_model, layer=2, max_length=10, long_text="chunk"
         ).fit_transform(texts)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_text_model)
     model = transformers.AutoModel.from_pretrained(tiny_text_model).eval()
-    windows = tokenizer(
-        [long_text],
-        truncation=True,
-        max_length=10,
-        stride=2,
-        return_overflowing_tokens=True,
-    )["input_ids"]
+    windows = overlapping_windows(tiny_text_model, long_text, max_length=10)
     assert len(windows) > 2
     total, count = 0, 0
     for ids in windows:
@@ -566,15 +572,8 @@ def test_chunk_max_pools_over_every_window_of_a_text(tiny_text_model):
     rows = make(
         tiny_text_model, layer=2, pooling="max", max_length=10, long_text="chunk"
     ).fit_transform([long_text, "a good movie"])
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_text_model)
     model = transformers.AutoModel.from_pretrained(tiny_text_model).eval()
-    windows = tokenizer(
-        [long_text],
-        truncation=True,
-        max_length=10,
-        stride=2,
-        return_overflowing_tokens=True,
-    )["input_ids"]
+    windows = overlapping_windows(tiny_text_model, long_text, max_length=10)
     with torch.no_grad():
         maxima = [
             model(torch.tensor([ids]), output_hidden_states=True)
