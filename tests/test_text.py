@@ -220,6 +220,29 @@ def test_a_changed_tokenizer_file_is_a_cache_miss(tiny_text_model, tmp_path):
     assert not np.allclose(rows[0], before[0])  # "cat" is now "dog"
 
 
+def test_model_identity_covers_nested_files_and_skips_exports(tiny_text_model, tmp_path):
+    """The model's identity covers every file it loads, in subfolders too
+    (a sentence-transformers ``1_Pooling/config.json``), and none of the
+    README, the ONNX/OpenVINO exports or a broken link."""
+    from sktransfer._sources.transformers import TransformersSource
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_text_model, folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "mean"}')
+    source = TransformersSource()
+    before = source.identity(folder)
+    (folder / "README.md").write_text("a model card")
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"an export")
+    (folder / "openvino").mkdir()
+    (folder / "openvino" / "config.json").write_text("{}")
+    (folder / "gone.json").symlink_to(folder / "missing.json")
+    assert source.identity(folder) == before
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "cls"}')
+    assert source.identity(folder) != before
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -223,17 +223,23 @@ class TransformersSource(Source):
         """A digest of the folder's files (weights, configuration,
         tokenizer, sentence-transformers modules), each by content."""
         folder = self.folder(model)
-        parts = []
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if (
-                not path.is_file()
-                or _SKIPPED_DIRS & set(relative.parts[:-1])
-                or path.name.endswith(_SKIPPED_SUFFIXES)
-                or path.name.startswith("README")
-            ):
-                continue
-            parts.append(f"{relative.as_posix()}={file_digest(path)}")
+        found = []  # (path parts relative to the folder, path)
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS]
+            base = Path(root).relative_to(folder).parts
+            for name in files:
+                path = os.path.join(root, name)
+                if (
+                    name.endswith(_SKIPPED_SUFFIXES)
+                    or name.startswith("README")
+                    or not os.path.isfile(path)
+                ):
+                    continue
+                found.append(((*base, name), path))
+        parts = [
+            f"{'/'.join(relative)}={file_digest(path)}"
+            for relative, path in sorted(found)
+        ]
         return digest("text-model", *parts)
 
     def load(self, model, weights=None) -> TextModel:  # type: ignore[override]
