@@ -17,6 +17,8 @@ import threading
 import numpy as np
 from sklearn.utils import check_random_state
 
+from sktransfer.exceptions import warn
+
 __all__ = [
     "did_you_mean",
     "file_mode",
@@ -73,6 +75,25 @@ def progress(*, total: int, desc: str, unit: str, verbose, leave: bool = True):
         leave=leave,
         **quiet,
     )
+
+
+def report_errors(
+    estimator, errors: dict, n_rows: int, what: str, category, show_first=False
+) -> None:
+    """Set ``estimator.errors_`` to ``errors`` (row -> error) in row order
+    and, if there are any, warn once (``category``) naming their rows:
+    ``"<k> of <n_rows> <what>; their rows are NaN ..."``, with the first
+    error's message if ``show_first``."""
+    estimator.errors_ = [errors[i] for i in sorted(errors)]
+    if estimator.errors_:
+        rows = sorted(errors)
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        first = f" The first error: {estimator.errors_[0]}" if show_first else ""
+        warn(
+            f"{len(rows)} of {n_rows} {what}; their rows are NaN (rows {shown})."
+            f"{first} See the estimator's errors_ for all of them.",
+            category,
+        )
 
 
 def owned_random_state(random_state) -> np.random.RandomState:

@@ -21,6 +21,7 @@ from sktransfer._base import (
     precision_numerics,
 )
 from sktransfer._cache import EmbeddingCache
+from sktransfer._common import report_errors
 from sktransfer._identity import digest, module_digest
 from sktransfer._images import decode as _decode
 from sktransfer._runtime import int8 as _int8
@@ -30,7 +31,6 @@ from sktransfer.exceptions import (
     ImageReadError,
     TamperedModelError,
     UnreadableImagesWarning,
-    warn,
 )
 
 __all__ = ["PretrainedFeatureExtractor"]
@@ -565,21 +565,15 @@ class PretrainedFeatureExtractor(TransformerMixin, ImageEstimator):
                 dict(zip(self.computed_layers_, self.computed_widths_, strict=True)),
                 lambda indices: self._compute(images, indices),
             )
-        self._report(images)
+        report_errors(
+            self,
+            images.errors,
+            len(images),
+            "images could not be read",
+            UnreadableImagesWarning,
+            show_first=True,
+        )
         return out
-
-    def _report(self, images) -> None:
-        """Record and announce the images that could not be read."""
-        self.errors_ = [images.errors[i] for i in sorted(images.errors)]
-        if self.errors_:
-            rows = [e.index for e in self.errors_]
-            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-            warn(
-                f"{len(rows)} of {len(images)} images could not be read; their "
-                f"rows are NaN (rows {shown}). The first error: {self.errors_[0]} "
-                "See the extractor's errors_ for all of them.",
-                UnreadableImagesWarning,
-            )
 
     def _select(self, computed: np.ndarray) -> np.ndarray:
         """The requested layers' columns, in ``layers_`` order."""

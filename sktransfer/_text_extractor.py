@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from sktransfer import _cache, _dask, _device
 from sktransfer._base import SHARED_CONSTRAINTS, TransferEstimator, precision_numerics
 from sktransfer._cache import EmbeddingCache
+from sktransfer._common import report_errors
 from sktransfer._identity import cpu_kernels, digest
 from sktransfer._sources import source_of
 from sktransfer._sources.transformers import TextModel
@@ -535,7 +536,9 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
                 dict(zip(self.computed_layers_, self.computed_widths_, strict=True)),
                 lambda indices: self._compute(texts, indices),
             )
-        self._report(texts)
+        report_errors(
+            self, texts.errors, len(texts), "texts are missing", MissingTextsWarning
+        )
         return out
 
     def _requested(self) -> list[Slot]:
@@ -577,18 +580,6 @@ class PretrainedTextExtractor(TransformerMixin, TransferEstimator):
             indices=indices,
         )
         return out
-
-    def _report(self, texts) -> None:
-        """Record and announce the missing texts."""
-        self.errors_ = [texts.errors[i] for i in sorted(texts.errors)]
-        if self.errors_:
-            rows = [e.index for e in self.errors_]
-            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-            warn(
-                f"{len(rows)} of {len(texts)} texts are missing; their rows are NaN "
-                f"(rows {shown}). See the extractor's errors_.",
-                MissingTextsWarning,
-            )
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features.

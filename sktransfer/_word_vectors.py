@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from sktransfer import _cache
 from sktransfer._base import _all_or_nothing
 from sktransfer._cache import EmbeddingCache
+from sktransfer._common import report_errors
 from sktransfer._identity import digest
 from sktransfer._persist import MARK, SHARING, plain_state, restore_state
 from sktransfer._sources import source_of
@@ -33,7 +34,7 @@ from sktransfer._text.word_pooling import (
     lookup,
     pool,
 )
-from sktransfer.exceptions import OutOfVocabularyWarning, warn
+from sktransfer.exceptions import MissingTextsWarning, OutOfVocabularyWarning, warn
 
 __all__ = ["PretrainedWordVectors"]
 
@@ -91,7 +92,9 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
     on_error : {"raise", "nan"}, default="raise"
         A missing text (None, NaN, ``pd.NA``): raise
         :class:`~sktransfer.exceptions.TextInputError` naming its row, or
-        give it a row of NaN. An empty text is valid (a row of zeros).
+        give it a row of NaN, recorded in ``errors_`` (with one
+        :class:`~sktransfer.exceptions.MissingTextsWarning` per call). An
+        empty text is valid (a row of zeros).
     batch_size : int, default=512
         Texts pooled at a time: bounds the memory of a transform and keeps
         the gathered vectors in the CPU caches.
@@ -130,6 +133,9 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
     sif_component_ : ndarray of float32 of shape (n_features_out,)
         ``pooling="sif"``: the unit first principal direction removed
         (zeros if the fitted texts had no known word).
+    errors_ : list of TextInputError
+        The missing texts of the last ``transform`` (``on_error="nan"``),
+        in row order; empty after ``fit``.
 
     See Also
     --------
@@ -242,6 +248,7 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
         )
         total = int(n_tokens.sum())
         self.vectors_digest_ = table.digest
+        self.errors_: list = []
         self.vocabulary_size_ = len(table)
         self.n_features_out_ = table.dim * (2 if self.pooling == "meanmax" else 1)
         self.oov_rate_ = (total - len(ids)) / total if total else 0.0
@@ -398,6 +405,9 @@ class PretrainedWordVectors(TransformerMixin, BaseEstimator):
             out, present, _, n_known = self._pooled(texts)
         else:
             out, present, n_known = self._cached(store, texts)
+        report_errors(
+            self, texts.errors, len(texts), "texts are missing", MissingTextsWarning
+        )
         empty = int((n_known[present] == 0).sum())
         if empty:
             warn(

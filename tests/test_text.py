@@ -220,7 +220,7 @@ def test_a_changed_tokenizer_file_is_a_cache_miss(tiny_text_model, tmp_path):
     assert not np.allclose(rows[0], before[0])  # "cat" is now "dog"
 
 
-def test_model_identity_covers_nested_files_and_skips_exports(tiny_text_model, tmp_path):
+def test_model_identity_covers_nested_files_skips_exports(tiny_text_model, tmp_path):
     """The model's identity covers every file it loads, in subfolders too
     (a sentence-transformers ``1_Pooling/config.json``), and none of the
     README, the ONNX/OpenVINO exports or a broken link."""

@@ -21,7 +21,12 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sktransfer import OutOfVocabularyWarning, PretrainedWordVectors, TextInputError
+from sktransfer import (
+    MissingTextsWarning,
+    OutOfVocabularyWarning,
+    PretrainedWordVectors,
+    TextInputError,
+)
 from sktransfer._text import word_pooling
 from sktransfer._text import word_vectors as _wv
 
@@ -397,8 +402,14 @@ def test_bad_input(glove_file):
     with pytest.raises(ValueError, match="0 texts"):
         est.transform([])
     nan = PretrainedWordVectors(vectors=glove_file, on_error="nan").fit(["the", None])
-    rows = nan.transform(["the film", float("nan"), "good"])
+    assert nan.errors_ == []
+    with pytest.warns(MissingTextsWarning, match=r"1 of 3 texts are missing.*rows 1\)"):
+        rows = nan.transform(["the film", float("nan"), "good"])
     assert np.isnan(rows[1]).all() and not np.isnan(rows[[0, 2]]).any()
+    assert [e.index for e in nan.errors_] == [1]
+    assert isinstance(nan.errors_[0], TextInputError)
+    nan.transform(["the film"])
+    assert nan.errors_ == []  # (about the last call)
     assert_array_equal(nan.oov_counts(["the", None]), [[1, 0], [0, 0]])
 
 
@@ -510,16 +521,23 @@ def test_cache_hits_serve_the_computed_rows(glove_file):
 
     texts = ["the good film", "bad plot", None, "zzz yyy", "the good film"]
     plain = PretrainedWordVectors(vectors=glove_file, on_error="nan").fit(texts)
-    with pytest.warns(OutOfVocabularyWarning):
+    with pytest.warns(OutOfVocabularyWarning), pytest.warns(MissingTextsWarning):
         expected = plain.transform(texts)
     cache = EmbeddingCache()
     est = clone(plain).set_params(cache=cache).fit(texts)
-    with pytest.warns(OutOfVocabularyWarning, match="^1 of 5"):
+    with (
+        pytest.warns(OutOfVocabularyWarning, match="^1 of 5"),
+        pytest.warns(MissingTextsWarning, match=r"^1 of 5 .*\(rows 2\)"),
+    ):
         first, hits, misses = _rows_and_counts(est, texts, cache)
+    assert [e.index for e in est.errors_] == [2]
     assert (hits, misses) == (0, 4)  # (None is not looked up)
     assert len(cache) == 2 * 3  # a row and its counts for 3 distinct texts
     est._pooled = None  # a hit pools nothing
-    with pytest.warns(OutOfVocabularyWarning, match="^1 of 5"):
+    with (
+        pytest.warns(OutOfVocabularyWarning, match="^1 of 5"),
+        pytest.warns(MissingTextsWarning),
+    ):
         second, hits, misses = _rows_and_counts(est, texts, cache)
     assert (hits, misses) == (8, 0)
     assert_array_equal(first, expected)
