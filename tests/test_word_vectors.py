@@ -488,6 +488,13 @@ def test_save_and_load_keep_the_path_and_digest(glove_file, tmp_path):
     again = sktransfer.load(tmp_path / "model")
     assert_array_equal(again.predict_proba(texts), pipe.predict_proba(texts))
     assert again[0].vectors == str(glove_file)
+    # the missing texts of the last transform come back too
+    extractor = clone(pipe[0]).set_params(on_error="nan").fit(texts)
+    with pytest.warns(MissingTextsWarning):
+        extractor.transform(["good film", None])
+    sktransfer.save(extractor, tmp_path / "extractor")
+    (error,) = sktransfer.load(tmp_path / "extractor").errors_
+    assert isinstance(error, TextInputError) and error.index == 1
 
 
 def test_a_grid_search_over_pooling(glove_file):
