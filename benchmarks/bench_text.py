@@ -34,7 +34,7 @@ matrix product, against the rate at which the extractor runs the model's
 linear layers (their multiply-adds on the padded tokens it ran, per
 second).
 
-Each timing is the best of ``--repeat`` runs (after a warm-up call); the
+Each timing is the best of ``--repeat`` runs (the model warmed up first); the
 searches on the larger set, the best of ``--repeat-large`` runs.
 
 Data: labelled text sets at hand with no download: the first two

@@ -1,7 +1,9 @@
 """Leaf utilities: the "did you mean" of error messages, progress bars,
 optional dependencies, atomic file writes (with the modes of the umask), bounded
-non-blocking reads of untrusted files and owned random generators. Imports
-nothing of the package, so that every module may import it."""
+non-blocking reads of untrusted files, owned random generators and the report
+of rows that could not be had. Imports only :mod:`sktransfer.exceptions` of
+the package (which imports nothing of it), so that every module may import
+it."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ __all__ = [
     "progress_label",
     "read_regular_file",
     "replace_file",
+    "report_errors",
     "install_extra",
     "require",
 ]

@@ -223,7 +223,7 @@ def test_a_changed_tokenizer_file_is_a_cache_miss(tiny_text_model, tmp_path):
 def test_model_identity_covers_nested_files_skips_exports(tiny_text_model, tmp_path):
     """The model's identity covers every file it loads, in subfolders too
     (a sentence-transformers ``1_Pooling/config.json``), and none of the
-    README, the ONNX/OpenVINO exports or a broken link."""
+    README, the ONNX/OpenVINO exports, a broken link or a linked folder."""
     from sktransfer._sources.transformers import TransformersSource
 
     folder = tmp_path / "model"
@@ -238,6 +238,11 @@ def test_model_identity_covers_nested_files_skips_exports(tiny_text_model, tmp_p
     (folder / "openvino").mkdir()
     (folder / "openvino" / "config.json").write_text("{}")
     (folder / "gone.json").symlink_to(folder / "missing.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.json").write_text("{}")
+    (folder / "linked").symlink_to(elsewhere)  # a folder link is not entered,
+    (folder / "1_Pooling" / "up").symlink_to(folder)  # nor a loop
     assert source.identity(folder) == before
     (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "cls"}')
     assert source.identity(folder) != before

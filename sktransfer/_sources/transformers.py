@@ -223,10 +223,10 @@ class TransformersSource(Source):
         """A digest of the folder's files (weights, configuration,
         tokenizer, sentence-transformers modules), each by content."""
         folder = self.folder(model)
-        found = []  # (path parts relative to the folder, path)
-        for root, dirs, files in os.walk(folder, followlinks=True):
+        found = []  # (path relative to the folder, path)
+        # (as rglob did: symbolic links to folders are not entered)
+        for root, dirs, files in os.walk(folder):
             dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS]
-            base = Path(root).relative_to(folder).parts
             for name in files:
                 path = os.path.join(root, name)
                 if (
@@ -235,10 +235,10 @@ class TransformersSource(Source):
                     or not os.path.isfile(path)
                 ):
                     continue
-                found.append(((*base, name), path))
+                found.append((Path(path).relative_to(folder), path))
+        found.sort(key=lambda item: item[0])  # (Path order, as before)
         parts = [
-            f"{'/'.join(relative)}={file_digest(path)}"
-            for relative, path in sorted(found)
+            f"{relative.as_posix()}={file_digest(path)}" for relative, path in found
         ]
         return digest("text-model", *parts)
 
