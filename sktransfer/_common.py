@@ -87,9 +87,9 @@ def report_errors(
     and, if there are any, warn once (``category``) naming their rows:
     ``"<k> of <n_rows> <what>; their rows are NaN ..."``, with the first
     error's message if ``show_first``."""
-    estimator.errors_ = [errors[i] for i in sorted(errors)]
-    if estimator.errors_:
-        rows = sorted(errors)
+    rows = sorted(errors)
+    estimator.errors_ = [errors[i] for i in rows]
+    if rows:
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         first = f" The first error: {estimator.errors_[0]}" if show_first else ""
         warn(
