@@ -712,8 +712,64 @@ def _layer_label(row) -> str:
     return f"fine-tuned {layer} {head}, {row['trainable_layers']} trainable"
 
 
+class ProbeReport:
+    """What the image and text probes' results share: the JSON of the
+    ranking, the winner's mark on the plot and the report's three files.
+
+    A subclass has ``rows``, ``skipped`` and ``classes``, a ``best`` row,
+    a ``plot`` method and a ``_report_text(data)`` method (the Markdown of
+    its report).
+    """
+
+    rows: list
+    skipped: list
+    classes: dict
+
+    def to_json(self) -> str:
+        """The ranking as a JSON list of objects, best CV accuracy first."""
+        return json.dumps(self.rows, indent=2)
+
+    def write_report(self, folder, data=None) -> Path:
+        """Write ``probe.png`` (the plot), ``probe.json`` and ``report.md``
+        (the table, the plot, the class counts and the Python that rebuilds
+        the winning pipeline) into ``folder``; return the report's path.
+
+        ``data``: as for ``pipeline_code``.
+        """
+        plt = require("matplotlib.pyplot", "report", "The probe's report")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ax = self.plot()  # type: ignore[attr-defined]
+        ax.figure.savefig(folder / "probe.png", dpi=120)
+        plt.close(ax.figure)
+        (folder / "probe.json").write_text(self.to_json() + "\n")
+        path = folder / "report.md"
+        path.write_text(self._report_text(data))  # type: ignore[attr-defined]
+        return path
+
+    def _mark_winner(self, ax) -> None:
+        best = self.best  # type: ignore[attr-defined]
+        ax.scatter(
+            [best["depth"]],
+            [best["cv_accuracy"]],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            label="winner",
+        )
+
+    def _markdown_lists(self) -> tuple[str, str]:
+        """The class counts as table rows, and the skipped models as list
+        items, each on a line of its own."""
+        counts = "\n".join(f"| {c} | {k} |" for c, k in self.classes.items())
+        skipped = "".join(
+            f"\n- **{s['model']}** skipped: {s['reason']}" for s in self.skipped
+        )
+        return counts, skipped
+
+
 @dataclasses.dataclass
-class ProbeResult:
+class ProbeResult(ProbeReport):
     """What :func:`probe` measured.
 
     Attributes
@@ -799,10 +855,6 @@ class ProbeResult:
             f"{len(self.classes)} classes)"
         )
         return "\n".join(lines)
-
-    def to_json(self) -> str:
-        """The ranking as a JSON list of objects, best first."""
-        return json.dumps(self.rows, indent=2)
 
     def best_pipeline(self):
         """The winning pipeline, not fitted."""
@@ -899,15 +951,7 @@ class ProbeResult:
                         color=line.get_color(),
                     )
         self._plot_finetuned(ax)
-        best = self.best
-        ax.scatter(
-            [best["depth"]],
-            [best["cv_accuracy"]],
-            s=160,
-            facecolors="none",
-            edgecolors="black",
-            label="winner",
-        )
+        self._mark_winner(ax)
         ax.set_xlabel(
             "cut point, by depth (1 = the final embedding)"
             if len(models) == 1
@@ -951,28 +995,12 @@ class ProbeResult:
                         f"{row['trainable_layers']} kept stage(s) trainable",
                     )
 
-    def write_report(self, folder, data=None) -> Path:
-        """Write ``probe.png`` (the plot), ``probe.json`` and ``report.md``
-        (the table, the plot, the class counts and the Python that rebuilds
-        the winning pipeline) into ``folder``; return the report's path.
-
-        ``data``: as for :meth:`pipeline_code`.
-        """
-        plt = require("matplotlib.pyplot", "report", "The probe's report")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        ax = self.plot()
-        ax.figure.savefig(folder / "probe.png", dpi=120)
-        plt.close(ax.figure)
-        (folder / "probe.json").write_text(self.to_json() + "\n")
-        counts = "\n".join(f"| {c} | {k} |" for c, k in self.classes.items())
+    def _report_text(self, data) -> str:
+        counts, skipped = self._markdown_lists()
         runs = "\n".join(
             f"| {r['model']} | {r['weights']} | {r['network_images']} | "
             f"{r['seconds']:.1f} |"
             for r in self.runs
-        )
-        skipped = "".join(
-            f"\n- **{s['model']}** skipped: {s['reason']}" for s in self.skipped
         )
         unreadable = (
             f"\n{len(self.unreadable)} unreadable images were left out "
@@ -980,7 +1008,7 @@ class ProbeResult:
             if self.unreadable
             else ""
         )
-        text = f"""# Which model, and which layer?
+        return f"""# Which model, and which layer?
 
 A linear probe (`StandardScaler` + `LogisticRegression`) on each cut point of
 each model, scored by {self.cv}-fold stratified cross-validation (shuffled,
@@ -1016,9 +1044,6 @@ that one pass (0: the embedding cache answered).
 ```python
 {self.pipeline_code(data)}```
 """
-        path = folder / "report.md"
-        path.write_text(text)
-        return path
 
 
 def _build(kind: str, params: dict):

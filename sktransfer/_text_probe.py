@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 import math
 import os
 import time
@@ -43,6 +42,7 @@ from sktransfer._images.decode import EXTENSIONS
 from sktransfer._probe import (
     DEFAULT_MODELS,
     MAX_ITER,
+    ProbeReport,
     _cv_scores,
     check_classes,
     linear_probe,
@@ -186,7 +186,7 @@ def _short(model: str) -> str:
 
 
 @dataclasses.dataclass
-class TextProbeResult:
+class TextProbeResult(ProbeReport):
     """What :func:`probe_texts` measured.
 
     Attributes
@@ -297,11 +297,6 @@ class TextProbeResult:
         )
         return "\n".join(lines)
 
-    def to_json(self) -> str:
-        """The ranking as a JSON list of objects, best CV accuracy first
-        (the winner has ``"winner": true``)."""
-        return json.dumps(self.rows, indent=2)
-
     def _best_parameters(self) -> tuple[str, dict]:
         best = self.best
         if best["kind"] == "baseline":
@@ -407,15 +402,7 @@ class TextProbeResult:
                     marker="s",
                     label=f"{_short(row['model'])}, default embedding",
                 )
-        best = self.best
-        ax.scatter(
-            [best["depth"]],
-            [best["cv_accuracy"]],
-            s=160,
-            facecolors="none",
-            edgecolors="black",
-            label="winner",
-        )
+        self._mark_winner(ax)
         ax.set_xlabel("depth of the layer (0 = embedding layer, 1 = last)")
         ax.set_ylabel(f"linear probe, {self.cv}-fold CV accuracy")
         ax.set_title("Which language model, layer and pooling?")
@@ -423,27 +410,12 @@ class TextProbeResult:
         ax.legend(fontsize="small")
         return ax
 
-    def write_report(self, folder, data=None):
-        """Write ``probe.png``, ``probe.json`` and ``report.md`` into
-        ``folder``; return the report's path. ``data``: as for
-        :meth:`pipeline_code`."""
-        from pathlib import Path
-
-        plt = require("matplotlib.pyplot", "report", "The probe's report")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        ax = self.plot()
-        ax.figure.savefig(folder / "probe.png", dpi=120)
-        plt.close(ax.figure)
-        (folder / "probe.json").write_text(self.to_json() + "\n")
-        counts = "\n".join(f"| {c} | {k} |" for c, k in self.classes.items())
+    def _report_text(self, data) -> str:
+        counts, skipped = self._markdown_lists()
         runs = "\n".join(
             f"| {r['model']} | {r['texts']} | {r['seconds']:.1f} |" for r in self.runs
         )
-        skipped = "".join(
-            f"\n- **{s['model']}** skipped: {s['reason']}" for s in self.skipped
-        )
-        text = f"""# Which language model, layer and pooling?
+        return f"""# Which language model, layer and pooling?
 
 A linear probe (`StandardScaler` + `LogisticRegression`) on each layer and
 pooling of each model, and a tf-idf + logistic regression baseline, scored by
@@ -483,9 +455,6 @@ from that one pass.
 ```python
 {self.pipeline_code(data)}```
 """
-        path = folder / "report.md"
-        path.write_text(text)
-        return path
 
 
 def probe_texts(

@@ -235,8 +235,11 @@ def test_cli_report_and_saved_winner(tiny_text_model, tmp_path):
     assert _cli(table, tiny_text_model, "--report", str(report), "--save",
                 str(saved)) == 0  # fmt: skip
     assert (report / "probe.png").is_file()
+    assert json.loads((report / "probe.json").read_text())[0]["rank"] == 1
     text = (report / "report.md").read_text()
     assert "pd.read_csv" in text and "tf-idf" in text
+    n_pos = sum(label == "pos" for label in y)
+    assert f"| pos | {n_pos} |" in text and "![CV accuracy against depth]" in text
     import joblib
 
     assert set(joblib.load(saved).predict(texts[:2])) <= {"pos", "neg"}
