@@ -9,6 +9,7 @@ every row. ``sktransfer probe`` is this function from the shell.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import time
@@ -712,18 +713,27 @@ def _layer_label(row) -> str:
     return f"fine-tuned {layer} {head}, {row['trainable_layers']} trainable"
 
 
-class ProbeReport:
+class ProbeReport(abc.ABC):
     """What the image and text probes' results share: the JSON of the
     ranking, the winner's mark on the plot and the report's three files.
-
-    A subclass has ``rows``, ``skipped`` and ``classes``, a ``best`` row,
-    a ``plot`` method and a ``_report_text(data)`` method (the Markdown of
-    its report).
-    """
+    A subclass has ``rows``, ``skipped`` and ``classes``."""
 
     rows: list
     skipped: list
     classes: dict
+
+    @property
+    @abc.abstractmethod
+    def best(self) -> dict:
+        """The winning row."""
+
+    @abc.abstractmethod
+    def plot(self, ax=None):
+        """The plot of the ranking; returns the matplotlib axes."""
+
+    @abc.abstractmethod
+    def _report_text(self, data) -> str:
+        """The Markdown of ``report.md``."""
 
     def to_json(self) -> str:
         """The ranking as a JSON list of objects, best CV accuracy first."""
@@ -739,16 +749,16 @@ class ProbeReport:
         plt = require("matplotlib.pyplot", "report", "The probe's report")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        ax = self.plot()  # type: ignore[attr-defined]
+        ax = self.plot()
         ax.figure.savefig(folder / "probe.png", dpi=120)
         plt.close(ax.figure)
         (folder / "probe.json").write_text(self.to_json() + "\n")
         path = folder / "report.md"
-        path.write_text(self._report_text(data))  # type: ignore[attr-defined]
+        path.write_text(self._report_text(data))
         return path
 
     def _mark_winner(self, ax) -> None:
-        best = self.best  # type: ignore[attr-defined]
+        best = self.best
         ax.scatter(
             [best["depth"]],
             [best["cv_accuracy"]],
