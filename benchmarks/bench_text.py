@@ -18,7 +18,10 @@ What is compared, in one process, on the same texts and model
    classifier's own cost (the same search on the 7 layers' precomputed
    features) is measured too and subtracted: what remains is what the
    extractor costs the search; that share is also timed directly (the
-   wall time inside the extractor's ``fit`` and ``transform`` calls).
+   wall time inside the extractor's ``fit`` and ``transform`` calls). So is
+   scikit-learn's per-fit machinery alone (cloning, checking each array,
+   scoring): the same search with ``StandardScaler`` and a
+   ``DummyClassifier``, which does no work, on the precomputed features.
    Each search runs with the default BLAS threads and with the
    classifier's BLAS limited to one thread (``threadpool_limits``, as
    ``docs/speed.md`` advises for small data and as ``sktransfer.probe``
@@ -69,6 +72,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import sklearn
 import torch
+from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
@@ -404,6 +408,24 @@ def grid_search(texts, labels, repeat, runs):
             f"   inside the extractor's fit and transform (timed directly): "
             f"{min(inside):.2f} s = {min(inside) / t_pass:.2f}x one pass"
         )
+
+    # scikit-learn's per-fit machinery alone (clone, checks, scoring): the
+    # same search with a classifier that does no work, one BLAS thread
+    def machinery():
+        with threadpool_limits(limits=1, user_api="blas"):
+            for k in layers:
+                columns = features[:, k * width : (k + 1) * width]
+                idle = make_pipeline(StandardScaler(), DummyClassifier(random_state=0))
+                strategies = ["prior", "most_frequent", "stratified"]
+                grid = {"dummyclassifier__strategy": strategies}
+                GridSearchCV(idle, grid, cv=5).fit(columns, y_train)
+
+    ((t_idle, _, _),) = interleaved(runs, machinery)
+    print(
+        f"\nscikit-learn's machinery alone (the same search with StandardScaler + "
+        f"DummyClassifier on precomputed features, one BLAS thread): "
+        f"{t_idle:.2f} s = {t_idle / t_pass:.2f} passes"
+    )
     default = make_pipeline(
         extractor(), StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)
     )
