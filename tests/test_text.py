@@ -593,6 +593,33 @@ def test_a_cached_transform_hashes_each_text_once(tiny_text_model, monkeypatch):
     assert sorted(hashed) == sorted(texts)
 
 
+@pytest.mark.parametrize("padding", [0.0, float("inf"), float("nan")])
+def test_max_pooling_ignores_the_padding_whatever_it_holds(padding):
+    """Max pooling takes the real tokens only, even where a padding
+    position holds inf or NaN (a float16 overflow), in float32 whatever
+    torch's default dtype, with the gradient on the real tokens' maxima
+    only."""
+    from sktransfer._text.encode import pool
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 5, 4, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]).bool()
+    hidden[~mask] = padding
+    hidden.requires_grad_(True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        maxima = pool(hidden, mask, "max")
+    finally:
+        torch.set_default_dtype(default)
+    expected = [hidden[i, : int(n)].amax(0) for i, n in enumerate(mask.sum(1))]
+    assert maxima.dtype == torch.float32
+    torch.testing.assert_close(maxima, torch.stack(expected))
+    maxima.sum().backward()
+    assert hidden.grad[~mask].abs().sum() == 0
+    assert hidden.grad[mask].sum() == 3 * 4  # one maximum per row and feature
+
+
 def test_chunk_max_pools_over_every_window_of_a_text(tiny_text_model):
     """long_text='chunk', pooling='max': a long text's row is the maximum
     over the tokens of all its windows, which share batches."""
