@@ -129,7 +129,7 @@ def _pool(hidden, mask, pooling):
     if pooling == "cls":
         return hidden[:, 0], counts
     if pooling == "max":
-        # -inf added at the padding (4x faster than masked_fill on a batch of
+        # -inf added at the padding (3.5x faster than masked_fill on a batch of
         # 32 x 256 tokens); where a padding value is inf or NaN (a float16
         # overflow), the sum is NaN, and masked_fill sets it aside
         floor = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
